@@ -55,8 +55,14 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
-def start_redis(data_dir: str | Path, port: int | None = None, persist: bool = True) -> EmbeddedRedis:
-    """Start a private redis-server on 127.0.0.1 with its data in `data_dir`; wait until it answers."""
+def start_redis(
+    data_dir: str | Path, port: int | None = None, persist: bool = True, new_session: bool = False
+) -> EmbeddedRedis:
+    """Start a private redis-server on 127.0.0.1 with its data in `data_dir`; wait until it answers.
+
+    `new_session=True` puts it in its own session, so a terminal's Ctrl-C reaches only its parent,
+    which then stops it after the processes that use it (`ftjobs up`).
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -71,7 +77,9 @@ def start_redis(data_dir: str | Path, port: int | None = None, persist: bool = T
     ]
     # AOF with fsync every second: what DESIGN.md asks of production, cheap enough for a laptop.
     args += ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=new_session
+    )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:

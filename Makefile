@@ -1,0 +1,39 @@
+# The README's commands. Every target creates/refreshes .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch first, pinned: any other torch request pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: venv demo test lint openapi bench up clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[all]" $(TORCH)
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m client.cli demo
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check client service jobs tests bench
+	$(VENV)/bin/mypy client service
+
+openapi: venv
+	$(PY) -m service.openapi
+
+bench: venv
+	$(PY) bench/job_overhead.py
+
+up: venv
+	$(PY) -m client.cli up
+
+clean:
+	rm -rf $(VENV) .ftjobs .pytest_cache

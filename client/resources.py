@@ -1,0 +1,282 @@
+"""The API's operations, written once as plans (see client/base.py) and shared by both clients.
+
+`FilesPlans` and `JobsPlans` mirror `/v1/files` and `/v1/jobs`; client/client.py turns each plan into
+a `Client` method and an awaitable `AsyncClient` method with the same signature.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from client import errors
+from client.base import BaseClient, Emit, Plan, Save, Sleep, Stream
+from client.models import (
+    Artifact,
+    ArtifactList,
+    Event,
+    EventList,
+    FileList,
+    FileObject,
+    FullMethod,
+    Health,
+    Hyperparameters,
+    Job,
+    JobCreate,
+    JobList,
+    JobStatus,
+    LoraMethod,
+    MetricList,
+    MetricPoint,
+    Task,
+)
+
+
+def _seg(value: str) -> str:
+    """One URL path segment (ids come from users: never let them add path parts)."""
+    return quote(str(value), safe="")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+class Plans:
+    def __init__(self, core: BaseClient) -> None:
+        self._core = core
+
+
+class ServicePlans(Plans):
+    def health(self) -> Plan[Health]:
+        """`GET /healthz`: the API process is up."""
+        return (yield from self._core._get("/healthz", Health))
+
+    def ready(self) -> Plan[Health]:
+        """`GET /readyz`: the API can reach Redis (raises `ServiceUnavailable` when it cannot)."""
+        return (yield from self._core._get("/readyz", Health))
+
+
+class FilesPlans(Plans):
+    def upload(
+        self, file: str | os.PathLike[str] | IO[bytes], *, purpose: str = "fine-tune"
+    ) -> Plan[FileObject]:
+        """Upload a JSONL dataset (a path, or a file opened in binary mode); returns its `FileObject`."""
+        if isinstance(file, str | os.PathLike):
+            fh: IO[bytes] = open(file, "rb")  # closed below, also when the plan is abandoned
+            owned = True
+        else:
+            fh, owned = file, False
+        name = Path(str(getattr(fh, "name", "") or "data.jsonl")).name
+        try:
+            files = {"file": (name, fh, "application/jsonl")}
+            form = {"purpose": purpose}
+            response = yield from self._core._request("POST", "/v1/files", files=files, data=form)
+        finally:
+            if owned:
+                fh.close()
+        return self._core._parse(response, FileObject)
+
+    def get(self, file_id: str) -> Plan[FileObject]:
+        """Fetch one uploaded file's metadata."""
+        return (yield from self._core._get(f"/v1/files/{_seg(file_id)}", FileObject))
+
+    def list(self, *, after: str | None = None, limit: int = 20) -> Plan[FileList]:
+        """One page of uploaded files, oldest first; pass the page's `last_id` as `after` for the next."""
+        return (yield from self._core._get("/v1/files", FileList, {"after": after, "limit": limit}))
+
+
+class JobsPlans(Plans):
+    def create(
+        self,
+        request: JobCreate | None = None,
+        /,
+        *,
+        model: str | None = None,
+        training_file: str | None = None,
+        task: Task | str | None = None,
+        validation_file: str | None = None,
+        method: LoraMethod | FullMethod | Mapping[str, Any] | None = None,
+        hyperparameters: Hyperparameters | Mapping[str, Any] | None = None,
+        suffix: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Plan[Job]:
+        """Submit a fine-tuning job: a `JobCreate`, or its fields as keywords (the server validates them).
+
+        Every submit carries an `Idempotency-Key` (a fresh uuid4 unless given), so a retried POST never
+        creates a second job; pass your own key to make a re-run of your script return the same job.
+        """
+        fields = {
+            "model": model,
+            "training_file": training_file,
+            "task": task,
+            "validation_file": validation_file,
+            "method": method,
+            "hyperparameters": hyperparameters,
+            "suffix": suffix,
+            "metadata": metadata,
+        }
+        if request is not None:
+            if any(v is not None for v in fields.values()):
+                raise TypeError("jobs.create() takes a JobCreate or keyword fields, not both")
+            body = request.model_dump(mode="json")
+        elif model is None or training_file is None:
+            raise TypeError("jobs.create() needs model= and training_file=")
+        else:
+            body = {k: _jsonable(v) for k, v in fields.items() if v is not None}
+        key = idempotency_key or str(uuid.uuid4())
+        return (yield from self._core._post("/v1/jobs", Job, json=body, idempotency_key=key))
+
+    def get(self, job_id: str) -> Plan[Job]:
+        """Fetch one job (status, progress, last metrics, results, error, artifacts)."""
+        return (yield from self._core._get(f"/v1/jobs/{_seg(job_id)}", Job))
+
+    def list(
+        self, *, after: str | None = None, limit: int = 20, status: JobStatus | str | None = None
+    ) -> Plan[JobList]:
+        """One page of jobs, oldest first, optionally only those in `status`."""
+        params = {"after": after, "limit": limit, "status": status}
+        return (yield from self._core._get("/v1/jobs", JobList, params))
+
+    def cancel(self, job_id: str) -> Plan[Job]:
+        """Ask a job to stop; a queued job is cancelled at once, a running one at its next step."""
+        return (yield from self._core._post(f"/v1/jobs/{_seg(job_id)}/cancel", Job))
+
+    def events(self, job_id: str, *, after: str | None = None, limit: int = 100) -> Plan[EventList]:
+        """One page of a job's events, oldest first; `after` is the last event id already seen."""
+        path = f"/v1/jobs/{_seg(job_id)}/events"
+        return (yield from self._core._get(path, EventList, {"after": after, "limit": limit}))
+
+    def follow(self, job_id: str, *, after: str | None = None, poll_interval: float = 1.0) -> Stream[Event]:
+        """Yield a job's events as they arrive, oldest first, until the job is terminal and all are seen."""
+        cursor, terminal_seen = after, False
+        while True:
+            page = yield from self.events(job_id, after=cursor)
+            if page.data:
+                cursor = page.data[-1].id
+                yield Emit(page.data)
+                if page.has_more:
+                    continue
+            if terminal_seen:
+                return
+            job = yield from self.get(job_id)
+            if job.status.is_terminal:
+                terminal_seen = True  # one more pass drains what was written before the final status
+            else:
+                yield Sleep(poll_interval)
+
+    def metrics(self, job_id: str, *, after: str | None = None, limit: int = 100) -> Plan[MetricList]:
+        """One page of a job's metric points (train and eval), oldest first."""
+        path = f"/v1/jobs/{_seg(job_id)}/metrics"
+        return (yield from self._core._get(path, MetricList, {"after": after, "limit": limit}))
+
+    def all_metrics(self, job_id: str) -> Plan[builtins.list[MetricPoint]]:
+        """Every metric point of a job (follows the pages)."""
+        points: builtins.list[MetricPoint] = []
+        after: str | None = None
+        while True:
+            page = yield from self.metrics(job_id, after=after, limit=1000)
+            points += page.data
+            if not (page.has_more and page.data):
+                return points
+            after = page.data[-1].id
+
+    def artifacts(self, job_id: str) -> Plan[builtins.list[Artifact]]:
+        """The files a job produced (names, sizes, sha256)."""
+        listing = yield from self._core._get(f"/v1/jobs/{_seg(job_id)}/artifacts", ArtifactList)
+        return listing.data
+
+    def download(self, job_id: str, name: str, dest: str | os.PathLike[str]) -> Plan[Path]:
+        """Download one artifact to `dest` (a file path, or an existing folder to put it in).
+
+        The bytes go to a temporary file next to `dest`; their sha256 is checked against the
+        `X-Content-SHA256` header and the artifact list before the file is renamed into place, so
+        `dest` is never half-written. Raises `ChecksumMismatch` (and writes nothing) when they differ.
+        """
+        listing = yield from self.artifacts(job_id)
+        expected = next((a for a in listing if a.name == name), None)
+        target = Path(dest)
+        if target.is_dir():
+            target = target / PurePosixPath(name).name
+        return (yield from self._download(job_id, name, target, expected))
+
+    def download_all(
+        self, job_id: str, dest_dir: str | os.PathLike[str], *, prefix: str | None = None
+    ) -> Plan[builtins.list[Path]]:
+        """Download every artifact whose name starts with `prefix` to `dest_dir/<name>`.
+
+        Names keep their folders: `prefix="adapter/"` writes `dest_dir/adapter/adapter_model.safetensors`
+        and its neighbours, a folder `PeftModel.from_pretrained` loads. Each file is checked as in
+        `download`; a mismatch stops at that file, leaving the ones before it in place.
+        """
+        paths = []
+        for artifact in (yield from self.artifacts(job_id)):
+            if prefix and not artifact.name.startswith(prefix):
+                continue
+            relative = PurePosixPath(artifact.name)
+            if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+                raise errors.InvalidResponse(f"artifact name escapes {dest_dir}: {artifact.name!r}")
+            target = Path(dest_dir).joinpath(*relative.parts)
+            paths.append((yield from self._download(job_id, artifact.name, target, artifact)))
+        return paths
+
+    def _download(self, job_id: str, name: str, target: Path, expected: Artifact | None) -> Plan[Path]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        path = f"/v1/jobs/{_seg(job_id)}/artifacts/{quote(name, safe='/')}"
+        response = yield from self._core._request("GET", path, stream=True)
+        try:
+            try:
+                digest, size = yield Save(response, part)
+            except httpx.TransportError as exc:
+                raise errors.APIConnectionError(f"download of {name} broke off: {exc}") from exc
+            listed = expected.sha256 if expected is not None else None
+            for announced in (response.headers.get("x-content-sha256"), listed):
+                if announced and announced.lower() != digest:
+                    raise errors.ChecksumMismatch(name, announced.lower(), digest)
+            if expected is not None and expected.bytes != size:
+                raise errors.ChecksumMismatch(name, f"{expected.bytes} bytes", f"{size} bytes")
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+        return target
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        raise_on_failure: bool = False,
+    ) -> Plan[Job]:
+        """Poll until the job is terminal and return it; `WaitTimeout` after `timeout` seconds.
+
+        With `raise_on_failure=True` a failed or cancelled job raises `JobFailed` instead.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = yield from self.get(job_id)
+            if job.status.is_terminal:
+                if raise_on_failure and job.status is not JobStatus.succeeded:
+                    raise errors.JobFailed(job)
+                return job
+            delay = poll_interval
+            if deadline is not None and timeout is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.WaitTimeout(job, timeout)
+                delay = min(delay, remaining)
+            yield Sleep(delay)

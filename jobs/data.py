@@ -1,0 +1,277 @@
+"""From JSONL rows to tokenized training examples; every problem is a DataError naming the file and line."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from client.models import Task
+from jobs.errors import DataError
+
+IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
+MIN_TRAIN_ROWS = 2
+ROLES = frozenset({"system", "user", "assistant"})
+
+# For tokenizers that ship without a chat template (a tokenizer built in code, a base model).
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Row:
+    line: int  # 1-based line number in its file, for error messages
+    data: dict[str, Any]
+    file: str  # "training_file" or "validation_file"
+
+    def where(self) -> str:
+        return f"{self.file} line {self.line}"
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Tokenized examples (dicts of input_ids, attention_mask, labels ...) held in memory."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.examples[i]
+
+    def num_tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.examples)
+
+
+@dataclass
+class Datasets:
+    train: ExampleDataset
+    validation: ExampleDataset | None
+    labels: list[str] | None = None  # classification: sorted label names, index = class id
+    notes: list[str] = field(default_factory=list)  # things the user should hear about (events)
+
+
+def read_jsonl(path: Path, file: str) -> list[Row]:
+    """Non-empty lines of a JSONL file, each a JSON object."""
+    rows: list[Row] = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{file} line {n}: not valid JSON ({e.msg})", param=f"{file} line {n}"
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(f"{file} line {n}: expected a JSON object", param=f"{file} line {n}")
+            rows.append(Row(n, value, file))
+    return rows
+
+
+def split_rows(
+    rows: list[Row], fraction: float, seed: int, stratify: Sequence[str] | None = None
+) -> tuple[list[Row], list[Row], str]:
+    """Seeded hold-out of `fraction` of the rows (stratified if possible) -> train, validation, note."""
+    from sklearn.model_selection import train_test_split
+
+    n_val = max(1, round(len(rows) * fraction)) if fraction > 0 else 0
+    if n_val == 0 or len(rows) - n_val < MIN_TRAIN_ROWS:
+        return rows, [], "no validation split (validation_split is 0 or too few rows)"
+    index = list(range(len(rows)))
+    how = "stratified"
+    try:
+        train_i, val_i = train_test_split(index, test_size=n_val, random_state=seed, stratify=stratify)
+    except ValueError:  # a class with one row, or fewer held-out rows than classes
+        train_i, val_i = train_test_split(index, test_size=n_val, random_state=seed)
+        how = "unstratified: a class is too small to stratify" if stratify is not None else "random"
+    if stratify is None:
+        how = "random"
+    note = f"held out {len(val_i)} of {len(rows)} training rows for validation ({how}, seed {seed})"
+    return [rows[i] for i in sorted(train_i)], [rows[i] for i in sorted(val_i)], note
+
+
+# ---------------------------------------------------------------------------- classification
+
+
+def label_of(row: Row) -> str:
+    text, label = row.data.get("text"), row.data.get("label")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{row.where()}: `text` must be a non-empty string", param=row.where())
+    if isinstance(label, bool) or not isinstance(label, str | int) or label == "":
+        raise DataError(f"{row.where()}: `label` must be a non-empty string or an integer", param=row.where())
+    return str(label)
+
+
+def label_list(rows: list[Row]) -> list[str]:
+    counts = Counter(label_of(r) for r in rows)
+    if len(counts) < 2:
+        raise DataError(
+            f"training_file has {len(counts)} distinct label(s); classification needs at least 2",
+            param="training_file",
+        )
+    return sorted(counts)
+
+
+def classification_examples(
+    rows: list[Row], tokenizer: Any, max_seq_length: int, label2id: dict[str, int]
+) -> list[dict[str, Any]]:
+    examples = []
+    for row in rows:
+        label = label_of(row)
+        if label not in label2id:
+            raise DataError(
+                f"{row.where()}: label {label!r} does not occur in the training data", param=row.where()
+            )
+        enc = tokenizer(row.data["text"], truncation=True, max_length=max_seq_length)
+        examples.append({**{k: list(v) for k, v in enc.items()}, "labels": label2id[label]})
+    return examples
+
+
+# ---------------------------------------------------------------------------- causal LM
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give a tokenizer without a chat template the simple default; True if one was set."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return True
+
+
+def _messages_example(row: Row, tokenizer: Any) -> tuple[list[int], list[int]]:
+    messages = row.data["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{row.where()}: `messages` must be a non-empty list", param=row.where())
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(
+                f"{row.where()}: messages[{i}] needs `role` in {sorted(ROLES)} and a string `content`",
+                param=row.where(),
+            )
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{row.where()}: no assistant message to learn from", param=row.where())
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+
+    def ids(conversation: list[dict[str, str]], generation_prompt: bool = False) -> list[int]:
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    try:
+        input_ids = ids(msgs)
+        labels = [IGNORE_INDEX] * len(input_ids)
+        # An assistant turn's tokens = what rendering it adds after the prompt that asks for it.
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                start, end = len(ids(msgs[:i], generation_prompt=True)), len(ids(msgs[: i + 1]))
+                labels[start:end] = input_ids[start:end]
+    except DataError:
+        raise
+    except Exception as e:  # the template rejected this conversation (order of roles, ...)
+        raise DataError(f"{row.where()}: chat template failed: {e}", param=row.where()) from None
+    return input_ids, labels
+
+
+def _causal_example(row: Row, tokenizer: Any) -> tuple[list[int], list[int]]:
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    d = row.data
+    if "messages" in d:
+        return _messages_example(row, tokenizer)
+    if "prompt" in d or "completion" in d:
+        prompt, completion = d.get("prompt"), d.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
+            raise DataError(
+                f"{row.where()}: `prompt` and `completion` must be strings (completion non-empty)",
+                param=row.where(),
+            )
+        prompt_ids = list(tokenizer(prompt)["input_ids"])
+        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + eos
+        return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    if "text" in d:
+        if not isinstance(d["text"], str) or not d["text"].strip():
+            raise DataError(f"{row.where()}: `text` must be a non-empty string", param=row.where())
+        input_ids = list(tokenizer(d["text"])["input_ids"]) + eos
+        return input_ids, list(input_ids)
+    raise DataError(
+        f"{row.where()}: expected `messages`, `prompt`+`completion` or `text` for causal_lm; got {sorted(d)}",
+        param=row.where(),
+    )
+
+
+def causal_examples(rows: list[Row], tokenizer: Any, max_seq_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Tokenized rows truncated to max_seq_length; also how many were dropped for having no label left."""
+    examples, dropped = [], 0
+    for row in rows:
+        input_ids, labels = _causal_example(row, tokenizer)
+        input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]
+        if all(t == IGNORE_INDEX for t in labels):
+            dropped += 1  # the prompt filled the whole window: nothing left to learn from this row
+            continue
+        examples.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels})
+    return examples, dropped
+
+
+# ---------------------------------------------------------------------------- both
+
+
+def build_datasets(
+    task: Task,
+    tokenizer: Any,
+    train_rows: list[Row],
+    validation_rows: list[Row] | None,
+    max_seq_length: int,
+    validation_split: float,
+    seed: int,
+) -> Datasets:
+    """Validate, split (when no validation file) and tokenize."""
+    if len(train_rows) < MIN_TRAIN_ROWS:
+        raise DataError(
+            f"training_file has {len(train_rows)} row(s); at least {MIN_TRAIN_ROWS} are needed",
+            param="training_file",
+        )
+    notes: list[str] = []
+    labels = label_list(train_rows) if task == Task.classification else None
+    if validation_rows is None:
+        stratify = [label_of(r) for r in train_rows] if labels else None
+        train_rows, validation_rows, note = split_rows(train_rows, validation_split, seed, stratify)
+        notes.append(note)
+
+    if labels is not None:
+        label2id = {name: i for i, name in enumerate(labels)}
+        train = classification_examples(train_rows, tokenizer, max_seq_length, label2id)
+        val = classification_examples(validation_rows, tokenizer, max_seq_length, label2id)
+    else:
+        if ensure_chat_template(tokenizer):
+            notes.append("the tokenizer has no chat template; using the default `<|role|>` template")
+        train, dropped = causal_examples(train_rows, tokenizer, max_seq_length)
+        val, dropped_val = causal_examples(validation_rows, tokenizer, max_seq_length)
+        if dropped or dropped_val:
+            notes.append(
+                f"skipped {dropped + dropped_val} row(s) whose prompt fills max_seq_length={max_seq_length}"
+            )
+    if len(train) < MIN_TRAIN_ROWS:
+        raise DataError(
+            f"training_file has {len(train)} usable row(s) after tokenization; "
+            f"at least {MIN_TRAIN_ROWS} are needed",
+            param="training_file",
+        )
+    return Datasets(ExampleDataset(train), ExampleDataset(val) if val else None, labels, notes)
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps per epoch, as the Trainer counts them."""
+    return max(1, math.ceil(math.ceil(n_rows / batch_size) / grad_accum))

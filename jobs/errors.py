@@ -1,0 +1,41 @@
+"""Why a job failed, as exceptions that carry the `JobError` code the record will show."""
+
+from __future__ import annotations
+
+from client.models import JobError
+
+
+class JobFailed(Exception):
+    """A failure the caller can understand; `code` and `param` go into the job's `error`."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_error(self) -> JobError:
+        return JobError(code=self.code, message=self.message, param=self.param)
+
+
+class ModelNotFound(JobFailed):
+    code = "model_not_found"
+
+
+class DataError(JobFailed):
+    """A bad row, a missing field, too few examples or a label problem in a training/validation file."""
+
+    code = "invalid_data"
+
+
+class InvalidMethod(JobFailed):
+    """The method does not fit the model (e.g. LoRA target modules the architecture lacks)."""
+
+    code = "invalid_method"
+
+
+class InvalidModel(JobFailed):
+    """The model folder exists but transformers cannot load it (or its tokenizer)."""
+
+    code = "invalid_model"

@@ -1,0 +1,302 @@
+"""The one place that writes job progress to Redis (service/store.py is the one place that reads it).
+
+Every write is a GUARDED_WRITE: it lands only while this attempt is the job's current attempt and the job
+is in the status the transition expects. A stale attempt (requeued by the janitor, or a job cancelled
+while queued) therefore cannot overwrite the record of the attempt that replaced it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from redis import Redis
+
+from client.keys import (
+    GUARDED_WRITE,
+    HEARTBEATS_KEY,
+    JobField,
+    events_key,
+    heartbeat_member,
+    job_key,
+    metrics_key,
+)
+from client.models import (
+    Artifact,
+    Event,
+    EventLevel,
+    EventType,
+    JobError,
+    JobStatus,
+    MetricPoint,
+    Progress,
+)
+
+log = logging.getLogger("ftjobs.report")
+
+
+def _json(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    return json.dumps(value, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """numpy/torch scalars (`.item()`) and anything else JSON lacks, as plain values."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def finite(values: Mapping[str, Any]) -> dict[str, float]:
+    """Only the finite numbers: JSON has no NaN/inf, and the wire models want floats."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+class Reporter:
+    """Writes one attempt's status, progress, heartbeats, events and metrics (JSON, all guarded)."""
+
+    def __init__(self, redis: Redis, tenant: str, job_id: str, attempt: int) -> None:
+        self.redis = redis
+        self.tenant = tenant
+        self.job_id = job_id
+        self.attempt = attempt
+        self.key = job_key(tenant, job_id)
+        self.member = heartbeat_member(tenant, job_id, attempt)
+        self._write_script = redis.register_script(GUARDED_WRITE)
+        self._last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self) -> dict[str, Any] | None:
+        """The job record, decoded; None when there is no such job."""
+        raw = self.redis.hgetall(self.key)
+        if not raw:
+            return None
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def cancel_requested(self) -> bool:
+        """True when the job should stop: a cancel was requested, or this attempt no longer owns it."""
+        cancel, status, attempt = self.redis.hmget(
+            self.key, [JobField.cancel_requested, JobField.status, JobField.attempt]
+        )
+        return self._should_stop(cancel, status, attempt)
+
+    def _should_stop(self, cancel: Any, status: Any, attempt: Any) -> bool:
+        if status is None:
+            return True  # the record is gone
+        return (
+            bool(cancel and json.loads(cancel))
+            or json.loads(status) != JobStatus.running
+            or json.loads(attempt or "0") != self.attempt
+        )
+
+    # ------------------------------------------------------------------ transitions
+
+    def start(self, worker_name: str, queue: str | None = None) -> bool:
+        """queued -> running; False when the job is not ours to run (cancelled, or a newer attempt exists)."""
+        now = time.time()
+        record = self.read() or {}
+        if record.get(JobField.cancel_requested):
+            # Cancelled while queued: end it here rather than leave it queued with no RQ job behind it.
+            self._write(
+                {JobField.status: JobStatus.cancelled, JobField.finished_at: int(now)},
+                self._event_json(
+                    "cancelled before it started",
+                    EventLevel.info,
+                    EventType.status,
+                    {"status": JobStatus.cancelled, "attempt": self.attempt},
+                ),
+                statuses=[JobStatus.queued],
+            )
+            return False
+        resolved = dict(record.get(JobField.resolved) or {})
+        if queue:
+            resolved["queue"] = queue  # lets the janitor requeue a lost attempt onto the same hardware class
+        fields: dict[str, Any] = {
+            JobField.status: JobStatus.running,
+            JobField.started_at: int(now),
+            JobField.worker: worker_name,
+            JobField.heartbeat_at: now,
+            JobField.progress: Progress(),
+            JobField.last_metrics: {},
+            JobField.resolved: resolved,
+        }
+        event = self._event_json(
+            f"running (attempt {self.attempt}) on {worker_name}",
+            EventLevel.info,
+            EventType.status,
+            {"status": JobStatus.running, "attempt": self.attempt, "worker": worker_name},
+        )
+        if not self._write(fields, event, statuses=[JobStatus.queued]):
+            return False
+        self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
+        return True
+
+    def finish(
+        self,
+        status: JobStatus,
+        error: JobError | None = None,
+        results: Mapping[str, Any] | None = None,
+        artifacts: Iterable[Artifact] | None = None,
+    ) -> bool:
+        """running -> succeeded | failed | cancelled: finished_at, a status event, no more heartbeat."""
+        if not status.is_terminal:
+            raise ValueError(f"finish() needs a terminal status, got {status}")
+        fields: dict[str, Any] = {JobField.status: status, JobField.finished_at: int(time.time())}
+        if error is not None:
+            fields[JobField.error] = error
+        if results is not None:
+            fields[JobField.results] = dict(results)
+        if artifacts is not None:
+            fields[JobField.artifacts] = list(artifacts)
+        message = f"{status}" + (f": {error.code}: {error.message}" if error else "")
+        data: dict[str, Any] = {"status": status, "attempt": self.attempt}
+        if error is not None:
+            data["error"] = error.model_dump()
+        level = EventLevel.error if status == JobStatus.failed else EventLevel.info
+        event = self._event_json(message, level, EventType.status, data)
+        ok = self._write(fields, event)
+        self.redis.zrem(HEARTBEATS_KEY, self.member)
+        return ok
+
+    def requeue(self, reason: str) -> bool:
+        """running -> queued as the next attempt (used by the janitor for an attempt whose worker is gone)."""
+        fields: dict[str, Any] = {JobField.status: JobStatus.queued, JobField.attempt: self.attempt + 1}
+        event = self._event_json(
+            f"{reason}; requeued as attempt {self.attempt + 1}",
+            EventLevel.warning,
+            EventType.status,
+            {"status": JobStatus.queued, "attempt": self.attempt + 1, "previous_attempt": self.attempt},
+        )
+        ok = self._write(fields, event)
+        self.redis.zrem(HEARTBEATS_KEY, self.member)
+        return ok
+
+    # ------------------------------------------------------------------ while running
+
+    def event(
+        self,
+        message: str,
+        level: EventLevel = EventLevel.info,
+        type: EventType = EventType.message,
+        data: Mapping[str, Any] | None = None,
+    ) -> bool:
+        return self._write({}, self._event_json(message, level, type, dict(data or {})))
+
+    def heartbeat(self) -> bool:
+        """HSET heartbeat_at + ZADD the attempt's heartbeat (the janitor's evidence that we are alive)."""
+        now = time.time()
+        ok = self._write({JobField.heartbeat_at: now})
+        if ok:
+            self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
+        return ok
+
+    def progress(self, progress: Progress) -> bool:
+        """Progress and a heartbeat in one write."""
+        now = time.time()
+        ok = self._write({JobField.progress: progress, JobField.heartbeat_at: now})
+        if ok:
+            self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
+        return ok
+
+    def step(self, progress: Progress, heartbeat: bool) -> bool:
+        """Per training step, one round trip: write progress (+ the heartbeat when due) and read whether
+        to stop; True when a cancel was requested or this attempt no longer owns the job."""
+        now = time.time()
+        fields: dict[str, Any] = {JobField.progress: progress}
+        if heartbeat:
+            fields[JobField.heartbeat_at] = now
+        pipe = self.redis.pipeline(transaction=False)
+        self._write(fields, client=pipe)
+        pipe.hmget(self.key, [JobField.cancel_requested, JobField.status, JobField.attempt])
+        (written, _status), fetched = pipe.execute()
+        if written and heartbeat:
+            self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
+        return self._should_stop(*fetched)
+
+    def metric(
+        self, split: Literal["train", "eval"], step: int, epoch: float | None, values: Mapping[str, Any]
+    ) -> bool:
+        """A point on the metrics stream; `last_metrics` keeps each value's newest (`eval_loss` ...)."""
+        clean = finite(values)
+        if not clean:
+            return False
+        point = MetricPoint(id="", step=step, epoch=epoch, split=split, created_at=time.time(), values=clean)
+        self._last_metrics.update({f"{split}_{k}": v for k, v in clean.items()})
+        return self._write(
+            {JobField.last_metrics: self._last_metrics},
+            point.model_dump_json(exclude={"id"}),
+            stream=metrics_key(self.tenant, self.job_id),
+        )
+
+    def resolved(self, values: Mapping[str, Any]) -> bool:
+        """Merge derived values (steps, row counts, model path ...) into the record's `resolved`."""
+        raw = self.redis.hget(self.key, JobField.resolved)
+        merged = {**(json.loads(raw) if raw else {}), **values}
+        return self._write({JobField.resolved: merged})
+
+    # ------------------------------------------------------------------ the one write
+
+    def _event_json(self, message: str, level: EventLevel, type: EventType, data: dict[str, Any]) -> str:
+        event = Event(id="", created_at=time.time(), level=level, type=type, message=message, data=data)
+        return event.model_dump_json(exclude={"id"})
+
+    def _write(
+        self,
+        fields: Mapping[str, Any],
+        entry: str = "",
+        stream: str | None = None,
+        statuses: Iterable[JobStatus] = (JobStatus.running,),
+        client: Any = None,
+    ) -> bool:
+        """GUARDED_WRITE at this attempt; with a pipeline as `client` it is queued there (returns False)."""
+        pairs = [x for f, v in fields.items() for x in (str(f), _json(v))]
+        result = self._write_script(
+            keys=[self.key, stream or events_key(self.tenant, self.job_id)],
+            args=[str(self.attempt), ",".join(statuses), len(fields), *pairs, entry],
+            client=client,
+        )
+        return client is None and bool(result[0])
+
+
+class Heartbeat:
+    """Heartbeats from a daemon thread while the job runs, so long silent phases (loading a model,
+    evaluating, uploading) do not look like a lost worker; the training callback adds progress."""
+
+    def __init__(self, reporter: Reporter, interval_s: float) -> None:
+        self.reporter = reporter
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="ftjobs-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.reporter.heartbeat():
+                    return  # no longer running at our attempt: nothing left to keep alive
+            except Exception:  # a Redis blip: the next beat retries
+                log.warning("heartbeat failed", exc_info=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

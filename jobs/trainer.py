@@ -1,0 +1,165 @@
+"""The Trainer we run, the collator that pads its batches and the callback that reports a run to Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from client.models import EventType, Progress
+from jobs.data import IGNORE_INDEX
+from jobs.evaluate import eval_values
+from jobs.report import Reporter, finite
+
+
+class JobTrainer(Trainer):
+    """transformers' Trainer; the hook point for job-level losses (L1/L2 penalties, EWC) to come."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or this attempt lost the job) in the middle of an evaluation."""
+
+
+class PadCollator:
+    """Right-pads each list field of a batch: input_ids with the pad id, labels with -100, the rest with 0."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of  # 8 keeps GPU matmuls on tensor-core shapes
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.multiple:
+            longest = -(-longest // self.multiple) * self.multiple
+        batch = {}
+        for key in features[0]:
+            values = [f[key] for f in features]
+            if isinstance(values[0], list):
+                pad = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
+                batch[key] = torch.tensor([v + [pad] * (longest - len(v)) for v in values], dtype=torch.long)
+            else:  # a class id per example
+                batch[key] = torch.tensor(values, dtype=torch.long)
+        return batch
+
+
+class ReportCallback(TrainerCallback):
+    """Progress + heartbeat (throttled), train/eval metric points and events, and the cancel check."""
+
+    def __init__(self, reporter: Reporter, heartbeat_s: float, causal: bool) -> None:
+        self.reporter = reporter
+        self.heartbeat_s = heartbeat_s  # seconds between heartbeats (and between cancel checks in evaluation)
+        self.causal = causal
+        self.cancelled = False
+        self.train_history: list[dict[str, Any]] = []  # {step, epoch, values} per logged train loss
+        self.eval_history: list[dict[str, Any]] = []
+        self._started = self._last_beat = time.monotonic()
+        self._last_cancel_check = 0.0
+
+    # ----------------------------------------------------------------- progress and cancel
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._started = self._last_beat = time.monotonic()
+        self.reporter.progress(self._progress(state))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # Progress every step, in the same round trip as the cancel check (one Redis call per step):
+        # a cancel stops within a step of the progress the user last saw. The heartbeat is throttled.
+        now = time.monotonic()
+        beat = now - self._last_beat >= self.heartbeat_s
+        if beat:
+            self._last_beat = now
+        if self.reporter.step(self._progress(state), heartbeat=beat):
+            self.cancelled = True
+            control.should_training_stop = True
+        if self.cancelled:
+            control.should_evaluate = control.should_save = False
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.cancelled:  # the default flow asks for an end-of-epoch evaluation; a cancelled run skips it
+            control.should_evaluate = control.should_save = False
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.reporter.progress(self._progress(state))
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # Evaluations have no step end: look for a cancel every heartbeat interval and abort the evaluation.
+        now = time.monotonic()
+        if now - self._last_cancel_check >= self.heartbeat_s:
+            self._last_cancel_check = now
+            if self.reporter.cancel_requested():
+                self.cancelled = True
+                raise Cancelled()
+
+    def _progress(self, state: TrainerState) -> Progress:
+        elapsed = time.monotonic() - self._started
+        total = state.max_steps or None
+        eta = (
+            elapsed / state.global_step * (total - state.global_step) if total and state.global_step else None
+        )
+        return Progress(
+            step=state.global_step,
+            total_steps=total,
+            epoch=round(state.epoch or 0.0, 4),
+            tokens_seen=int(state.num_input_tokens_seen or 0),
+            elapsed_seconds=round(elapsed, 3),
+            eta_seconds=round(eta, 3) if eta is not None else None,
+        )
+
+    # ----------------------------------------------------------------- metrics
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        logs = logs or {}
+        if (
+            "loss" not in logs or "train_loss" in logs
+        ):  # eval logs arrive via on_evaluate; skip the run summary
+            return
+        values = finite({k: logs[k] for k in ("loss", "learning_rate", "grad_norm") if k in logs})
+        self._record("train", state, values, self.train_history)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        self._record("eval", state, eval_values(metrics or {}, self.causal), self.eval_history)
+
+    def _record(self, split: str, state: TrainerState, values: dict[str, float], history: list) -> None:
+        if not values:
+            return
+        epoch = round(state.epoch, 4) if state.epoch is not None else None
+        history.append({"step": state.global_step, "epoch": epoch, "values": values})
+        self.reporter.metric(split, state.global_step, epoch, values)  # type: ignore[arg-type]
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if "/" not in k)  # per-class: in data
+        baseline = split == "eval" and state.global_step == 0
+        label = "baseline eval (before training)" if baseline else f"{split} step {state.global_step}"
+        self.reporter.event(
+            f"{label}: {shown}",
+            type=EventType.metrics,
+            data={"split": split, "step": state.global_step, "epoch": epoch, "values": values},
+        )
+
+    @property
+    def train_losses(self) -> list[float]:
+        return [h["values"]["loss"] for h in self.train_history if "loss" in h["values"]]

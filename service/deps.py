@@ -1,0 +1,72 @@
+"""Annotated dependencies of the routes: settings, Redis, store, storage, queue and the caller's tenant."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis import Redis
+
+from client.models import DEFAULT_TENANT
+from service.config import Settings
+from service.errors import Unauthorized
+from service.queue import JobQueue
+from service.storage import Storage
+from service.store import Store
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+def get_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.queue
+    return queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+StoreDep = Annotated[Store, Depends(get_store)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+bearer = HTTPBearer(auto_error=False, description="An API key from FTJOBS_API_KEYS (when auth is enabled).")
+
+
+def get_tenant(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
+    """The tenant of the caller's API key; `default` when the deployment has no API keys."""
+    if not settings.api_keys:
+        return DEFAULT_TENANT
+    if credentials is None:
+        raise Unauthorized()
+    presented = credentials.credentials.encode()
+    tenant = None
+    for key, owner in settings.api_keys.items():  # compare with every key, in constant time each
+        if hmac.compare_digest(presented, key.encode()):
+            tenant = owner
+    if tenant is None:
+        raise Unauthorized("Invalid API key.")
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

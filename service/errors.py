@@ -1,0 +1,204 @@
+"""One exception tree for every error the API returns; ONE handler renders them all as ErrorBody.
+
+The wire `code` is the snake_cased class name (`JobNotFound` -> `job_not_found`); routes list the
+classes they can raise in `responses=error_responses(...)` so the OpenAPI spec shows them.
+`service/handlers.py` maps every exception (ours, validation, HTTP, Redis, unexpected) onto this tree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from fastapi.responses import JSONResponse
+
+from client.models import ErrorBody, ErrorDetail
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class ServiceError(Exception):
+    """Base of every error the API reports."""
+
+    status_code: ClassVar[int] = 400
+    type: ClassVar[str] = "invalid_request_error"
+    default_message: ClassVar[str] = "Bad request."
+
+    def __init__(
+        self, message: str | None = None, param: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.message = message or self.default_message
+        self.param = param
+        self.headers = dict(headers or {})
+        super().__init__(self.message)
+
+    @classmethod
+    def code(cls) -> str:
+        return snake_case(cls.__name__)
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(
+            error=ErrorDetail(code=self.code(), message=self.message, param=self.param, type=self.type)
+        )
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            self.body().model_dump(mode="json"), status_code=self.status_code, headers=self.headers
+        )
+
+
+# --------------------------------------------------------------------------- 4xx
+
+
+class MalformedBody(ServiceError):
+    """The request body cannot be parsed (invalid JSON or multipart)."""
+
+    default_message = "The request body cannot be parsed."
+
+
+class Unauthorized(ServiceError):
+    """Missing or unknown API key (`Authorization: Bearer <key>`)."""
+
+    status_code = 401
+    default_message = "Missing or invalid API key: send `Authorization: Bearer <key>`."
+
+    def __init__(
+        self, message: str | None = None, param: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, param, headers={"WWW-Authenticate": "Bearer", **(headers or {})})
+
+
+class NotFound(ServiceError):
+    """No such route or resource."""
+
+    status_code = 404
+    default_message = "Not found."
+
+
+class JobNotFound(NotFound):
+    """No job with this id for this tenant."""
+
+    default_message = "No such job."
+
+
+class FileNotFound(NotFound):
+    """No file with this id for this tenant."""
+
+    default_message = "No such file."
+
+
+class ArtifactNotFound(NotFound):
+    """The job has no finalised artifact with this name."""
+
+    default_message = "No such artifact."
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists, but not for this HTTP method (see the `Allow` header)."""
+
+    status_code = 405
+    default_message = "Method not allowed."
+
+
+class Conflict(ServiceError):
+    """The request conflicts with the current state of the resource."""
+
+    status_code = 409
+    default_message = "Conflict with the current state of the resource."
+
+
+class JobNotCancellable(Conflict):
+    """The job already finished (succeeded, failed or cancelled)."""
+
+
+class IdempotencyKeyReused(Conflict):
+    """The Idempotency-Key was already used with a different request body."""
+
+
+class IdempotencyKeyInProgress(Conflict):
+    """A request with this Idempotency-Key is still being processed; retry shortly."""
+
+
+class RequestEntityTooLarge(ServiceError):
+    """The request body is larger than the route accepts (JSON bodies: 1 MiB)."""
+
+    status_code = 413
+    default_message = "The request body is too large."
+
+
+class FileTooLarge(ServiceError):
+    """The upload exceeds FTJOBS_MAX_UPLOAD_BYTES."""
+
+    status_code = 413
+    default_message = "The upload is too large."
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request body has the wrong Content-Type."""
+
+    status_code = 415
+    default_message = "Unsupported Content-Type."
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed JSON but asks for something invalid."""
+
+    status_code = 422
+    default_message = "Invalid request."
+
+
+class ValidationError(InvalidRequest):
+    """A field of the request (body, query or header) failed validation; `param` names it."""
+
+
+class InvalidFile(InvalidRequest):
+    """The uploaded JSONL is malformed; the message lists the bad lines, `param` is the first (`line N`)."""
+
+
+class IncompatibleFile(InvalidRequest):
+    """The file's row format cannot train the requested task."""
+
+
+class ModelNotAllowed(InvalidRequest):
+    """The base model path is outside every configured model root."""
+
+
+# --------------------------------------------------------------------------- 5xx
+
+
+class InternalError(ServiceError):
+    """An unexpected fault of the service (details are in the server log only)."""
+
+    status_code = 500
+    type = "api_error"
+    default_message = "Internal server error."
+
+
+class RedisUnavailable(ServiceError):
+    """Redis is unreachable; retry after `Retry-After` seconds."""
+
+    status_code = 503
+    type = "service_unavailable"
+    default_message = "The state store (Redis) is unavailable; retry later."
+
+    def __init__(
+        self, message: str | None = None, param: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, param, headers={"Retry-After": "5", **(headers or {})})
+
+
+def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status code with the ErrorBody schema and the codes it can carry."""
+    grouped: dict[int, list[type[ServiceError]]] = {}
+    for err in errors:
+        grouped.setdefault(err.status_code, []).append(err)
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": " ".join(f"`{e.code()}`: {(e.__doc__ or '').strip()}" for e in errs),
+        }
+        for status, errs in sorted(grouped.items())
+    }

@@ -1,0 +1,58 @@
+"""The only module that talks to RQ: enqueue one attempt of a job by dotted path, cancel it while queued."""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQJobStatus
+from rq.serializers import JSONSerializer
+
+from client.models import QueuePayload
+from service.config import Settings
+
+log = logging.getLogger("ftjobs.service")
+
+TRAIN_FUNC = "jobs.train.run"  # imported by the worker only: the API never imports `jobs`
+RESULT_TTL_S = 24 * 3600
+FAILURE_TTL_S = 7 * 24 * 3600
+
+
+def rq_job_id(job_id: str, attempt: int) -> str:
+    return f"{job_id}-{attempt}"
+
+
+class JobQueue:
+    """RQ queue of one hardware class (settings.queue); payloads cross it as JSON, never pickle."""
+
+    def __init__(self, connection: Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
+
+    def enqueue(self, payload: QueuePayload) -> str:
+        """Enqueue `jobs.train.run(payload=...)` for one attempt; returns the RQ job id."""
+        job = self.queue.enqueue_call(
+            TRAIN_FUNC,
+            kwargs={"payload": payload.model_dump()},
+            job_id=rq_job_id(payload.job_id, payload.attempt),
+            timeout=self.settings.job_timeout_s,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            description=f"train {payload.job_id} (tenant {payload.tenant}, attempt {payload.attempt})",
+        )
+        return str(job.id)
+
+    def cancel(self, job_id: str, attempt: int) -> None:
+        """Cancel the attempt's RQ job if it has not started (a running one stops via cancel_requested)."""
+        try:
+            job = RQJob.fetch(
+                rq_job_id(job_id, attempt), connection=self.connection, serializer=JSONSerializer
+            )
+            if job.get_status() in (RQJobStatus.QUEUED, RQJobStatus.DEFERRED, RQJobStatus.SCHEDULED):
+                job.cancel()
+        except (NoSuchJobError, InvalidJobOperation) as exc:
+            log.info("rq job %s not cancelled: %s", rq_job_id(job_id, attempt), exc)

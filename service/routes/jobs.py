@@ -1,0 +1,236 @@
+"""Fine-tuning jobs: create (validated, then queued), list, get, cancel, events and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from client.models import (
+    JOB_ID_PATTERN,
+    TASK_FORMATS,
+    EventList,
+    Job,
+    JobCreate,
+    JobError,
+    JobList,
+    JobStatus,
+    MetricList,
+    QueuePayload,
+)
+from service.deps import QueueDep, SettingsDep, StoreDep, TenantDep
+from service.errors import (
+    FileNotFound,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
+    IncompatibleFile,
+    JobNotCancellable,
+    JobNotFound,
+    MalformedBody,
+    ModelNotAllowed,
+    RequestEntityTooLarge,
+    ValidationError,
+    error_responses,
+)
+from service.queue import JobQueue
+from service.records import new_id
+from service.store import Store
+
+log = logging.getLogger("ftjobs.service")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+STREAM_ID_PATTERN = r"^\d+(-\d+)?$"
+MAX_JSON_BODY_BYTES = 1024 * 1024  # a JobCreate is a few KB; never buffer more than this
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="Retry-safe submits: the same key (within 24 h) returns the same job.",
+    ),
+]
+JobAfter = Annotated[
+    str | None, Query(pattern=JOB_ID_PATTERN, description="Cursor: `last_id` of the previous page.")
+]
+StreamAfter = Annotated[
+    str | None,
+    Query(pattern=STREAM_ID_PATTERN, description="Cursor: the last seen id (`0-0` = from the start)."),
+]
+REPLAYED = {
+    "model": Job,
+    "description": "Idempotent replay: the job created earlier with this Idempotency-Key.",
+}
+
+
+def check_model(model: str, roots: Sequence[str]) -> None:
+    """Absolute paths must lie under a model root; relative ones (resolved by the worker) must not escape."""
+    norm = os.path.normpath(model)
+    if model.startswith("~") or norm == "." or norm == ".." or norm.startswith("../"):
+        raise ModelNotAllowed(f"model {model!r} is not a path under a model root.", param="model")
+    if os.path.isabs(norm) and not any(
+        norm == root or norm.startswith(root.rstrip("/") + "/") for root in roots
+    ):
+        raise ModelNotAllowed(
+            f"model {model!r} is outside the configured model roots ({', '.join(roots)}).", param="model"
+        )
+
+
+def check_files(store: Store, tenant: str, req: JobCreate) -> None:
+    """The files exist for this tenant and their row format can train the task."""
+    allowed = TASK_FORMATS[req.task]
+    train = store.get_file(tenant, req.training_file, param="training_file")
+    if train.format not in allowed:
+        needs = ", ".join(sorted(allowed))
+        raise IncompatibleFile(
+            f"training_file {train.id} has format {train.format.value}; "
+            f"task {req.task.value} needs one of: {needs}.",
+            param="training_file",
+        )
+    if req.validation_file:
+        valid = store.get_file(tenant, req.validation_file, param="validation_file")
+        if valid.format != train.format:
+            raise IncompatibleFile(
+                f"validation_file {valid.id} has format {valid.format.value}; "
+                f"training_file has {train.format.value}; they must match.",
+                param="validation_file",
+            )
+
+
+def request_sha256(req: JobCreate) -> str:
+    """Fingerprint of the request as parsed (key order, whitespace and spelled-out defaults do not matter)."""
+    return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def replayed_job(store: Store, tenant: str, job_id: str) -> Job:
+    """The job an Idempotency-Key names; waits briefly if the first request is still creating it."""
+    for _ in range(20):
+        try:
+            return store.get_job(tenant, job_id)
+        except JobNotFound:
+            time.sleep(0.1)
+    raise IdempotencyKeyInProgress("A request with this Idempotency-Key is still in progress; retry shortly.")
+
+
+def submit(store: Store, queue: JobQueue, tenant: str, job_id: str) -> None:
+    """validating_files -> queued (attempt 1), then enqueue; a job that cannot be enqueued is failed."""
+    if not store.mark_queued(tenant, job_id):
+        return  # cancelled meanwhile
+    try:
+        queue.enqueue(QueuePayload(job_id=job_id, tenant=tenant, attempt=1))
+    except Exception:
+        try:
+            store.mark_failed(
+                tenant, job_id, JobError(code="internal_error", message="The job could not be queued.")
+            )
+        except Exception:
+            log.exception("could not mark %s failed after an enqueue error", job_id)
+        raise
+
+
+@router.post(
+    "",
+    status_code=201,
+    max_body_size=MAX_JSON_BODY_BYTES,
+    responses={
+        200: REPLAYED,
+        **error_responses(
+            MalformedBody,
+            RequestEntityTooLarge,
+            FileNotFound,
+            IdempotencyKeyReused,
+            IdempotencyKeyInProgress,
+            ValidationError,
+            IncompatibleFile,
+            ModelNotAllowed,
+        ),
+    },
+)
+def create_job(
+    req: JobCreate,
+    response: Response,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    queue: QueueDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
+    """Create a fine-tuning job; it is queued at once."""
+    check_model(req.model, settings.model_roots)
+    check_files(store, tenant, req)
+    job_id = new_id("ftjob-")
+    if idempotency_key:
+        existing = store.claim_idempotency_key(tenant, idempotency_key, job_id, request_sha256(req))
+        if existing:
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
+            return replayed_job(store, tenant, existing)
+    try:
+        store.create_job(tenant, req, job_id)
+    except Exception:
+        if idempotency_key:
+            try:
+                store.release_idempotency_key(tenant, idempotency_key, job_id)
+            except Exception:
+                log.warning("could not release idempotency key for %s", job_id)
+        raise
+    submit(store, queue, tenant, job_id)
+    return store.get_job(tenant, job_id)
+
+
+@router.get("", responses=error_responses(ValidationError))
+def list_jobs(
+    tenant: TenantDep,
+    store: StoreDep,
+    after: JobAfter = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+) -> JobList:
+    """List jobs, newest first (cursor pagination with `after`)."""
+    return store.list_jobs(tenant, after, limit, status)
+
+
+@router.get("/{job_id}", responses=error_responses(JobNotFound, ValidationError))
+def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
+    """Get a job: status, progress, last metrics, results, error and artifacts."""
+    return store.get_job(tenant, job_id)
+
+
+@router.post("/{job_id}/cancel", responses=error_responses(JobNotFound, JobNotCancellable, ValidationError))
+def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep) -> Job:
+    """Cancel a job: at once if not started, at the worker's next step if running."""
+    job, cancelled_now = store.cancel_job(tenant, job_id)
+    if cancelled_now and job.attempt:
+        queue.cancel(job_id, job.attempt)
+    return job
+
+
+@router.get("/{job_id}/events", responses=error_responses(JobNotFound, ValidationError))
+def list_events(
+    job_id: str,
+    tenant: TenantDep,
+    store: StoreDep,
+    after: StreamAfter = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+) -> EventList:
+    """List a job's events, oldest first (cursor: the last seen event id)."""
+    return store.events(tenant, job_id, after, limit)
+
+
+@router.get("/{job_id}/metrics", responses=error_responses(JobNotFound, ValidationError))
+def list_metrics(
+    job_id: str,
+    tenant: TenantDep,
+    store: StoreDep,
+    after: StreamAfter = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+) -> MetricList:
+    """List a job's metric points, oldest first (cursor: the last seen point id)."""
+    return store.metrics(tenant, job_id, after, limit)

@@ -1,0 +1,270 @@
+"""Job records, event/metric streams, files and idempotency keys in Redis.
+
+The only module of the API that reads job progress (the worker writes it with `jobs/report.py`), using
+the key names, hash fields and the GUARDED_WRITE script of `client/keys.py`. Every hash value is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from redis import Redis
+
+from client import keys
+from client.keys import JobField
+from client.models import (
+    FILE_ID_PATTERN,
+    JOB_ID_PATTERN,
+    Event,
+    EventList,
+    FileList,
+    FileObject,
+    Job,
+    JobCreate,
+    JobError,
+    JobList,
+    JobStatus,
+    MetricList,
+    MetricPoint,
+)
+from service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
+from service.records import as_text, event_json, job_from_hash, new_id, new_record, status_event
+
+S = JobStatus
+StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (stream id, {field: value}) as redis-py returns it
+
+
+class Store:
+    """Redis-backed state of one deployment; every lookup is scoped by tenant."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._guarded_write = redis.register_script(keys.GUARDED_WRITE)
+
+    # ------------------------------------------------------------------ files
+
+    def add_file(self, file: FileObject) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.file_key(file.tenant, file.id), file.model_dump_json())
+        pipe.zadd(keys.tenant_files_key(file.tenant), {file.id: 0})
+        pipe.execute()
+
+    def get_file(self, tenant: str, file_id: str, param: str | None = None) -> FileObject:
+        raw = (
+            self.redis.get(keys.file_key(tenant, file_id)) if re.fullmatch(FILE_ID_PATTERN, file_id) else None
+        )
+        if raw is None:
+            raise FileNotFound(f"No file {file_id!r}.", param=param)
+        return FileObject.model_validate_json(raw)
+
+    def list_files(self, tenant: str, after: str | None, limit: int) -> FileList:
+        ids = self._ids_before(keys.tenant_files_key(tenant), after, limit + 1)
+        raws = self.redis.mget([keys.file_key(tenant, i) for i in ids]) if ids else []
+        files = [FileObject.model_validate_json(r) for r in raws if r is not None]
+        page = files[:limit]
+        return FileList(data=page, has_more=len(ids) > limit, last_id=page[-1].id if page else None)
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, tenant: str, req: JobCreate, job_id: str | None = None) -> Job:
+        """Write the whole record (status validating_files), index it and log its first event, atomically."""
+        job_id = job_id or new_id("ftjob-")
+        record = new_record(tenant, job_id, req)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): json.dumps(v) for k, v in record.items()})
+        pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})
+        self._xadd(pipe, keys.events_key(tenant, job_id), status_event(S.validating_files, "Job created."))
+        pipe.execute()
+        return self.get_job(tenant, job_id)
+
+    def get_job(self, tenant: str, job_id: str) -> Job:
+        raw = self.redis.hgetall(keys.job_key(tenant, job_id)) if re.fullmatch(JOB_ID_PATTERN, job_id) else {}
+        if not raw:
+            raise JobNotFound(f"No job {job_id!r}.")
+        return job_from_hash(raw)
+
+    def require_job(self, tenant: str, job_id: str) -> None:
+        """Raise JobNotFound unless the job exists for this tenant."""
+        if not re.fullmatch(JOB_ID_PATTERN, job_id) or not self.redis.exists(keys.job_key(tenant, job_id)):
+            raise JobNotFound(f"No job {job_id!r}.")
+
+    def list_jobs(
+        self, tenant: str, after: str | None, limit: int, status: JobStatus | None = None
+    ) -> JobList:
+        """Newest first; with a status filter, scans batches until a page is full."""
+        batch = limit + 1 if status is None else max(limit + 1, 100)
+        jobs: list[Job] = []
+        has_more, cursor = False, after
+        while not has_more:
+            ids = self._ids_before(keys.tenant_jobs_key(tenant), cursor, batch)
+            for job in self._load_jobs(tenant, ids):
+                if status is None or job.status == status:
+                    if len(jobs) == limit:
+                        has_more = True
+                        break
+                    jobs.append(job)
+            if len(ids) < batch:
+                break
+            cursor = ids[-1]
+        return JobList(data=jobs, has_more=has_more, last_id=jobs[-1].id if jobs else None)
+
+    def guarded_write(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        statuses: Iterable[JobStatus] = (),
+        attempt: int | None = None,
+        fields: Mapping[str, Any] | None = None,
+        entry: str | None = None,
+        stream: str | None = None,
+    ) -> tuple[bool, str]:
+        """Run GUARDED_WRITE: write `fields` (+ append `entry`) only in `statuses`; -> (written, status)."""
+        pairs = [x for k, v in (fields or {}).items() for x in (str(k), json.dumps(v))]
+        written, status = self._guarded_write(
+            keys=[keys.job_key(tenant, job_id), stream or keys.events_key(tenant, job_id)],
+            args=[
+                "" if attempt is None else str(attempt),
+                ",".join(s.value for s in statuses),
+                len(pairs) // 2,
+                *pairs,
+                entry or "",
+            ],
+        )
+        return bool(written), json.loads(status) if status else ""
+
+    def mark_queued(self, tenant: str, job_id: str) -> bool:
+        """validating_files -> queued as attempt 1; False if the job left validating_files meanwhile."""
+        written, _ = self.guarded_write(
+            tenant,
+            job_id,
+            statuses=[S.validating_files],
+            fields={JobField.status: S.queued.value, JobField.attempt: 1},
+            entry=status_event(S.queued, "Job queued.", attempt=1),
+        )
+        return written
+
+    def mark_failed(self, tenant: str, job_id: str, error: JobError) -> None:
+        """Fail a job the API could not hand to the queue (no-op once a worker owns it)."""
+        self.guarded_write(
+            tenant,
+            job_id,
+            statuses=[S.validating_files, S.queued],
+            fields={
+                JobField.status: S.failed.value,
+                JobField.finished_at: int(time.time()),
+                JobField.error: error.model_dump(mode="json"),
+            },
+            entry=status_event(S.failed, f"Job failed: {error.message}", code=error.code),
+        )
+
+    def cancel_job(self, tenant: str, job_id: str) -> tuple[Job, bool]:
+        """Cancel now if not started -> (job, True); if running, ask the worker to stop -> (job, False)."""
+        self.require_job(tenant, job_id)
+        for _ in range(5):  # the status may move under us (queued -> running); each retry re-reads it
+            written, status = self.guarded_write(
+                tenant,
+                job_id,
+                statuses=[S.validating_files, S.queued],
+                fields={
+                    JobField.status: S.cancelled.value,
+                    JobField.cancel_requested: True,
+                    JobField.finished_at: int(time.time()),
+                },
+                entry=status_event(S.cancelled, "Job cancelled."),
+            )
+            if written:
+                return self.get_job(tenant, job_id), True
+            if not status:
+                raise JobNotFound(f"No job {job_id!r}.")
+            if status != S.running:
+                if JobStatus(status).is_terminal:
+                    raise JobNotCancellable(f"Job {job_id} is already {status}; it cannot be cancelled.")
+                continue
+            job = self.get_job(tenant, job_id)
+            if job.cancel_requested:
+                return job, False
+            written, _ = self.guarded_write(
+                tenant,
+                job_id,
+                statuses=[S.running],
+                fields={JobField.cancel_requested: True},
+                entry=event_json("Cancellation requested; the worker stops at the next step."),
+            )
+            if written:
+                return self.get_job(tenant, job_id), False
+        return self.get_job(tenant, job_id), False
+
+    # ------------------------------------------------------------------ streams
+
+    def events(self, tenant: str, job_id: str, after: str | None, limit: int) -> EventList:
+        self.require_job(tenant, job_id)
+        entries, has_more = self._stream_page(keys.events_key(tenant, job_id), after, limit)
+        data = [Event.model_validate({**body, "id": sid}) for sid, body in entries]
+        return EventList(data=data, has_more=has_more, last_id=data[-1].id if data else None)
+
+    def metrics(self, tenant: str, job_id: str, after: str | None, limit: int) -> MetricList:
+        self.require_job(tenant, job_id)
+        entries, has_more = self._stream_page(keys.metrics_key(tenant, job_id), after, limit)
+        data = [MetricPoint.model_validate({**body, "id": sid}) for sid, body in entries]
+        return MetricList(data=data, has_more=has_more, last_id=data[-1].id if data else None)
+
+    # ------------------------------------------------------------------ idempotency
+
+    def claim_idempotency_key(self, tenant: str, key: str, job_id: str, request_sha256: str) -> str | None:
+        """Bind `key` to `job_id`; None if claimed now, else the job id it already names (same body only)."""
+        name = keys.idempotency_key(tenant, key)
+        value = json.dumps({"job_id": job_id, "request_sha256": request_sha256})
+        for _ in range(3):  # the key may expire between SET NX and GET
+            if self.redis.set(name, value, nx=True, ex=keys.IDEMPOTENCY_TTL_S):
+                return None
+            raw = self.redis.get(name)
+            if raw is None:
+                continue
+            bound = json.loads(raw)
+            if bound["request_sha256"] != request_sha256:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used with a different request body.",
+                    param="Idempotency-Key",
+                )
+            return str(bound["job_id"])
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key could not be claimed; retry.", param="Idempotency-Key"
+        )
+
+    def release_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
+        """Forget a claim whose job was never created (so a retry with the same key can proceed)."""
+        name = keys.idempotency_key(tenant, key)
+        raw = self.redis.get(name)
+        if raw is not None and json.loads(raw).get("job_id") == job_id:
+            self.redis.delete(name)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ids_before(self, key: str, after: str | None, count: int) -> list[str]:
+        """Members below `after`, newest first: ZRANGE key (after - BYLEX REV LIMIT 0 n."""
+        high = f"({after}" if after else "+"
+        members = self.redis.zrange(key, high, "-", desc=True, bylex=True, offset=0, num=count)
+        return [as_text(m) for m in cast(list[bytes], members)]
+
+    def _load_jobs(self, tenant: str, ids: list[str]) -> list[Job]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(keys.job_key(tenant, job_id))
+        return [job_from_hash(raw) for raw in pipe.execute() if raw]
+
+    def _stream_page(
+        self, key: str, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+        low = f"({after}" if after else "-"
+        raw = cast(list[StreamEntry], self.redis.xrange(key, min=low, max="+", count=limit + 1))
+        entries = [(as_text(sid), json.loads(body[keys.STREAM_FIELD.encode()])) for sid, body in raw[:limit]]
+        return entries, len(raw) > limit
+
+    @staticmethod
+    def _xadd(pipe: Any, stream: str, entry: str) -> None:
+        pipe.xadd(stream, {keys.STREAM_FIELD: entry}, maxlen=keys.STREAM_MAXLEN, approximate=True)

@@ -1,0 +1,57 @@
+"""Import boundaries, checked in fresh interpreters: no torch in the API, no web stack in the worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+HEAVY = ["torch", "transformers", "peft"]
+
+
+def loaded_after(code: str, watch: list[str]) -> list[str]:
+    """Which of `watch` (top-level packages) are in sys.modules after `code` runs in a fresh interpreter."""
+    report = f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({watch!r}))))"
+    probe = f"{code}\nimport json, sys\n{report}"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return list(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_service_never_loads_the_training_stack():  # type: ignore[no-untyped-def]
+    assert loaded_after("import service.main, service.openapi", [*HEAVY, "jobs"]) == []
+
+
+def test_app_and_its_spec_never_load_the_training_stack():  # type: ignore[no-untyped-def]
+    code = (
+        "from service.config import Settings\n"
+        "from service.main import create_app\n"
+        "create_app(Settings.from_env({})).openapi()"
+    )
+    assert loaded_after(code, [*HEAVY, "jobs"]) == []
+
+
+@pytest.mark.parametrize("module", ["client", "client.models", "client.keys"])
+def test_client_contract_is_light(module):  # type: ignore[no-untyped-def]
+    assert (
+        loaded_after([module], [*HEAVY, "fastapi", "starlette", "httpx", "rq", "redis", "service", "jobs"])
+        == []
+    )
+
+
+def test_jobs_never_load_the_web_stack():  # type: ignore[no-untyped-def]
+    assert (
+        loaded_after(["jobs", "jobs.train", "jobs.worker"], ["fastapi", "starlette", "service", "httpx"])
+        == []
+    )
+
+
+def test_the_http_client_loads_httpx_but_no_server_or_training_stack():  # type: ignore[no-untyped-def]
+    watch = [*HEAVY, "fastapi", "starlette", "rq", "service", "jobs"]
+    assert loaded_after("import client.client", watch) == []
