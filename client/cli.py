@@ -145,6 +145,8 @@ def describe(job: Job) -> str:
         lines.append("  metrics   " + "  ".join(f"{k}={number(v)}" for k, v in metrics))
     if (summary := results_table(job.results)) is not None:
         lines += ["  results"] + [f"    {line}" for line in summary.splitlines()]
+    for flag in job.results.get("diagnostics") or []:  # overfitting / underfitting, in plain words
+        lines.append(f"  warning   {flag.get('flag')}: {flag.get('message')}")
     if job.error is not None:
         param = f" ({job.error.param})" if job.error.param else ""
         lines.append(f"  error     {job.error.code}: {job.error.message}{param}")

@@ -114,6 +114,7 @@ class Files(_SyncResource):
     upload = _sync(FilesPlans.upload)
     get = _sync(FilesPlans.get)
     list = _sync(FilesPlans.list)
+    profile = _sync(FilesPlans.profile)
 
 
 class Jobs(_SyncResource):
@@ -129,6 +130,7 @@ class Jobs(_SyncResource):
     metrics = _sync(JobsPlans.metrics)
     all_metrics = _sync(JobsPlans.all_metrics)
     artifacts = _sync(JobsPlans.artifacts)
+    samples = _sync(JobsPlans.samples)
     download = _sync(JobsPlans.download)
     download_all = _sync(JobsPlans.download_all)
     wait = _sync(JobsPlans.wait)
@@ -141,6 +143,7 @@ class AsyncFiles(_AsyncResource):
     upload = _async(FilesPlans.upload)
     get = _async(FilesPlans.get)
     list = _async(FilesPlans.list)
+    profile = _async(FilesPlans.profile)
 
 
 class AsyncJobs(_AsyncResource):
@@ -156,6 +159,7 @@ class AsyncJobs(_AsyncResource):
     metrics = _async(JobsPlans.metrics)
     all_metrics = _async(JobsPlans.all_metrics)
     artifacts = _async(JobsPlans.artifacts)
+    samples = _async(JobsPlans.samples)
     download = _async(JobsPlans.download)
     download_all = _async(JobsPlans.download_all)
     wait = _async(JobsPlans.wait)

@@ -97,6 +97,11 @@ def file_path(tenant: str, file_id: str) -> str:
     return f"{tenant}/files/{file_id}.jsonl"
 
 
+def file_profile_path(tenant: str, file_id: str) -> str:
+    """The FileProfile JSON computed at upload, next to the dataset."""
+    return f"{tenant}/files/{file_id}.profile.json"
+
+
 def job_dir(tenant: str, job_id: str) -> str:
     return f"{tenant}/jobs/{job_id}"
 

@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # --------------------------------------------------------------------------- enums
 
@@ -41,6 +41,7 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 class Task(StrEnum):
     causal_lm = "causal_lm"  # SFT of a decoder on messages, prompt/completion or text rows
     classification = "classification"  # sequence classification on text + label rows
+    seq2seq = "seq2seq"  # an encoder-decoder (T5, BART) on source + target rows
 
 
 class FileFormat(StrEnum):
@@ -57,6 +58,7 @@ class FileFormat(StrEnum):
 TASK_FORMATS: dict[Task, frozenset[FileFormat]] = {
     Task.causal_lm: frozenset({FileFormat.messages, FileFormat.prompt_completion, FileFormat.text}),
     Task.classification: frozenset({FileFormat.text_label}),
+    Task.seq2seq: frozenset({FileFormat.source_target}),
 }
 
 
@@ -84,6 +86,35 @@ class ErrorDetail(BaseModel):
         default="invalid_request_error",
         description="`invalid_request_error` (4xx), `api_error` (5xx) or `service_unavailable`.",
     )
+    details: list[FileProblem] | None = Field(
+        default=None, description="invalid_file only: the first problems of the file, each with line, field, code."
+    )
+    total: int | None = Field(default=None, description="invalid_file only: how many problems the file has in all.")
+
+
+class FileProblem(BaseModel):
+    """One problem of an uploaded file: where (line, field), what (a stable code) and why (message)."""
+
+    line: int | None = Field(default=None, description="1-based line of the file (of the CSV for CSV uploads).")
+    field: str | None = Field(default=None, description="The row field at fault, e.g. `label`, `messages[1].role`.")
+    code: str = Field(
+        description="`invalid_json`, `invalid_utf8`, `not_an_object`, `unknown_shape`, `missing_field`, "
+        "`invalid_type`, `empty_content`, `unknown_role`, `no_assistant_turn`, `label_missing`, "
+        "`mixed_formats`, `line_too_long`, `invalid_csv`, `empty_file`."
+    )
+    message: str
+
+
+class FileWarning(BaseModel):
+    """A fixable issue found at upload: the file is accepted; `count` rows have it."""
+
+    code: str = Field(
+        description="`duplicate_row`, `label_whitespace`, `empty_optional_field`, `empty_message`, `single_label`."
+    )
+    field: str | None = None
+    count: int
+    lines: list[int] = Field(default_factory=list, description="The first few lines that have it.")
+    message: str
 
 
 class ErrorBody(BaseModel):
@@ -105,29 +136,147 @@ class JobError(BaseModel):
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class LoraMethod(BaseModel):
-    """Low-rank adapters (peft LoRA) on the attention/MLP projections; the base model stays frozen."""
+_MODULE_NAMES = list[Annotated[str, Field(min_length=1, max_length=128)]]
+
+
+class _MethodBase(BaseModel):
+    """What every method shares: `merge` (LoRA and IA3 only) also writes a merged full model under `model/`."""
 
     model_config = _STRICT
+    merge: bool = Field(
+        default=False,
+        description="LoRA and IA3 only: also write `model/`, the adapter merged into a full model "
+        "(peft merge_and_unload), loadable without peft.",
+    )
+
+    @field_validator("merge")
+    @classmethod
+    def _merge_supported(cls, v: bool) -> bool:
+        kind = cls.model_fields["type"].default  # a field validator of the concrete method class: its type tag
+        if v and kind not in MERGEABLE_METHODS:
+            raise ValueError(
+                f"only {' and '.join(sorted(MERGEABLE_METHODS))} adapters can be merged into the base model, "
+                f"not {kind!r}"
+            )
+        return v
+
+
+MERGEABLE_METHODS = frozenset({"lora", "ia3"})
+
+
+class LoraMethod(_MethodBase):
+    """Low-rank adapters (peft LoRA, optionally DoRA or 4-bit QLoRA) on the projections; the base stays frozen."""
+
     type: Literal["lora"] = "lora"
     r: int = Field(default=8, ge=1, le=512, description="Rank of the update matrices.")
     alpha: int = Field(default=16, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(default=0.05, ge=0.0, le=0.9, description="Dropout on the LoRA input.")
-    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+    target_modules: _MODULE_NAMES | None = Field(
         default=None,
         max_length=64,
         description="Module names to adapt; null picks peft's default for the architecture.",
     )
+    use_dora: bool = Field(
+        default=False, description="Weight-decomposed LoRA (DoRA): learns a magnitude vector besides the update."
+    )
+    quantize: Literal["4bit"] | None = Field(
+        default=None,
+        description="`4bit`: QLoRA, the frozen base loaded in 4-bit NF4. Needs a CUDA worker with bitsandbytes; "
+        "elsewhere the job fails with code `unsupported_method`.",
+    )
 
 
-class FullMethod(BaseModel):
+class FullMethod(_MethodBase):
     """Full fine-tuning: every parameter is trained."""
 
-    model_config = _STRICT
     type: Literal["full"] = "full"
 
 
-Method = Annotated[LoraMethod | FullMethod, Field(discriminator="type")]
+class IA3Method(_MethodBase):
+    """(IA)^3: learned vectors that rescale keys, values and feed-forward activations; the base stays frozen."""
+
+    type: Literal["ia3"] = "ia3"
+    target_modules: _MODULE_NAMES | None = Field(
+        default=None, max_length=64, description="Modules to rescale; null picks peft's default for the architecture."
+    )
+    feedforward_modules: _MODULE_NAMES | None = Field(
+        default=None,
+        max_length=64,
+        description="Which of target_modules are feed-forward layers (scaled on their input); null: peft's default.",
+    )
+
+
+class PromptTuningMethod(_MethodBase):
+    """Prompt tuning: trainable virtual-token embeddings prepended to the input; the model stays frozen."""
+
+    type: Literal["prompt_tuning"] = "prompt_tuning"
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Number of virtual tokens.")
+    init_text: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="Initialise the virtual tokens from this text's embeddings; null: random init.",
+    )
+
+
+class PrefixTuningMethod(_MethodBase):
+    """Prefix tuning: trainable key/value prefixes in every attention layer; the model stays frozen."""
+
+    type: Literal["prefix_tuning"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Number of virtual tokens per layer.")
+
+
+class PTuningMethod(_MethodBase):
+    """P-tuning: virtual-token embeddings produced by a small trainable MLP prompt encoder."""
+
+    type: Literal["p_tuning"] = "p_tuning"
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Number of virtual tokens.")
+    encoder_hidden_size: int = Field(default=128, ge=1, le=16384, description="Hidden size of the prompt encoder.")
+
+
+class AdapterMethod(_MethodBase):
+    """Bottleneck adapters (Houlsby/Pfeiffer): down-project, non-linearity, up-project, residual, after each layer's
+    attention output and/or feed-forward output; the base stays frozen, a classification head trains in full."""
+
+    type: Literal["adapter"] = "adapter"
+    reduction_factor: int = Field(
+        default=16, ge=1, le=4096, description="Bottleneck size = hidden size / reduction_factor (or bottleneck_size)."
+    )
+    bottleneck_size: int | None = Field(
+        default=None, ge=1, le=65536, description="Bottleneck width; overrides reduction_factor when set."
+    )
+    non_linearity: Literal["relu", "gelu", "tanh"] = Field(default="relu", description="Activation in the bottleneck.")
+    dropout: float = Field(default=0.0, ge=0.0, le=0.9, description="Dropout on the adapter input.")
+    positions: list[Literal["attention", "ffn"]] = Field(
+        default=["attention", "ffn"],
+        min_length=1,
+        max_length=2,
+        description="Where to insert adapters: after the attention output and/or the feed-forward output.",
+    )
+
+
+Method = Annotated[
+    LoraMethod | FullMethod | IA3Method | PromptTuningMethod | PrefixTuningMethod | PTuningMethod | AdapterMethod,
+    Field(discriminator="type"),
+]
+PROMPT_METHODS = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning"})
+_METHOD_NAMES = {"lora": "LoRA", "ia3": "IA3", "adapter": "a bottleneck adapter"}
+
+
+class EarlyStopping(BaseModel):
+    """Stop training when a validation metric has not improved for `patience` evaluations."""
+
+    model_config = _STRICT
+    metric: str = Field(
+        default="eval_loss",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_/.-]+$",
+        description="A validation metric the Trainer records: eval_loss (or loss, perplexity), or for "
+        "classification accuracy, f1, precision, recall. Loss and perplexity: lower is better; others: higher.",
+    )
+    patience: int = Field(default=3, ge=1, le=1000, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0.0, le=1e6, description="Smallest change that counts as improvement.")
 
 
 class Hyperparameters(BaseModel):
@@ -153,11 +302,53 @@ class Hyperparameters(BaseModel):
     eval_steps: int | None = Field(
         default=None, ge=1, le=10_000_000, description="Evaluate every N steps; null evaluates once per epoch."
     )
+    train_on_inputs: bool = Field(
+        default=False,
+        description="causal_lm: also compute the loss on prompts/user turns, not only on completions/assistant turns.",
+    )
     validation_split: float = Field(
         default=0.1,
         ge=0.0,
         le=0.5,
         description="Held-out fraction (seeded, stratified for classification) when no validation_file is given.",
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="Learning-rate schedule after warmup (constant ignores warmup_ratio)."
+    )
+    max_grad_norm: float = Field(
+        default=1.0, ge=0.0, le=1000.0, description="Clip the gradient's global L2 norm to this; 0 disables clipping."
+    )
+    l1_lambda: float = Field(
+        default=0.0, ge=0.0, le=10.0, description="L1 penalty on the trainable weights: loss += l1_lambda * sum |w|."
+    )
+    hidden_dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.9,
+        description="Override the model's hidden/residual dropout (e.g. hidden_dropout_prob); null keeps its own.",
+    )
+    attention_dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.9,
+        description="Override the model's attention dropout (attention_probs_dropout_prob, attention_dropout).",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        default=None,
+        description="Stop when a validation metric stops improving and keep the best weights; needs validation data.",
+    )
+    ewc_lambda: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1e8,
+        description="Elastic weight consolidation on reference_file: loss += ewc_lambda/2 * sum F (w - w0)^2, with F "
+        "the diagonal Fisher of the reference loss at the start, normalised to mean 1 (try 0.1-10).",
+    )
+    replay_ratio: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Mix reference_file rows into training: this many reference rows per training row (seeded).",
     )
 
     @field_validator("learning_rate")
@@ -166,6 +357,49 @@ class Hyperparameters(BaseModel):
         if isinstance(v, float | int) and not (0.0 < float(v) <= 1.0 and math.isfinite(float(v))):
             raise ValueError(f"learning_rate must be in (0, 1], got {v}")
         return v
+
+
+class DataOptions(BaseModel):
+    """Data preparation before tokenization; the defaults change nothing. Each step is reported with rows in/out."""
+
+    model_config = _STRICT
+    normalize_text: bool = Field(default=False, description="Unicode NFKC and collapsed whitespace in text fields.")
+    drop_invalid: bool = Field(
+        default=False, description="Drop rows with missing or empty required fields instead of failing the job."
+    )
+    min_chars: int | None = Field(default=None, ge=0, le=10_000_000, description="Drop shorter rows (characters).")
+    max_chars: int | None = Field(default=None, ge=1, le=10_000_000, description="Drop longer rows (characters).")
+    dedup: Literal["none", "exact", "near"] = Field(
+        default="none",
+        description="exact: identical rows; near: also rows equal after lowercasing and removing punctuation, "
+        "digits and whitespace.",
+    )
+    normalize_labels: bool = Field(
+        default=False, description="classification: merge labels that differ only in case/whitespace."
+    )
+    drop_conflicting: bool = Field(
+        default=False, description="classification: drop every row whose text also occurs with another label."
+    )
+    balance: Literal["none", "oversample", "undersample", "class_weights"] = Field(
+        default="none",
+        description="classification: resample the training split to equal class counts, or weight the loss by "
+        "inverse class frequency.",
+    )
+    augment: list[Literal["eda", "swap_terms"]] = Field(
+        default_factory=list,
+        max_length=2,
+        description="Seeded augmentation of the training split only: eda (random word swap/deletion/insertion), "
+        "swap_terms (counterfactual copies with term pairs swapped, e.g. he/she).",
+    )
+    augment_copies: int = Field(default=1, ge=1, le=10, description="eda: augmented copies per training row.")
+    augment_strength: float = Field(default=0.1, ge=0.0, le=0.5, description="eda: fraction of words changed.")
+    term_pairs: list[tuple[str, str]] | None = Field(
+        default=None, max_length=200, description="swap_terms: word pairs to swap; null = gendered English pairs."
+    )
+
+    @property
+    def active(self) -> bool:
+        return self != DataOptions()
 
 
 class JobCreate(BaseModel):
@@ -180,14 +414,63 @@ class JobCreate(BaseModel):
     task: Task = Field(default=Task.causal_lm, description="What to train the model for.")
     training_file: str = Field(pattern=FILE_ID_PATTERN, description="Id of an uploaded training file.")
     validation_file: str | None = Field(default=None, pattern=FILE_ID_PATTERN, description="Id of a validation file.")
+    reference_file: str | None = Field(
+        default=None,
+        pattern=FILE_ID_PATTERN,
+        description="Id of a file of what the model must not forget (same format as training_file): its loss is "
+        "measured before and after training (results.forgetting); used by ewc_lambda and replay_ratio.",
+    )
+    group_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="classification: a key of the validation rows (e.g. `group`); results.groups then holds "
+        "accuracy and F1 per group, before and after training, and the gap between the best and worst group.",
+    )
     method: Method = Field(default_factory=LoraMethod, description="Fine-tuning strategy.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    data: DataOptions = Field(
+        default_factory=DataOptions, description="Cleaning, balancing and augmentation (reported in results.data)."
+    )
     suffix: str | None = Field(
         default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="Short name for the fine-tuned model."
+    )
+    eval_generation_limit: int = Field(
+        default=64,
+        ge=0,
+        le=10_000,
+        description="causal_lm/seq2seq: validation examples to generate for (greedy) before and after training, "
+        "scored with BLEU, ROUGE and token accuracy; 0 skips generation.",
+    )
+    eval_samples: int = Field(
+        default=8, ge=0, le=100, description="Validation examples saved with their predictions as eval_samples.jsonl."
+    )
+    integrations: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        max_length=3,
+        description="Experiment trackers to log to; the job fails with `integration_unavailable` if one is not "
+        "installed in the worker. TensorBoard and MLflow logs are saved as artifacts; W&B runs offline.",
     )
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] = Field(
         default_factory=dict, max_length=16, description="Free key/value pairs kept on the job."
     )
+
+    @field_validator("group_field")
+    @classmethod
+    def _group_field_for_classification(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("task") != Task.classification:
+            raise ValueError("group_field is for task classification only")
+        return v
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _safeguards_have_their_data(cls, hp: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
+        # validation_file and reference_file are declared before hyperparameters: info.data has them
+        if hp.early_stopping is not None and not info.data.get("validation_file") and hp.validation_split == 0:
+            raise ValueError("early_stopping needs validation data: give validation_file or validation_split > 0")
+        if (hp.ewc_lambda > 0 or hp.replay_ratio > 0) and not info.data.get("reference_file"):
+            raise ValueError("ewc_lambda and replay_ratio need a reference_file")
+        return hp
 
     @field_validator("model")
     @classmethod
@@ -203,11 +486,31 @@ def resolve_hyperparameters(req: JobCreate) -> dict[str, Any]:
     if hp["learning_rate"] == "auto":
         if req.method.type == "full":
             hp["learning_rate"] = 5e-5
+        elif req.method.type in PROMPT_METHODS:
+            hp["learning_rate"] = 1e-2
         elif req.task == Task.classification:
             hp["learning_rate"] = 5e-4
         else:
             hp["learning_rate"] = 2e-4
     return hp
+
+
+def auto_reasons(req: JobCreate) -> dict[str, str]:
+    """Why each `"auto"` of the request resolved as it did (kept in `resolved_hyperparameters.auto_reasons`)."""
+    reasons = {}
+    if req.hyperparameters.learning_rate == "auto":
+        lr = resolve_hyperparameters(req)["learning_rate"]
+        if req.method.type == "full":
+            why = "full fine-tuning moves every weight: a small rate keeps the pretrained model intact"
+        elif req.method.type in PROMPT_METHODS:
+            why = "virtual tokens start far from useful embeddings and are few: they need a large rate"
+        elif req.task == Task.classification:
+            name = _METHOD_NAMES.get(req.method.type, req.method.type)
+            why = f"{name} on classification also trains a fresh classifier head, which needs a larger rate"
+        else:
+            why = "the usual LoRA rate for language-model fine-tuning"
+        reasons["learning_rate"] = f"{lr:g}: {why}"
+    return reasons
 
 
 class QueuePayload(BaseModel):
@@ -236,6 +539,56 @@ class FileObject(BaseModel):
     created_at: int = Field(description="Unix seconds.")
     purpose: Literal["fine-tune"] = "fine-tune"
     warnings: list[str] = Field(default_factory=list, description="Fixable problems found at upload.")
+    warning_details: list[FileWarning] = Field(
+        default_factory=list, description="The same warnings, structured (code, field, count, first lines)."
+    )
+    source_format: Literal["jsonl", "csv"] = Field(
+        default="jsonl", description="What was uploaded; CSV is converted to JSONL rows as it streams in."
+    )
+
+
+class LengthStats(BaseModel):
+    """Length distribution of one field over the rows (characters or whitespace-separated words)."""
+
+    min: int
+    mean: float
+    median: float
+    p95: float
+    max: int
+
+
+class FieldProfile(BaseModel):
+    name: str = Field(description="Row field; `messages` is the conversation's content, all turns together.")
+    empty: int = Field(description="Rows where the field is empty or whitespace only.")
+    missing: int = Field(default=0, description="Rows without the field.")
+    chars: LengthStats | None = None
+    words: LengthStats | None = None
+
+
+class LabelCount(BaseModel):
+    label: str
+    count: int
+    fraction: float
+
+
+class FileProfile(BaseModel):
+    """`GET /v1/files/{id}/profile`: what is in a dataset, computed while it streamed in."""
+
+    object: Literal["file.profile"] = "file.profile"
+    file_id: str
+    rows: int
+    format: FileFormat
+    columns: list[str] = Field(description="Every top-level key seen in the rows.")
+    fields: list[FieldProfile]
+    labels: list[LabelCount] | None = Field(default=None, description="text_label files: most frequent first.")
+    exact_duplicates: int = Field(description="Rows identical (same fields and values) to an earlier row.")
+    duplicate_texts: int | None = Field(
+        default=None, description="text_label files: rows whose text occurs earlier (any label)."
+    )
+    conflicting_labels: int | None = Field(
+        default=None, description="text_label files: rows whose text occurs earlier with a different label."
+    )
+    notes: list[str] = Field(default_factory=list)
 
 
 class FileList(BaseModel):
@@ -278,7 +631,10 @@ class Job(BaseModel):
     method: Method
     training_file: str
     validation_file: str | None = None
+    reference_file: str | None = None
+    group_field: str | None = None
     hyperparameters: Hyperparameters = Field(description="As requested.")
+    data: DataOptions = Field(default_factory=DataOptions, description="Data preparation, as requested.")
     resolved_hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="As resolved: every auto filled in, plus what the worker derived."
     )
@@ -288,7 +644,9 @@ class Job(BaseModel):
     last_metrics: dict[str, float] = Field(default_factory=dict)
     results: dict[str, Any] = Field(
         default_factory=dict,
-        description="Summary at the end: `baseline` and `final` evaluation metrics, first/last train loss.",
+        description="Summary at the end: `baseline` and `final` evaluation metrics, first/last train loss, "
+        "`diagnostics` (overfitting/underfitting flags), and when they apply `early_stopping`, `forgetting`, "
+        "`confusion_matrix` and `groups`.",
     )
     attempt: int = Field(default=0, description="Current attempt number (1 for the first run).")
     cancel_requested: bool = False

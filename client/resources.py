@@ -7,6 +7,7 @@ a `Client` method and an awaitable `AsyncClient` method with the same signature.
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import time
 import uuid
@@ -23,10 +24,12 @@ from client.base import BaseClient, Emit, Plan, Save, Sleep, Stream
 from client.models import (
     Artifact,
     ArtifactList,
+    DataOptions,
     Event,
     EventList,
     FileList,
     FileObject,
+    FileProfile,
     FullMethod,
     Health,
     Hyperparameters,
@@ -73,7 +76,7 @@ class FilesPlans(Plans):
     def upload(
         self, file: str | os.PathLike[str] | IO[bytes], *, purpose: str = "fine-tune"
     ) -> Plan[FileObject]:
-        """Upload a JSONL dataset (a path, or a file opened in binary mode); returns its `FileObject`."""
+        """Upload a JSONL or CSV dataset (a path, or a file opened in binary mode); returns its `FileObject`."""
         if isinstance(file, str | os.PathLike):
             fh: IO[bytes] = open(file, "rb")  # closed below, also when the plan is abandoned
             owned = True
@@ -97,6 +100,10 @@ class FilesPlans(Plans):
         """One page of uploaded files, oldest first; pass the page's `last_id` as `after` for the next."""
         return (yield from self._core._get("/v1/files", FileList, {"after": after, "limit": limit}))
 
+    def profile(self, file_id: str) -> Plan[FileProfile]:
+        """A dataset's profile: rows, columns, label distribution, length statistics, duplicates."""
+        return (yield from self._core._get(f"/v1/files/{_seg(file_id)}/profile", FileProfile))
+
 
 class JobsPlans(Plans):
     def create(
@@ -110,8 +117,12 @@ class JobsPlans(Plans):
         validation_file: str | None = None,
         method: LoraMethod | FullMethod | Mapping[str, Any] | None = None,
         hyperparameters: Hyperparameters | Mapping[str, Any] | None = None,
+        data: DataOptions | Mapping[str, Any] | None = None,
         suffix: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        eval_generation_limit: int | None = None,
+        eval_samples: int | None = None,
+        integrations: builtins.list[str] | None = None,
         idempotency_key: str | None = None,
     ) -> Plan[Job]:
         """Submit a fine-tuning job: a `JobCreate`, or its fields as keywords (the server validates them).
@@ -126,8 +137,12 @@ class JobsPlans(Plans):
             "validation_file": validation_file,
             "method": method,
             "hyperparameters": hyperparameters,
+            "data": data,
             "suffix": suffix,
             "metadata": metadata,
+            "eval_generation_limit": eval_generation_limit,
+            "eval_samples": eval_samples,
+            "integrations": integrations,
         }
         if request is not None:
             if any(v is not None for v in fields.values()):
@@ -198,6 +213,16 @@ class JobsPlans(Plans):
         """The files a job produced (names, sizes, sha256)."""
         listing = yield from self._core._get(f"/v1/jobs/{_seg(job_id)}/artifacts", ArtifactList)
         return listing.data
+
+    def samples(self, job_id: str) -> Plan[builtins.list[dict[str, Any]]]:
+        """Validation examples with reference and prediction, before and after training (eval_samples.jsonl).
+
+        Classification rows hold `text`, `label` and `predicted_label`. A job that saved none (no
+        validation data, `eval_samples=0`, not finished) raises `NotFound`.
+        """
+        path = f"/v1/jobs/{_seg(job_id)}/artifacts/eval_samples.jsonl"
+        response = yield from self._core._request("GET", path)
+        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
 
     def download(self, job_id: str, name: str, dest: str | os.PathLike[str]) -> Plan[Path]:
         """Download one artifact to `dest` (a file path, or an existing folder to put it in).

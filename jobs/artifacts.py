@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from client.keys import artifact_path, staging_dir
-from client.models import Artifact, LoraMethod, Task
+from client.models import Artifact, Task
+from jobs.methods import save_weights
 from jobs.storage import Store
 
 MANIFEST = "manifest.json"
@@ -43,11 +44,11 @@ def write_artifacts(
 ) -> list[Artifact]:
     """Write every artifact under `out`, manifest.json (name, bytes, sha256 of every other file) last."""
     out.mkdir(parents=True, exist_ok=True)
-    # LoRA: adapters (+ the trained classifier head) for PeftModel.from_pretrained(base, "adapter/");
-    # full: a complete model. The tokenizer goes alongside either way, chat template included.
-    weights = out / ("adapter" if isinstance(method, LoraMethod) else "model")
-    model.save_pretrained(weights)
-    tokenizer.save_pretrained(weights)
+    # peft methods: adapter/ (+ the trained classifier head) for PeftModel.from_pretrained(base, "adapter/");
+    # bottleneck adapters: adapter/ for jobs.adapters.load_bottleneck_adapter; full, or `merge`: a complete
+    # model/. The tokenizer goes alongside each, chat template included.
+    for folder in save_weights(model, method, out):
+        tokenizer.save_pretrained(out / folder)
     if task == Task.classification and labels:
         _write_json(out / "labels.json", {str(i): name for i, name in enumerate(labels)})
     _write_json(out / "metrics.json", metrics)

@@ -60,6 +60,7 @@ class Datasets:
     validation: ExampleDataset | None
     labels: list[str] | None = None  # classification: sorted label names, index = class id
     notes: list[str] = field(default_factory=list)  # things the user should hear about (events)
+    validation_rows: list[Row] = field(default_factory=list)  # the held-out rows, for generation and samples
 
 
 def read_jsonl(path: Path, file: str) -> list[Row]:
@@ -212,11 +213,15 @@ def _causal_example(row: Row, tokenizer: Any) -> tuple[list[int], list[int]]:
     )
 
 
-def causal_examples(rows: list[Row], tokenizer: Any, max_seq_length: int) -> tuple[list[dict[str, Any]], int]:
+def causal_examples(
+    rows: list[Row], tokenizer: Any, max_seq_length: int, train_on_inputs: bool = False
+) -> tuple[list[dict[str, Any]], int]:
     """Tokenized rows truncated to max_seq_length; also how many were dropped for having no label left."""
     examples, dropped = [], 0
     for row in rows:
         input_ids, labels = _causal_example(row, tokenizer)
+        if train_on_inputs:  # the loss on every token: prompts and user turns too
+            labels = list(input_ids)
         input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]
         if all(t == IGNORE_INDEX for t in labels):
             dropped += 1  # the prompt filled the whole window: nothing left to learn from this row
@@ -225,7 +230,31 @@ def causal_examples(rows: list[Row], tokenizer: Any, max_seq_length: int) -> tup
     return examples, dropped
 
 
-# ---------------------------------------------------------------------------- both
+# ---------------------------------------------------------------------------- seq2seq
+
+
+def source_target(row: Row) -> tuple[str, str]:
+    source, target = row.data.get("source"), row.data.get("target")
+    if not isinstance(source, str) or not source.strip() or not isinstance(target, str) or not target.strip():
+        raise DataError(
+            f"{row.where()}: `source` and `target` must be non-empty strings for seq2seq", param=row.where()
+        )
+    return source, target
+
+
+def seq2seq_examples(rows: list[Row], tokenizer: Any, max_seq_length: int) -> list[dict[str, Any]]:
+    """Encoder input = the source, labels = the target + EOS (both truncated to max_seq_length)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    examples = []
+    for row in rows:
+        source, target = source_target(row)
+        input_ids = list(tokenizer(source, truncation=True, max_length=max_seq_length)["input_ids"])
+        labels = (list(tokenizer(target, add_special_tokens=False)["input_ids"]) + eos)[:max_seq_length]
+        examples.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels})
+    return examples
+
+
+# ---------------------------------------------------------------------------- all tasks
 
 
 def build_datasets(
@@ -236,6 +265,7 @@ def build_datasets(
     max_seq_length: int,
     validation_split: float,
     seed: int,
+    train_on_inputs: bool = False,
 ) -> Datasets:
     """Validate, split (when no validation file) and tokenize."""
     if len(train_rows) < MIN_TRAIN_ROWS:
@@ -254,11 +284,14 @@ def build_datasets(
         label2id = {name: i for i, name in enumerate(labels)}
         train = classification_examples(train_rows, tokenizer, max_seq_length, label2id)
         val = classification_examples(validation_rows, tokenizer, max_seq_length, label2id)
+    elif task == Task.seq2seq:
+        train = seq2seq_examples(train_rows, tokenizer, max_seq_length)
+        val = seq2seq_examples(validation_rows, tokenizer, max_seq_length)
     else:
         if ensure_chat_template(tokenizer):
             notes.append("the tokenizer has no chat template; using the default `<|role|>` template")
-        train, dropped = causal_examples(train_rows, tokenizer, max_seq_length)
-        val, dropped_val = causal_examples(validation_rows, tokenizer, max_seq_length)
+        train, dropped = causal_examples(train_rows, tokenizer, max_seq_length, train_on_inputs)
+        val, dropped_val = causal_examples(validation_rows, tokenizer, max_seq_length, train_on_inputs)
         if dropped or dropped_val:
             notes.append(
                 f"skipped {dropped + dropped_val} row(s) whose prompt fills max_seq_length={max_seq_length}"
@@ -269,7 +302,9 @@ def build_datasets(
             f"at least {MIN_TRAIN_ROWS} are needed",
             param="training_file",
         )
-    return Datasets(ExampleDataset(train), ExampleDataset(val) if val else None, labels, notes)
+    return Datasets(
+        ExampleDataset(train), ExampleDataset(val) if val else None, labels, notes, validation_rows=validation_rows
+    )
 
 
 def steps_per_epoch(n_rows: int, batch_size: int, grad_accum: int) -> int:

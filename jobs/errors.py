@@ -35,7 +35,19 @@ class InvalidMethod(JobFailed):
     code = "invalid_method"
 
 
+class UnsupportedMethod(JobFailed):
+    """The method needs hardware or a package this worker lacks (e.g. 4-bit QLoRA without CUDA + bitsandbytes)."""
+
+    code = "unsupported_method"
+
+
 class InvalidModel(JobFailed):
     """The model folder exists but transformers cannot load it (or its tokenizer)."""
 
     code = "invalid_model"
+
+
+class IntegrationUnavailable(JobFailed):
+    """The request asks for an experiment tracker whose package the worker does not have."""
+
+    code = "integration_unavailable"

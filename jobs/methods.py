@@ -1,40 +1,199 @@
-"""Fine-tuning methods: `full` trains every weight; `lora` wraps the model with peft adapters."""
+"""Fine-tuning methods: what to train, and how to save it so it loads back for inference.
+
+    full            every weight                                   -> model/ (save_pretrained)
+    lora            peft LoRA (use_dora: DoRA; quantize=4bit: QLoRA) -> adapter/ (PeftModel.from_pretrained)
+    ia3             peft (IA)^3 rescaling vectors                  -> adapter/ (PeftModel.from_pretrained)
+    prompt_tuning   peft virtual-token embeddings                  -> adapter/ (PeftModel.from_pretrained)
+    prefix_tuning   peft per-layer key/value prefixes              -> adapter/ (PeftModel.from_pretrained)
+    p_tuning        peft prompt encoder (MLP) -> virtual tokens    -> adapter/ (PeftModel.from_pretrained)
+    adapter         bottleneck adapters (jobs/adapters.py)         -> adapter/ (adapters.load_bottleneck_adapter)
+
+`merge: true` (lora, ia3) additionally writes model/: the adapter merged into the base (merge_and_unload).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
-from peft import LoraConfig, TaskType, get_peft_model
+import torch
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
 
-from client.models import FullMethod, LoraMethod, Task
-from jobs.errors import InvalidMethod
+from client.models import (
+    AdapterMethod,
+    FullMethod,
+    IA3Method,
+    LoraMethod,
+    PrefixTuningMethod,
+    PromptTuningMethod,
+    PTuningMethod,
+    Task,
+)
+from jobs import adapters
+from jobs.errors import InvalidMethod, UnsupportedMethod
 
 # A classification head is fresh (or re-purposed) and small, so LoRA trains it in full and saves it with the
 # adapter: the classifier, plus what feeds it where the architecture has one (BERT's pooler, DistilBERT's
 # pre_classifier; decoders call their head `score`). Names a model lacks are ignored.
 CLASSIFICATION_HEAD = ["classifier", "score", "pooler", "pre_classifier"]
+TASK_TYPES = {
+    Task.causal_lm: TaskType.CAUSAL_LM,
+    Task.classification: TaskType.SEQ_CLS,
+    Task.seq2seq: TaskType.SEQ_2_SEQ_LM,
+}
+ADAPTER_CONFIG_ATTR = "ftjobs_bottleneck_config"  # set on a model by apply_method(adapter); read when saving
 
 
-def peft_config(method: LoraMethod, task: Task) -> LoraConfig:
-    """The peft config for a LoRA request; target_modules=None lets peft pick the architecture's default."""
-    return LoraConfig(
-        r=method.r,
-        lora_alpha=method.alpha,
-        lora_dropout=method.dropout,
-        target_modules=method.target_modules,
-        task_type=TaskType.SEQ_CLS if task == Task.classification else TaskType.CAUSAL_LM,
-        modules_to_save=CLASSIFICATION_HEAD if task == Task.classification else None,
-    )
-
-
-def apply_method(model: Any, method: LoraMethod | FullMethod, task: Task) -> Any:
-    """The model to train: a PeftModel for LoRA, the model itself for full fine-tuning."""
+def peft_config(method: Any, task: Task, model: Any = None) -> PeftConfig:
+    """The peft config for a peft-backed method; target_modules=None lets peft pick the architecture's default."""
+    head = CLASSIFICATION_HEAD if task == Task.classification else None
+    task_type = TASK_TYPES[task]
     if isinstance(method, LoraMethod):
+        return LoraConfig(
+            r=method.r,
+            lora_alpha=method.alpha,
+            lora_dropout=method.dropout,
+            target_modules=method.target_modules,
+            use_dora=method.use_dora,
+            task_type=task_type,
+            modules_to_save=head,
+        )
+    if isinstance(method, IA3Method):
+        return IA3Config(
+            target_modules=method.target_modules,
+            feedforward_modules=method.feedforward_modules,
+            task_type=task_type,
+            modules_to_save=head,
+        )
+    if isinstance(method, PromptTuningMethod):
+        init: dict[str, Any] = {}
+        if method.init_text:
+            init = {
+                "prompt_tuning_init": "TEXT",
+                "prompt_tuning_init_text": method.init_text,
+                "tokenizer_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None),
+            }
+        return PromptTuningConfig(
+            num_virtual_tokens=method.num_virtual_tokens, task_type=task_type, modules_to_save=head, **init
+        )
+    if isinstance(method, PrefixTuningMethod):
+        return PrefixTuningConfig(
+            num_virtual_tokens=method.num_virtual_tokens, task_type=task_type, modules_to_save=head
+        )
+    if isinstance(method, PTuningMethod):
+        return PromptEncoderConfig(
+            num_virtual_tokens=method.num_virtual_tokens,
+            encoder_hidden_size=method.encoder_hidden_size,
+            task_type=task_type,
+            modules_to_save=head,
+        )
+    raise TypeError(f"{type(method).__name__} is not a peft method")
+
+
+def load_options(method: Any) -> dict[str, Any]:
+    """Extra from_pretrained arguments the method needs (4-bit loading for QLoRA); fails where it cannot work."""
+    if not (isinstance(method, LoraMethod) and method.quantize == "4bit"):
+        return {}
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package")
+    if missing:
+        raise UnsupportedMethod(
+            f"method.quantize='4bit' (QLoRA) needs {' and '.join(missing)}, which this worker lacks; "
+            "use quantize=null (plain LoRA) or a CUDA worker with bitsandbytes",
+            param="method.quantize",
+        )
+    from transformers import BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+    }
+
+
+def apply_method(model: Any, method: Any, task: Task) -> Any:
+    """The model to train: a PeftModel for peft methods, the model with adapters inserted, or the model itself."""
+    if isinstance(method, FullMethod):
+        return model
+    if isinstance(method, AdapterMethod):
         try:
-            return get_peft_model(model, peft_config(method, task))
-        except ValueError as e:  # e.g. "Target modules {...} not found in the base model"
-            raise InvalidMethod(str(e)[:500], param="method.target_modules") from None
-    return model
+            config = adapters.add_bottleneck_adapters(
+                model,
+                positions=list(method.positions),
+                reduction_factor=method.reduction_factor,
+                bottleneck_size=method.bottleneck_size,
+                non_linearity=method.non_linearity,
+                dropout=method.dropout,
+                train_modules=CLASSIFICATION_HEAD if task == Task.classification else (),
+            )
+        except ValueError as e:
+            raise InvalidMethod(f"adapter: {e}", param="method.positions") from None
+        setattr(model, ADAPTER_CONFIG_ATTR, config)
+        return model
+    if isinstance(method, LoraMethod) and method.quantize == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    param = "method.target_modules" if isinstance(method, LoraMethod | IA3Method) else "method.type"
+    try:
+        peft_model = get_peft_model(model, peft_config(method, task, model))
+    except (ValueError, TypeError, KeyError, NotImplementedError) as e:  # e.g. target modules the model lacks
+        raise InvalidMethod(f"{method.type}: {_short(e)}", param=param) from None
+    _probe(peft_model, method, task)
+    return peft_model
+
+
+def _probe(model: Any, method: Any, task: Task) -> None:
+    """One tiny forward pass, so a method the architecture cannot run (e.g. a cache format peft's prefix tuning
+    does not handle) fails now as invalid_method instead of mid-training as an internal error."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3]], device=device)
+    inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if task != Task.classification:
+        inputs["labels"] = ids
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except Exception as e:
+        raise InvalidMethod(
+            f"{method.type} does not work with this model for {task.value}: {type(e).__name__}: {_short(e)}",
+            param="method.type",
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def save_weights(model: Any, method: Any, out: Path) -> list[str]:
+    """Write the trained weights under `out` (adapter/ and/or model/); returns the folders written."""
+    if isinstance(method, FullMethod):
+        model.save_pretrained(out / "model")
+        return ["model"]
+    if isinstance(method, AdapterMethod):
+        adapters.save_bottleneck_adapter(model, out / "adapter", getattr(model, ADAPTER_CONFIG_ATTR))
+        return ["adapter"]
+    model.save_pretrained(out / "adapter")
+    if not getattr(method, "merge", False):
+        return ["adapter"]
+    # merge_and_unload folds the adapter into the base weights in place: the adapter is already saved above.
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out / "model")
+    return ["adapter", "model"]
 
 
 def parameter_counts(model: Any) -> tuple[int, int]:
@@ -42,3 +201,8 @@ def parameter_counts(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -26,9 +26,12 @@ from redis import Redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    EarlyStoppingCallback,
     PrinterCallback,
     TrainingArguments,
     set_seed,
@@ -38,19 +41,23 @@ from transformers.utils import logging as hf_logging
 from client.keys import file_path, job_record_path
 from client.models import (
     Artifact,
+    EventLevel,
     Hyperparameters,
     JobCreate,
     JobError,
     JobStatus,
     QueuePayload,
     Task,
+    auto_reasons,
     resolve_hyperparameters,
 )
-from jobs import artifacts
+from jobs import artifacts, integrations, report_files, safeguards
 from jobs.data import Datasets, Row, build_datasets, read_jsonl, steps_per_epoch
 from jobs.errors import DataError, InvalidModel, JobFailed, ModelNotFound
 from jobs.evaluate import classification_compute_metrics, summary
-from jobs.methods import apply_method, parameter_counts
+from jobs.generation import Evaluator
+from jobs.methods import apply_method, load_options, parameter_counts
+from jobs.prepare import prepare_data, step_messages, token_report, write_report
 from jobs.report import Heartbeat, Reporter
 from jobs.storage import Store
 from jobs.trainer import Cancelled, JobTrainer, PadCollator, ReportCallback
@@ -115,7 +122,8 @@ def train_job(
     request = JobCreate.model_validate(record["request"])
     tenant, job_id = record["tenant"], record["id"]
     hp = _hyperparameters(request, record.get("resolved") or {})
-    causal = request.task == Task.causal_lm
+    causal = request.task != Task.classification  # a language-model loss (causal_lm, seq2seq): perplexity
+    integrations.check(request.integrations)  # before any work: a missing tracker fails fast
     hf_logging.disable_progress_bar()  # progress goes to the job record, not to tqdm bars in the worker log
     # peft still calls this transformers 5 deprecation on every model it wraps: noise in the worker log.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -130,12 +138,53 @@ def train_job(
         if request.validation_file
         else None
     )
+    # Clean, dedup, split, augment and balance as `request.data` asks (nothing, by default); reported step by step.
+    prepared = prepare_data(request.task, request.data, train_rows, validation_rows, hp.validation_split, hp.seed)
+    train_rows, validation_rows = prepared.train, prepared.validation
+    for note in prepared.notes:
+        reporter.event(note)
+    for message, step in step_messages(prepared.report):
+        reporter.event(message, data=step)
     tokenizer = _load(AutoTokenizer.from_pretrained, model_path)
     data: Datasets = build_datasets(
-        request.task, tokenizer, train_rows, validation_rows, hp.max_seq_length, hp.validation_split, hp.seed
+        request.task,
+        tokenizer,
+        train_rows,
+        validation_rows,
+        hp.max_seq_length,
+        hp.validation_split,
+        hp.seed,
+        train_on_inputs=hp.train_on_inputs,
     )
     for note in data.notes:
         reporter.event(note)
+    tokens = token_report(data.train.examples, hp.max_seq_length)
+    if tokens.get("truncated"):
+        reporter.event(
+            f"{tokens['truncated']} of {tokens['examples']} training examples reach max_seq_length="
+            f"{hp.max_seq_length} and are truncated",
+            level=EventLevel.warning,
+            data=tokens,
+        )
+    if prepared.report:
+        prepared.report["tokens"] = tokens
+        write_report(work / "out", prepared)  # data_report.json (+ the split): picked up with the other artifacts
+    # What the model must not forget: measured before/after, optionally replayed and anchored with EWC.
+    reference, replayed = None, 0
+    if request.reference_file:
+        reference = safeguards.reference_examples(
+            request.task,
+            _fetch_rows(store, tenant, request.reference_file, "reference_file", work),
+            tokenizer,
+            hp.max_seq_length,
+            data.labels,
+            hp.train_on_inputs,
+        )
+        if hp.replay_ratio > 0:
+            data.train.examples, replayed = safeguards.replay_mix(
+                data.train.examples, reference, hp.replay_ratio, hp.seed
+            )
+            reporter.event(f"replay: mixed {replayed} reference_file examples into the training data")
     n_val = len(data.validation) if data.validation else 0
     reporter.event(
         f"data: {len(data.train)} training and {n_val} validation examples, "
@@ -144,7 +193,10 @@ def train_job(
 
     # 3. Model + method. The seed fixes the fresh weights (classifier head, LoRA A matrices).
     set_seed(hp.seed)
-    model = _load_model(model_path, request.task, data.labels)
+    dropout = safeguards.dropout_overrides(
+        _load(AutoConfig.from_pretrained, model_path), hp.hidden_dropout, hp.attention_dropout
+    )
+    model = _load_model(model_path, request.task, data.labels, **dropout, **load_options(request.method))
     if tokenizer.pad_token_id is None:  # decoder tokenizers often lack one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -163,6 +215,15 @@ def train_job(
     logging_steps = max(1, total_steps // LOG_POINTS)
     eval_strategy = "no" if data.validation is None else ("steps" if hp.eval_steps else "epoch")
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # fp32 weights, bf16 matmuls
+    stopping: dict[str, Any] = {}  # early stopping: keep the best checkpoint (scratch) and reload it at the end
+    if hp.early_stopping is not None:
+        if data.validation is None:
+            raise safeguards.InvalidRequest(
+                "early_stopping needs validation data, and none was held out (too few rows?)",
+                param="hyperparameters.early_stopping",
+            )
+        stopping = safeguards.early_stopping_args(hp.early_stopping, request.task)
+    report_to = integrations.report_to(request.integrations, work / "out")
     reporter.resolved(
         {
             **hp.model_dump(),
@@ -177,11 +238,20 @@ def train_job(
             "trainable_parameters": trainable,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "precision": "bf16" if bf16 else "fp32",
+            "eval_generation_limit": request.eval_generation_limit,
+            "eval_samples": request.eval_samples,
+            "report_to": report_to,
+            "dropout_overrides": dropout,
+            "metric_for_best_model": stopping.get("metric_for_best_model"),
+            "greater_is_better": stopping.get("greater_is_better"),
+            "auto_reasons": auto_reasons(request),
+            "n_reference": len(reference) if reference else 0,
+            "n_replayed": replayed,  # reference examples inside n_train
         }
     )
     args = TrainingArguments(
         output_dir=str(work / "trainer"),  # scratch only: nothing is saved there (save_strategy="no")
-        report_to="none",
+        report_to=report_to or "none",
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
@@ -190,13 +260,17 @@ def train_job(
         learning_rate=float(hp.learning_rate),
         weight_decay=hp.weight_decay,
         warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
+        lr_scheduler_type=hp.lr_scheduler,
+        max_grad_norm=hp.max_grad_norm,  # 0: no clipping
         seed=hp.seed,
         data_seed=hp.seed,
         logging_strategy="steps",
         logging_steps=logging_steps,
         eval_strategy=eval_strategy,
         eval_steps=hp.eval_steps,
-        save_strategy="no",
+        save_strategy=eval_strategy if stopping else "no",
+        save_steps=hp.eval_steps or 500,  # early stopping saves where it evaluates; otherwise unused
+        **stopping,
         prediction_loss_only=causal,  # a causal LM's eval needs the loss, not vocabulary-sized logits
         label_names=["labels"],  # a PeftModel hides the forward signature the Trainer would read them from
         include_num_input_tokens_seen="non_padding",
@@ -207,6 +281,10 @@ def train_job(
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     callback = ReportCallback(reporter, settings.heartbeat_s, causal)
+    keeper = None if causal else safeguards.PredictionKeeper(classification_compute_metrics(data.labels or []))
+    callbacks: list[Any] = [callback]
+    if hp.early_stopping is not None:
+        callbacks.append(EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta))
     trainer = JobTrainer(
         model=model,
         args=args,
@@ -214,20 +292,40 @@ def train_job(
         eval_dataset=data.validation,
         processing_class=tokenizer,
         data_collator=PadCollator(pad_id, 8 if torch.cuda.is_available() else None),
-        compute_metrics=None if causal else classification_compute_metrics(data.labels or []),
-        callbacks=[callback],
+        compute_metrics=keeper,
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # the callback reports to the job; the worker log stays quiet
+    reference_batches, reference_before = safeguards.attach_penalties(trainer, hp.l1_lambda, hp.ewc_lambda, reference)
+
+    if prepared.class_weights and data.labels:
+        trainer.class_weights = torch.tensor([prepared.class_weights.get(name, 1.0) for name in data.labels])
 
     # 5. Baseline: the untrained model on the validation set (metric points at step 0).
     results: dict[str, Any] = {}
+    if prepared.report:
+        results["data"] = prepared.report
+    # What the model says (greedy generations scored with BLEU/ROUGE, or predicted labels), not just its loss.
+    evaluator = Evaluator(
+        request.task,
+        tokenizer,
+        data.validation_rows,
+        limit=request.eval_generation_limit,
+        samples=request.eval_samples,
+        max_seq_length=hp.max_seq_length,
+        labels=data.labels,
+        should_stop=reporter.cancel_requested,
+    )
     if data.validation is not None:
         trainer.evaluate()
         results["baseline"] = summary(callback.eval_history[-1]["values"])
+        baseline_predictions = keeper.last if keeper else None
+        results["baseline"].update(_generation_eval(evaluator, trainer, reporter, "baseline"))
 
     # 6. Train; the callback reports progress and stops at a cancel request.
     started = time.monotonic()
     output = trainer.train()
+    trained_evals = list(callback.eval_history)
     results.update(
         steps=trainer.state.global_step,
         train_seconds=round(time.monotonic() - started, 3),
@@ -246,10 +344,31 @@ def train_job(
     # 7. Final evaluation (reusing the one the schedule just ran at the last step, if any).
     if data.validation is not None:
         last = callback.eval_history[-1]
-        if last["step"] != trainer.state.global_step or len(callback.eval_history) == 1:
+        # after early stopping the best weights were reloaded: evaluate them, not the last ones
+        if stopping or last["step"] != trainer.state.global_step or len(callback.eval_history) == 1:
             trainer.evaluate()
             last = callback.eval_history[-1]
         results["final"] = summary(last["values"])
+        results["final"].update(_generation_eval(evaluator, trainer, reporter, "final"))
+        if keeper and keeper.last and baseline_predictions:
+            results.update(_bias_report(data, request.group_field, baseline_predictions, keeper.last))
+    if stopping:
+        results["early_stopping"] = {
+            "metric": stopping["metric_for_best_model"],
+            "best_metric": trainer.state.best_metric,
+            "best_step": _checkpoint_step(trainer.state.best_model_checkpoint),
+            "stopped_at_step": trainer.state.global_step,
+            "stopped_early": trainer.state.global_step < total_steps,
+        }
+    if reference_before is not None:
+        results["forgetting"] = safeguards.forgetting(
+            reference_before, safeguards.mean_loss(trainer.model, reference_batches)
+        )
+    results["diagnostics"] = safeguards.diagnose(  # the curves of the run, not the re-evaluation of kept weights
+        callback.train_history, trained_evals, (results.get("early_stopping") or {}).get("best_step")
+    )
+    for flag in results["diagnostics"]:
+        reporter.event(f"{flag['flag']}: {flag['message']}", level=EventLevel.warning)
 
     # 8. Artifacts: write locally, upload to staging, move into place; then the record can list them.
     reporter.event("saving artifacts")
@@ -262,6 +381,25 @@ def train_job(
         "method": request.method.type,
     }
     metrics = {**results, "history": {"train": callback.train_history, "eval": callback.eval_history}}
+    report_files.write_eval_samples(work / "out", evaluator.sample_rows())
+    report_files.write_loss_curve(work / "out", metrics["history"])
+    report_files.write_model_card(
+        work / "out",
+        job={**manifest_job, "suffix": request.suffix},
+        data={
+            "training_file": request.training_file,
+            "validation_file": request.validation_file,
+            "n_train": len(data.train),
+            "n_validation": n_val,
+        },
+        hyperparameters={
+            **hp.model_dump(),
+            "total_steps": total_steps,
+            **{f"method.{k}": v for k, v in request.method.model_dump().items()},
+        },
+        results=results,
+        weights_dir="model" if request.method.type == "full" else "adapter",
+    )
     written = artifacts.write_artifacts(
         work / "out",
         model=trainer.model,
@@ -331,7 +469,47 @@ def _load(loader: Any, path: Path, **kwargs: Any) -> Any:
         ) from None
 
 
-def _load_model(path: Path, task: Task, labels: list[str] | None) -> Any:
+def _generation_eval(evaluator: Evaluator, trainer: Any, reporter: Reporter, stage: str) -> dict[str, float]:
+    """Run the generation pass; its metrics also become an eval metric point at the current step."""
+    if not evaluator.active:
+        return {}
+    values = evaluator.run(trainer.model, stage, Cancelled)
+    if values:
+        step = trainer.state.global_step
+        reporter.metric("eval", step, round(trainer.state.epoch or 0.0, 4), values)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        reporter.event(f"{stage} generation ({len(evaluator.items[: evaluator.limit])} examples): {shown}")
+    return values
+
+
+def _bias_report(
+    data: Datasets, group_field: str | None, before: tuple[list[int], list[int]], after: tuple[list[int], list[int]]
+) -> dict[str, Any]:
+    """Confusion matrices (and per-group metrics) of the validation set before and after training."""
+    n = len(data.labels or [])
+    out: dict[str, Any] = {
+        "confusion_matrix": {
+            "labels": data.labels,
+            "baseline": safeguards.confusion(*before, n),
+            "final": safeguards.confusion(*after, n),
+        }
+    }
+    groups = safeguards.row_groups(data.validation_rows, group_field) if group_field else []
+    if groups and len(groups) == len(after[0]):  # one group per validation example, in order
+        out["groups"] = {
+            "field": group_field,
+            "baseline": safeguards.group_metrics(*before, groups, n),
+            "final": safeguards.group_metrics(*after, groups, n),
+        }
+    return out
+
+
+def _checkpoint_step(path: str | None) -> int | None:
+    """The step of a Trainer checkpoint folder (`.../checkpoint-120`)."""
+    return int(path.rsplit("-", 1)[1]) if path and path.rsplit("-", 1)[-1].isdigit() else None
+
+
+def _load_model(path: Path, task: Task, labels: list[str] | None, **overrides: Any) -> Any:
     if task == Task.classification:
         assert labels is not None
         return _load(
@@ -342,8 +520,11 @@ def _load_model(path: Path, task: Task, labels: list[str] | None) -> Any:
             label2id={name: i for i, name in enumerate(labels)},
             ignore_mismatched_sizes=True,  # a base that already has a head for other labels gets a fresh one
             dtype=torch.float32,  # fp32 master weights; bf16 autocast on GPUs that have it
+            **overrides,  # config attributes, e.g. dropout probabilities
         )
-    return _load(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32)
+    if task == Task.seq2seq:
+        return _load(AutoModelForSeq2SeqLM.from_pretrained, path, dtype=torch.float32, **overrides)
+    return _load(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32, **overrides)
 
 
 def _save_record(store: Store, reporter: Reporter) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +16,40 @@ from jobs.report import Reporter, finite
 
 
 class JobTrainer(Trainer):
-    """transformers' Trainer; the hook point for job-level losses (L1/L2 penalties, EWC) to come."""
+    """transformers' Trainer plus job-level penalties (L1, EWC) added to the training loss only."""
+
+    def __init__(self, *args: Any, penalties: list[Callable[[torch.nn.Module], torch.Tensor]] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.penalties = penalties or []
+
+    class_weights: torch.Tensor | None = None  # per class id: weighted cross-entropy when training (data.balance)
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kw: Any) -> Any:
+        if self.class_weights is not None and model.training:
+            result = self._weighted_loss(model, inputs, return_outputs)
+        else:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+        if not self.penalties or not model.training:  # evaluation losses stay comparable with and without
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        penalty = sum(penalty(model) for penalty in self.penalties)
+        # The Trainer divides the loss by the accumulation steps unless the model already normalised it over
+        # the whole accumulated batch (num_items_in_batch); then the penalty, added per micro-batch, needs it.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = self.model_accepts_loss_kwargs and kw.get("num_items_in_batch") is not None
+        if scaled:
+            penalty = penalty / getattr(self, "current_gradient_accumulation_steps", 1)
+        loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss
+
+    def _weighted_loss(self, model: Any, inputs: Any, return_outputs: bool) -> Any:
+        """Cross-entropy with `class_weights` (classification): rare classes count more."""
+        assert self.class_weights is not None
+        outputs = model(**inputs)
+        weight = self.class_weights.to(device=outputs.logits.device, dtype=outputs.logits.dtype)
+        loss = torch.nn.functional.cross_entropy(outputs.logits, inputs["labels"], weight=weight)
+        return (loss, outputs) if return_outputs else loss
 
 
 class Cancelled(Exception):
@@ -30,13 +64,14 @@ class PadCollator:
         self.multiple = pad_to_multiple_of  # 8 keeps GPU matmuls on tensor-core shapes
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.multiple:
-            longest = -(-longest // self.multiple) * self.multiple
         batch = {}
         for key in features[0]:
             values = [f[key] for f in features]
             if isinstance(values[0], list):
+                # each field to its own longest: a seq2seq target is not as long as its source
+                longest = max(len(v) for v in values)
+                if self.multiple:
+                    longest = -(-longest // self.multiple) * self.multiple
                 pad = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
                 batch[key] = torch.tensor([v + [pad] * (longest - len(v)) for v in values], dtype=torch.long)
             else:  # a class id per example

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from fastapi.responses import JSONResponse
 
-from client.models import ErrorBody, ErrorDetail
+from client.models import ErrorBody, ErrorDetail, FileProblem
 
 
 def snake_case(name: str) -> str:
@@ -46,7 +46,10 @@ class ServiceError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(
-            self.body().model_dump(mode="json"), status_code=self.status_code, headers=self.headers
+            # exclude_unset: optional extras (`details`, `total`) appear only on errors that set them
+            self.body().model_dump(mode="json", exclude_unset=True),
+            status_code=self.status_code,
+            headers=self.headers,
         )
 
 
@@ -155,7 +158,25 @@ class ValidationError(InvalidRequest):
 
 
 class InvalidFile(InvalidRequest):
-    """The uploaded JSONL is malformed; the message lists the bad lines, `param` is the first (`line N`)."""
+    """The uploaded file is malformed; `details` lists the problems (line, field, code), `param` the first line."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        details: list[FileProblem] | None = None,
+        total: int | None = None,
+    ) -> None:
+        super().__init__(message, param, headers)
+        self.details = details
+        self.total = total
+
+    def body(self) -> ErrorBody:
+        body = super().body()
+        if self.details is not None:
+            body.error.details, body.error.total = self.details, self.total
+        return body
 
 
 class IncompatibleFile(InvalidRequest):

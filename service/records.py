@@ -87,7 +87,10 @@ REQUEST_FIELDS = (
     "method",
     "training_file",
     "validation_file",
+    "reference_file",
+    "group_field",
     "hyperparameters",
+    "data",
     "suffix",
     "metadata",
 )

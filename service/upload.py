@@ -27,6 +27,7 @@ class _Parts:
     """python-multipart callbacks: collect part headers, route file bytes to `pending`."""
 
     file_field: str
+    on_file: Callable[[str, str], None] | None = None  # (filename, content type) once the file part begins
     filename: str | None = None
     fields: dict[str, bytearray] = field(default_factory=dict)
     pending: list[bytes] = field(default_factory=list)
@@ -35,9 +36,10 @@ class _Parts:
     _header: bytes = b""
     _value: bytes = b""
     _disposition: bytes = b""
+    _content_type: bytes = b""
 
     def on_part_begin(self) -> None:
-        self._current, self._disposition = "", b""
+        self._current, self._disposition, self._content_type = "", b"", b""
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header += data[start:end]
@@ -48,6 +50,8 @@ class _Parts:
     def on_header_end(self) -> None:
         if self._header.lower() == b"content-disposition":
             self._disposition = self._value
+        elif self._header.lower() == b"content-type":
+            self._content_type = self._value
         self._header, self._value = b"", b""
 
     def on_headers_finished(self) -> None:
@@ -58,6 +62,8 @@ class _Parts:
                 raise InvalidRequest("Send one file per upload.", param=self.file_field)
             raw = options.get(b"filename", b"").decode("utf-8", "replace")
             self.filename = os.path.basename(raw.replace("\\", "/"))[:255] or "upload.jsonl"
+            if self.on_file is not None:
+                self.on_file(self.filename, self._content_type.decode("latin-1"))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current == self.file_field:
@@ -82,14 +88,22 @@ class Upload:
     fields: dict[str, str]
 
 
-async def read_upload(request: Request, file_field: str, consume: Callable[[bytes], None]) -> Upload:
-    """Parse a multipart body, calling `consume(bytes)` (in a worker thread) with the file's data in order."""
+async def read_upload(
+    request: Request,
+    file_field: str,
+    consume: Callable[[bytes], None],
+    on_file: Callable[[str, str], None] | None = None,
+) -> Upload:
+    """Parse a multipart body, calling `consume(bytes)` (in a worker thread) with the file's data in order.
+
+    `on_file(filename, content_type)` is called when the file part's headers are read, before its data.
+    """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise UnsupportedMediaType(
             f"Send multipart/form-data with the dataset in a field named {file_field!r}."
         )
-    parts = _Parts(file_field)
+    parts = _Parts(file_field, on_file)
     parser = MultipartParser(
         options[b"boundary"],
         {

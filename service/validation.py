@@ -1,23 +1,28 @@
-"""Streaming structural validation of JSONL uploads: line by line, bounded memory, every problem numbered.
+"""Streaming validation of uploads (JSONL, or CSV converted to JSONL): line by line, bounded memory.
 
-Feed raw bytes as they arrive; at most one line is held in memory (and lines over MAX_LINE_BYTES are
-rejected without being buffered). `finish()` returns the summary or raises InvalidFile / FileTooLarge.
+Feed raw bytes as they arrive to a `JsonlReader` or `CsvReader`; at most one line (one CSV record) is
+held in memory, and lines over MAX_LINE_BYTES are rejected without being buffered. Every row goes
+through one `RowValidator`, which numbers each problem with its line, field and a stable code, counts
+the fixable issues (warnings) and feeds the profile (`service/profile.py`) in the same pass.
+`finish()` returns the summary or raises InvalidFile (with structured `details`) / FileTooLarge.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.models import FileFormat
+from client.models import FileFormat, FileProblem, FileWarning
 from service.errors import FileTooLarge, InvalidFile
+from service.profile import ProfileBuilder
 
-MAX_REPORTED = 20  # problems listed in the error message (the total is always given)
+MAX_REPORTED = 20  # problems listed in the error (the total is always given)
+MAX_LINES_PER_WARNING = 5
 MAX_LINE_BYTES = 16 * 1024 * 1024
-MAX_DEDUP_ROWS = 1_000_000  # rows whose digest is kept for duplicate counting (8 bytes each)
-MAX_DISTINCT_LABELS = 10_000
 ROLES = ("system", "user", "assistant", "tool")
 FIELDS: dict[FileFormat, tuple[str, ...]] = {
     FileFormat.prompt_completion: ("prompt", "completion"),
@@ -25,7 +30,12 @@ FIELDS: dict[FileFormat, tuple[str, ...]] = {
     FileFormat.text_label: ("text", "label"),
     FileFormat.text: ("text",),
 }
+# Fields that may be empty (a row without a prompt is still a completion to learn); the rest must not.
+OPTIONAL_CONTENT = frozenset({"prompt", "source"})
 KNOWN_SHAPES = '"messages", "prompt"+"completion", "text"+"label", "source"+"target" or "text"'
+CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target")
+
+Sink = Callable[[bytes], None]
 
 
 def detect_format(row: dict[str, Any]) -> FileFormat | None:
@@ -48,30 +58,41 @@ def json_type(value: Any) -> str:
     return names.get(type(value), "number")
 
 
-def row_problem(fmt: FileFormat, row: dict[str, Any]) -> str | None:
-    """What is structurally wrong with a row of format `fmt`, or None."""
+def row_problem(fmt: FileFormat, row: dict[str, Any]) -> tuple[str, str, str] | None:
+    """What is wrong with a row of format `fmt`, as (code, field, message), or None."""
     if fmt == FileFormat.messages:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            return '"messages" must be a non-empty array'
+        if not isinstance(messages, list):
+            return "invalid_type", "messages", f'"messages" must be a non-empty array, got {json_type(messages)}'
+        if not messages:
+            return "empty_content", "messages", '"messages" must be a non-empty array'
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
-                return f"messages[{i}] must be an object, got {json_type(msg)}"
+                return "invalid_type", f"messages[{i}]", f"messages[{i}] must be an object, got {json_type(msg)}"
             if msg.get("role") not in ROLES:
-                return f"messages[{i}].role must be one of {', '.join(ROLES)}"
+                return "unknown_role", f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(ROLES)}"
             if not isinstance(msg.get("content"), str):
-                return f"messages[{i}].content must be a string"
+                return "invalid_type", f"messages[{i}].content", f"messages[{i}].content must be a string"
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        if not answers:
+            return "no_assistant_turn", "messages", "no assistant message to learn from"
+        if not any(a.strip() for a in answers):
+            return "empty_content", "messages", "every assistant message is empty"
         return None
     for name in FIELDS[fmt]:
         if name not in row:
-            return f'missing field "{name}"'
+            if name == "label":
+                return "label_missing", "label", 'missing field "label"'
+            return "missing_field", name, f'missing field "{name}"'
         value = row[name]
-        ok = isinstance(value, str) or (
-            name == "label" and isinstance(value, int) and not isinstance(value, bool)
-        )
+        if name == "label" and (value is None or (isinstance(value, str) and not value.strip())):
+            return "label_missing", "label", '"label" is empty'
+        ok = isinstance(value, str) or (name == "label" and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
             expected = "a string or an integer" if name == "label" else "a string"
-            return f'"{name}" must be {expected}, got {json_type(value)}'
+            return "invalid_type", name, f'"{name}" must be {expected}, got {json_type(value)}'
+        if name not in OPTIONAL_CONTENT and name != "label" and not value.strip():
+            return "empty_content", name, f'"{name}" is empty'
     return None
 
 
@@ -81,37 +102,135 @@ class UploadSummary:
     bytes: int
     sha256: str
     format: FileFormat
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[FileWarning] = field(default_factory=list)
 
 
-class JsonlValidator:
-    """Validates a JSONL stream fed in arbitrary chunks."""
+class RowValidator:
+    """Checks parsed rows; keeps the first problems, counts warnings, feeds the profile."""
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
+    def __init__(self) -> None:
         self.rows = 0
-        self.line_no = 0
-        self.problems: list[str] = []
+        self.problems: list[FileProblem] = []
         self.problem_count = 0
         self.first_bad_line: int | None = None
         self.format: FileFormat | None = None
         self.format_line = 0
-        self._sha = hashlib.sha256()
+        self.profile = ProfileBuilder()
+        self._warn: dict[tuple[str, str | None], list[int]] = {}  # (code, field) -> [count, first lines...]
+
+    def problem(self, line: int, code: str, message: str, field: str | None = None) -> None:
+        self.problem_count += 1
+        self.first_bad_line = self.first_bad_line or line
+        if len(self.problems) < MAX_REPORTED:
+            self.problems.append(FileProblem(line=line, field=field, code=code, message=message))
+
+    def warn(self, line: int, code: str, field: str | None = None) -> None:
+        entry = self._warn.setdefault((code, field), [0])
+        entry[0] += 1
+        if len(entry) <= MAX_LINES_PER_WARNING:
+            entry.append(line)
+
+    def check(self, line: int, row: Any) -> None:
+        """One parsed row (`line` is 1-based)."""
+        if not isinstance(row, dict):
+            return self.problem(line, "not_an_object", f"expected a JSON object, got {json_type(row)}")
+        fmt = detect_format(row)
+        if fmt is None:
+            return self.problem(line, "unknown_shape", f"unknown row shape: expected {KNOWN_SHAPES} keys")
+        if self.format == FileFormat.text_label and fmt == FileFormat.text:
+            return self.problem(line, "label_missing", 'missing field "label"', "label")
+        if problem := row_problem(fmt, row):
+            code, name, message = problem
+            return self.problem(line, code, message, name)
+        if self.format is None:
+            self.format, self.format_line = fmt, line
+        elif fmt != self.format:
+            where = f"line {self.format_line}"
+            return self.problem(
+                line,
+                "mixed_formats",
+                f"row format {fmt.value} differs from {self.format.value} ({where}); one per file",
+            )
+        self._observe(line, fmt, row)
+
+    def _observe(self, line: int, fmt: FileFormat, row: dict[str, Any]) -> None:
+        """Count the fixable things that become warnings, and profile the row."""
+        if self.profile.add(fmt, row):
+            self.warn(line, "duplicate_row")
+        for name in FIELDS.get(fmt, ()):
+            if name in OPTIONAL_CONTENT and not row[name].strip():
+                self.warn(line, "empty_optional_field", name)
+        if fmt == FileFormat.text_label and isinstance(row["label"], str) and row["label"] != row["label"].strip():
+            self.warn(line, "label_whitespace", "label")
+        if fmt == FileFormat.messages and any(not m["content"].strip() for m in row["messages"]):
+            self.warn(line, "empty_message", "messages")
+
+    def finish(self, filename: str) -> FileFormat:
+        if self.problem_count:
+            listed = "; ".join(f"line {p.line}: {p.message}" for p in self.problems)
+            more = self.problem_count - len(self.problems)
+            listed += f"; ... and {more} more" if more else ""
+            noun = "problem" if self.problem_count == 1 else "problems"
+            raise InvalidFile(
+                f"{filename}: {self.problem_count} {noun}: {listed}",
+                param=f"line {self.first_bad_line}",
+                details=self.problems,
+                total=self.problem_count,
+            )
+        if self.rows == 0 or self.format is None:
+            raise InvalidFile(
+                f"{filename}: the file is empty (no rows).",
+                param="file",
+                details=[FileProblem(line=None, field=None, code="empty_file", message="the file has no rows")],
+                total=1,
+            )
+        return self.format
+
+    def warnings(self) -> list[FileWarning]:
+        texts = {
+            "duplicate_row": "{n} duplicate row(s)",
+            "empty_optional_field": '{n} row(s) with an empty "{f}"',
+            "label_whitespace": '{n} row(s) with leading/trailing whitespace in "label"',
+            "empty_message": "{n} conversation(s) with an empty message",
+        }
+        out = [
+            FileWarning(
+                code=code, field=f, count=entry[0], lines=entry[1:], message=texts[code].format(n=entry[0], f=f)
+            )
+            for (code, f), entry in self._warn.items()
+        ]
+        labels = self.profile.label_counts
+        if self.format == FileFormat.text_label and len(labels) == 1:
+            label = next(iter(labels))
+            out.append(
+                FileWarning(
+                    code="single_label",
+                    field="label",
+                    count=self.rows,
+                    message=f"every row has the same label ({label!r})",
+                )
+            )
+        return out
+
+
+class _Reader:
+    """Byte counting, the size limit and the line splitting shared by the JSONL and CSV readers."""
+
+    def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0  # as uploaded
+        self.stored_bytes = 0
+        self.line_no = 0
+        self.rows = RowValidator()
+        self._sink = sink
+        self._sha = hashlib.sha256()  # of what is stored
         self._line = bytearray()
         self._overlong = False
-        self._seen: set[bytes] = set()
-        self._duplicates = 0
-        self._empty: dict[str, int] = {}
-        self._padded_labels = 0
-        self._labels: set[str | int] = set()
-        self._no_assistant = 0
 
     def feed(self, data: bytes) -> None:
         self.bytes += len(data)
         if self.bytes > self.max_bytes:
             raise FileTooLarge(f"The file exceeds the upload limit of {self.max_bytes} bytes.", param="file")
-        self._sha.update(data)
         start = 0
         while (end := data.find(b"\n", start)) != -1:
             self._append(data[start:end])
@@ -122,18 +241,15 @@ class JsonlValidator:
     def finish(self, filename: str) -> UploadSummary:
         if self._line or self._overlong:  # last line without a trailing newline
             self._end_line()
-        if self.problem_count:
-            more = self.problem_count - len(self.problems)
-            listed = "; ".join(self.problems) + (f"; ... and {more} more" if more else "")
-            noun = "problem" if self.problem_count == 1 else "problems"
-            raise InvalidFile(
-                f"{filename}: {self.problem_count} {noun}: {listed}", param=f"line {self.first_bad_line}"
-            )
-        if self.rows == 0 or self.format is None:
-            raise InvalidFile(f"{filename}: the file is empty (no JSONL rows).", param="file")
-        return UploadSummary(self.rows, self.bytes, self._sha.hexdigest(), self.format, self._warnings())
+        self._flush()
+        fmt = self.rows.finish(filename)
+        return UploadSummary(self.rows.rows, self.stored_bytes, self._sha.hexdigest(), fmt, self.rows.warnings())
 
-    # ------------------------------------------------------------------ internals
+    def store(self, data: bytes) -> None:
+        self.stored_bytes += len(data)
+        self._sha.update(data)
+        if self._sink is not None:
+            self._sink(data)
 
     def _append(self, piece: bytes) -> None:
         if self._overlong or not piece:
@@ -147,79 +263,112 @@ class JsonlValidator:
     def _end_line(self) -> None:
         self.line_no += 1
         if self._overlong:
-            self._problem(f"longer than {MAX_LINE_BYTES} bytes")
+            self.rows.problem(self.line_no, "line_too_long", f"longer than {MAX_LINE_BYTES} bytes")
         else:
             line = bytes(self._line)
             if self.line_no == 1:
                 line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
-            self._check(line)
+            self._line_done(line)
         self._line.clear()
         self._overlong = False
 
-    def _problem(self, message: str) -> None:
-        self.problem_count += 1
-        self.first_bad_line = self.first_bad_line or self.line_no
-        if len(self.problems) < MAX_REPORTED:
-            self.problems.append(f"line {self.line_no}: {message}")
+    def _line_done(self, line: bytes) -> None:
+        raise NotImplementedError
 
-    def _check(self, line: bytes) -> None:
+    def _flush(self) -> None:
+        """Anything held back until the end of the stream."""
+
+
+class JsonlReader(_Reader):
+    """JSONL: every line is stored exactly as uploaded."""
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        self.store(data)
+
+    def _line_done(self, line: bytes) -> None:
         if not line.strip():
             return
-        self.rows += 1
+        self.rows.rows += 1
         try:
             row = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError:
-            return self._problem("not valid UTF-8")
+            return self.rows.problem(self.line_no, "invalid_utf8", "not valid UTF-8")
         except json.JSONDecodeError as exc:
-            return self._problem(f"invalid JSON ({exc.msg})")
-        if not isinstance(row, dict):
-            return self._problem(f"expected a JSON object, got {json_type(row)}")
-        fmt = detect_format(row)
-        if fmt is None:
-            return self._problem(f"unknown row shape: expected {KNOWN_SHAPES} keys")
-        if problem := row_problem(fmt, row):
-            return self._problem(problem)
-        if self.format is None:
-            self.format, self.format_line = fmt, self.line_no
-        elif fmt != self.format:
-            where = f"line {self.format_line}"
-            return self._problem(
-                f"row format {fmt.value} differs from {self.format.value} ({where}); one per file"
+            return self.rows.problem(self.line_no, "invalid_json", f"invalid JSON ({exc.msg})")
+        self.rows.check(self.line_no, row)
+
+
+class CsvReader(_Reader):
+    """CSV with a header row; known columns (text, label, prompt, completion, source, target) become JSONL rows.
+
+    A quoted cell may span lines: a record ends at a line break outside quotes. Problems are numbered
+    with the CSV line the record starts on.
+    """
+
+    def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
+        super().__init__(max_bytes, sink)
+        self.header: list[str] | None = None
+        self._record: list[str] = []
+        self._record_line = 0
+        self._record_bytes = 0
+        self._quotes = 0
+
+    def _line_done(self, line: bytes) -> None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.rows.rows += 1
+            return self.rows.problem(self.line_no, "invalid_utf8", "not valid UTF-8")
+        if not self._record:
+            if not text.strip():
+                return
+            self._record_line = self.line_no
+        self._record.append(text.removesuffix("\r"))
+        self._record_bytes += len(line)
+        self._quotes += text.count('"')
+        if self._record_bytes > MAX_LINE_BYTES:  # an unterminated quote must not buffer the rest of the file
+            self.rows.rows += 1
+            self.rows.problem(self._record_line, "invalid_csv", f"a record longer than {MAX_LINE_BYTES} bytes")
+            self._record, self._quotes, self._record_bytes = [], 0, 0
+            return
+        if self._quotes % 2 == 0:  # outside quotes: the record is complete ("" escapes keep the parity)
+            self._record_done()
+
+    def _flush(self) -> None:
+        if self._record:
+            self.rows.rows += 1
+            self.rows.problem(self._record_line, "invalid_csv", "unterminated quoted cell")
+            self._record = []
+
+    def _record_done(self) -> None:
+        record, line = "\n".join(self._record), self._record_line
+        self._record, self._quotes, self._record_bytes = [], 0, 0
+        try:
+            cells = next(csv.reader([record]))
+        except csv.Error as exc:
+            self.rows.rows += 1
+            return self.rows.problem(line, "invalid_csv", f"invalid CSV ({exc})")
+        if self.header is None:
+            self.header = [c.strip().lower() for c in cells]
+            if not any(c in CSV_COLUMNS for c in self.header):
+                self.rows.problem(line, "unknown_shape", f"the header names none of {', '.join(CSV_COLUMNS)}")
+            return
+        self.rows.rows += 1
+        if len(cells) != len(self.header):
+            return self.rows.problem(
+                line, "invalid_csv", f"{len(cells)} cells, the header has {len(self.header)} columns"
             )
-        self._observe(fmt, row, line)
+        row = {name: value for name, value in zip(self.header, cells, strict=True) if name in CSV_COLUMNS}
+        problems = self.rows.problem_count
+        self.rows.check(line, row)
+        if self.rows.problem_count == problems:
+            self.store(json.dumps(row, ensure_ascii=False).encode() + b"\n")
 
-    def _observe(self, fmt: FileFormat, row: dict[str, Any], line: bytes) -> None:
-        """Count the fixable things that become warnings."""
-        if self.rows <= MAX_DEDUP_ROWS:
-            # textual duplicates (after trimming the line): cheap, and what copy-pasted rows look like
-            digest = hashlib.blake2b(line.strip(), digest_size=8).digest()
-            if digest in self._seen:
-                self._duplicates += 1
-            self._seen.add(digest)
-        for name in FIELDS.get(fmt, ()):
-            if isinstance(row[name], str) and not row[name].strip():
-                self._empty[name] = self._empty.get(name, 0) + 1
-        if fmt == FileFormat.text_label:
-            label = row["label"]
-            if isinstance(label, str) and label != label.strip():
-                self._padded_labels += 1
-            if len(self._labels) < MAX_DISTINCT_LABELS:
-                self._labels.add(label.strip() if isinstance(label, str) else label)
-        if fmt == FileFormat.messages and not any(m["role"] == "assistant" for m in row["messages"]):
-            self._no_assistant += 1
 
-    def _warnings(self) -> list[str]:
-        warnings = []
-        if self._duplicates:
-            warnings.append(f"{self._duplicates} duplicate row(s)")
-        for name, count in self._empty.items():
-            warnings.append(f'{count} row(s) with an empty "{name}"')
-        if self._padded_labels:
-            warnings.append(f'{self._padded_labels} row(s) with leading/trailing whitespace in "label"')
-        if self.format == FileFormat.text_label and len(self._labels) == 1:
-            warnings.append(f"every row has the same label ({next(iter(self._labels))!r})")
-        if self._no_assistant:
-            warnings.append(f"{self._no_assistant} conversation(s) without an assistant message")
-        if self.rows > MAX_DEDUP_ROWS:
-            warnings.append(f"duplicates were counted in the first {MAX_DEDUP_ROWS} rows only")
-        return warnings
+def is_csv(filename: str, content_type: str | None = None) -> bool:
+    return filename.lower().endswith(".csv") or (content_type or "").split(";")[0].strip() == "text/csv"
+
+
+def reader_for(filename: str, max_bytes: int, sink: Sink | None = None) -> _Reader:
+    return CsvReader(max_bytes, sink) if is_csv(filename) else JsonlReader(max_bytes, sink)

@@ -95,3 +95,38 @@ def build_tiny_causal_lm(path: Path) -> Path:
     model.save_pretrained(tmp)
     tmp.rename(path)
     return path
+
+
+def build_tiny_t5(path: Path) -> Path:
+    """A random-init 2+2-layer T5 (d_model 64, ~0.1M parameters) + the tiny tokenizer, saved; idempotent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if (path / "config.json").is_file():
+        return path
+
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,  # T5 starts decoding from the pad token
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    tmp.rename(path)
+    return path

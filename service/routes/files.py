@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from client.keys import file_path
-from client.models import FILE_ID_PATTERN, FileList, FileObject
+from client.keys import file_path, file_profile_path
+from client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
 from service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
 from service.errors import (
     FileNotFound,
@@ -21,9 +21,10 @@ from service.errors import (
     ValidationError,
     error_responses,
 )
+from service.profile import load_profile, save_profile
 from service.records import new_id
 from service.upload import read_upload
-from service.validation import JsonlValidator
+from service.validation import CsvReader, JsonlReader, is_csv
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -37,7 +38,7 @@ UPLOAD_BODY = {
                 "type": "object",
                 "required": ["file"],
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "The JSONL dataset."},
+                    "file": {"type": "string", "format": "binary", "description": "JSONL, or CSV with a header row."},
                     "purpose": {"type": "string", "enum": list(PURPOSES), "default": "fine-tune"},
                 },
             }
@@ -60,7 +61,7 @@ LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 async def upload_file(
     request: Request, tenant: TenantDep, settings: SettingsDep, store: StoreDep, storage: StorageDep
 ) -> FileObject:
-    """Upload a JSONL dataset (multipart field `file`); it is validated line by line as it streams in."""
+    """Upload a JSONL or CSV dataset (multipart field `file`); it is validated and profiled as it streams in."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise FileTooLarge(
@@ -68,21 +69,26 @@ async def upload_file(
         )
     file_id = new_id("file-")
     path = file_path(tenant, file_id)
-    validator = JsonlValidator(settings.max_upload_bytes)
     writer = await run_in_threadpool(storage.writer, path)
+    readers: list[JsonlReader | CsvReader] = []
+
+    def on_file(filename: str, content_type: str) -> None:
+        # CSV (by name or Content-Type) is converted to JSONL as it streams: the worker reads JSONL only.
+        reader = CsvReader if is_csv(filename, content_type) else JsonlReader
+        readers.append(reader(settings.max_upload_bytes, writer.write))
 
     def consume(data: bytes) -> None:
-        validator.feed(data)
-        writer.write(data)
+        readers[-1].feed(data)
 
     try:
-        upload = await read_upload(request, "file", consume)
+        upload = await read_upload(request, "file", consume, on_file)
         purpose = upload.fields.get("purpose") or "fine-tune"
         if purpose not in PURPOSES:
             raise InvalidRequest(
                 f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.", param="purpose"
             )
-        summary = validator.finish(upload.filename)
+        reader = readers[-1]
+        summary = reader.finish(upload.filename)
         await run_in_threadpool(writer.commit)
     finally:
         await run_in_threadpool(writer.abort)  # no-op after a commit
@@ -95,12 +101,16 @@ async def upload_file(
         format=summary.format,
         sha256=summary.sha256,
         created_at=int(time.time()),
-        warnings=summary.warnings,
+        warnings=[w.message for w in summary.warnings],
+        warning_details=summary.warnings,
+        source_format="csv" if isinstance(reader, CsvReader) else "jsonl",
     )
     try:
+        await run_in_threadpool(save_profile, storage, file, reader.rows.profile.build(file_id))
         await run_in_threadpool(store.add_file, file)
     except BaseException:
         await run_in_threadpool(storage.delete, path)  # no record, no orphaned dataset
+        await run_in_threadpool(storage.delete, file_profile_path(tenant, file_id))
         raise
     return file
 
@@ -117,3 +127,9 @@ def list_files(
 ) -> FileList:
     """List uploaded files, newest first (cursor pagination with `after`)."""
     return store.list_files(tenant, after, limit)
+
+
+@router.get("/{file_id}/profile", responses=error_responses(FileNotFound, ValidationError))
+def get_file_profile(file_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep) -> FileProfile:
+    """Get a dataset's profile: rows, columns, label distribution, length statistics, duplicates."""
+    return load_profile(storage, store.get_file(tenant, file_id))

@@ -102,6 +102,14 @@ def check_files(store: Store, tenant: str, req: JobCreate) -> None:
                 f"training_file has {train.format.value}; they must match.",
                 param="validation_file",
             )
+    if req.reference_file:
+        ref = store.get_file(tenant, req.reference_file, param="reference_file")
+        if ref.format not in allowed:
+            raise IncompatibleFile(
+                f"reference_file {ref.id} has format {ref.format.value}; task {req.task.value} needs one of: "
+                f"{', '.join(sorted(allowed))}.",
+                param="reference_file",
+            )
 
 
 def request_sha256(req: JobCreate) -> str:

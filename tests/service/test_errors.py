@@ -25,7 +25,7 @@ def test_codes_are_the_snake_cased_class_names():  # type: ignore[no-untyped-def
     assert (
         RedisUnavailable().headers == {"Retry-After": "5"} and RedisUnavailable.type == "service_unavailable"
     )
-    body = FileNotFound("No file 'x'.", param="training_file").body().model_dump()
+    body = FileNotFound("No file 'x'.", param="training_file").body().model_dump(exclude_unset=True)
     assert body == {
         "error": {
             "code": "file_not_found",

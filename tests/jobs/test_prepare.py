@@ -1,0 +1,208 @@
+"""Data preparation (jobs/prepare.py): each step on hand-made rows, the real SMS spam file, and one job end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from client.keys import artifact_path
+from client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
+from jobs.data import Row, split_rows
+from jobs.prepare import eda, near_key, normalize_text, prepare_data, swap_terms, token_report
+from tests.jobs.helpers import events, store_root, submit, upload_rows, wait_for
+
+SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"
+C = Task.classification
+
+
+def rows(*data: dict) -> list[Row]:  # type: ignore[type-arg]
+    return [Row(i, d, "training_file") for i, d in enumerate(data, start=1)]
+
+
+def step(report: dict, name: str) -> dict:  # type: ignore[type-arg]
+    return next(s for s in report["steps"] if s["step"] == name)
+
+
+def test_default_options_change_nothing() -> None:
+    train = rows({"text": "a", "label": "x"}, {"text": "a", "label": "x"})
+    prepared = prepare_data(C, DataOptions(), train, None, 0.5, 0)
+    assert prepared.train is train and prepared.validation is None and prepared.report == {}
+
+
+def test_cleaning_steps_report_rows_in_and_out() -> None:
+    train = rows(
+        {"text": "Ｗin  a\tprize", "label": "Spam"},
+        {"text": "Win a prize", "label": "spam "},  # same after NFKC + whitespace, label variant
+        {"text": "win a prize!!", "label": "spam"},  # near duplicate
+        {"text": "", "label": "ham"},  # invalid
+        {"text": "x" * 50, "label": "ham"},  # too long
+        {"text": "see you", "label": "ham"},
+        {"text": "see you", "label": "spam"},  # conflicting with the row above
+        {"text": "call me", "label": "ham"},
+    )
+    options = DataOptions(
+        normalize_text=True,
+        drop_invalid=True,
+        max_chars=40,
+        normalize_labels=True,
+        dedup="near",
+        drop_conflicting=True,
+    )
+    prepared = prepare_data(C, options, train, [], 0.0, 0)
+    report = prepared.report
+    assert [(s["step"], s["rows_in"], s["rows_out"]) for s in report["steps"]] == [
+        ("normalize_text", 8, 8),
+        ("drop_invalid", 8, 7),
+        ("length_filter", 7, 6),
+        ("normalize_labels", 6, 6),
+        ("dedup_exact", 6, 5),
+        ("dedup_near", 5, 4),
+        ("drop_conflicting", 4, 2),
+    ]
+    assert step(report, "drop_invalid")["lines"] == [4]
+    assert step(report, "normalize_labels")["merged"] == {"spam": ["Spam", "spam"]}
+    assert [r.data for r in prepared.train] == [
+        {"text": "Win a prize", "label": "spam"},
+        {"text": "call me", "label": "ham"},
+    ]
+    assert report["labels_before"] == {"Spam": 1, "spam ": 1, "spam": 2, "ham": 4}
+
+
+def test_text_helpers() -> None:
+    assert normalize_text(" ﬁve\u00a0 ① ") == "five 1"
+    assert near_key("Hello, World! 42") == near_key("hello world") == "helloworld"
+    assert swap_terms("He gave HIS book to her brother.", [("he", "she"), ("his", "her"), ("brother", "sister")]) == (
+        "She gave HER book to his sister."
+    )
+    words = "the quick brown fox jumps over the lazy dog".split()
+    variants = {eda(" ".join(words), random.Random(s), 0.2) for s in range(20)}
+    assert len(variants) > 5  # seeded but varied
+    assert all(set(v.split()) <= set(words) for v in variants)  # swap/delete/insert reuse the sentence's words
+    assert eda("one two three", random.Random(1), 0.3) == eda("one two three", random.Random(1), 0.3)
+
+
+def test_split_comes_first_and_augmented_rows_stay_in_training() -> None:
+    train = rows(*({"text": f"he said {i} things to his brother", "label": "a" if i % 3 else "b"} for i in range(60)))
+    options = DataOptions(augment=["eda", "swap_terms"], augment_copies=2, balance="oversample")
+    prepared = prepare_data(C, options, train, None, 0.2, 7)
+    assert prepared.validation is not None
+    val_lines = {r.line for r in prepared.validation}
+    assert val_lines.isdisjoint(r.line for r in prepared.train)  # no copy of a validation row is trained on
+    assert all("he said" in r.data["text"] for r in prepared.validation)  # validation rows are untouched
+    # the same split as without any option
+    _, plain_val, _ = split_rows(train, 0.2, 7, [r.data["label"] for r in train])
+    assert [r.line for r in prepared.validation] == [r.line for r in plain_val]
+    augment = step(prepared.report, "augment")
+    assert augment["rows_out"] == augment["rows_in"] * 4  # 2 EDA copies + 1 counterfactual per row
+    assert any("she said" in r.data["text"] for r in prepared.train)
+    balance = step(prepared.report, "balance_oversample")
+    assert len(set(balance["after"].values())) == 1 and len(set(balance["before"].values())) == 2
+    again = prepare_data(C, options, train, None, 0.2, 7)
+    assert [r.data for r in again.train] == [r.data for r in prepared.train]  # seeded
+
+
+def test_undersample_and_class_weights() -> None:
+    train = rows(*({"text": f"t{i}", "label": "a" if i < 30 else "b"} for i in range(40)))
+    under = prepare_data(C, DataOptions(balance="undersample"), train, [], 0.0, 0)
+    assert Counter(r.data["label"] for r in under.train) == {"a": 10, "b": 10}
+    weighted = prepare_data(C, DataOptions(balance="class_weights"), train, [], 0.0, 0)
+    assert len(weighted.train) == 40 and weighted.class_weights == {"a": round(40 / 60, 6), "b": 2.0}
+
+
+def test_sft_rows_augment_inputs_only() -> None:
+    chat = {
+        "messages": [{"role": "user", "content": "tell him the plan now"}, {"role": "assistant", "content": "he knows"}]
+    }
+    prepared = prepare_data(Task.causal_lm, DataOptions(augment=["eda", "swap_terms"]), rows(chat), [], 0.0, 3)
+    eda_copy, swapped = prepared.train[1].data["messages"], prepared.train[2].data["messages"]
+    assert eda_copy[1]["content"] == "he knows"  # the answer is never perturbed by EDA
+    assert swapped == [
+        {"role": "user", "content": "tell her the plan now"},
+        {"role": "assistant", "content": "she knows"},
+    ]
+
+
+@pytest.mark.skipif(not SMS_SPAM.exists(), reason="../shared/data/sms_spam is not here")
+def test_sms_spam_dedup_and_oversampling() -> None:
+    data = [json.loads(line) for line in SMS_SPAM.read_text().splitlines() if line.strip()]
+    duplicates = len(data) - len({(d["text"], d["label"]) for d in data})  # counted independently
+    train = [Row(i, d, "training_file") for i, d in enumerate(data, start=1)]
+    prepared = prepare_data(C, DataOptions(dedup="exact", balance="oversample"), train, None, 0.1, 42)
+    dedup = step(prepared.report, "dedup_exact")
+    assert dedup["rows_in"] - dedup["rows_out"] == duplicates == 403
+    counts = Counter(r.data["label"] for r in prepared.train)
+    assert counts["spam"] == counts["ham"]  # balanced training classes
+    assert step(prepared.report, "balance_oversample")["before"]["spam"] < counts["spam"]
+    val = Counter(r.data["label"] for r in prepared.validation or [])
+    assert 0.10 < val["spam"] / sum(val.values()) < 0.16  # validation keeps the real class ratio
+
+
+def test_weighted_loss(minilm: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from jobs.trainer import JobTrainer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    inputs = dict(tokenizer(["a b", "c d", "e f"], return_tensors="pt", padding=True))
+    inputs["labels"] = torch.tensor([0, 1, 1])
+    trainer = JobTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    model.train()
+    torch.manual_seed(1)
+    plain = trainer.compute_loss(model, inputs)
+    trainer.class_weights = torch.tensor([1.0, 5.0])
+    torch.manual_seed(1)  # the same dropout masks
+    weighted, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
+    expected = torch.nn.functional.cross_entropy(outputs.logits, inputs["labels"], weight=torch.tensor([1.0, 5.0]))
+    assert torch.allclose(weighted, expected) and not torch.allclose(weighted, plain)
+
+
+def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, minilm: Path) -> None:  # type: ignore[no-untyped-def]
+    data = [{"text": f"win a prize number {i}", "label": "spam"} for i in range(8)]
+    data += [{"text": f"see you at {i} today", "label": "ham"} for i in range(24)]
+    data += data[:4]  # exact duplicates
+    request = JobCreate(
+        model=str(minilm),
+        task=Task.classification,
+        training_file=upload_rows(env, data),
+        method=LoraMethod(r=4, alpha=8, dropout=0.0),
+        hyperparameters=Hyperparameters(max_steps=2, batch_size=8, max_seq_length=16, validation_split=0.25),
+        data=DataOptions(dedup="exact", balance="oversample", augment=["eda"]),
+    )
+    job_id = submit(redis, env, request)
+    job = wait_for(redis, job_id, worker=worker, timeout=180)
+    assert job["status"] == "succeeded", (job, worker.output()[-3000:])
+    report = job["results"]["data"]
+    assert [s["step"] for s in report["steps"]] == ["dedup_exact", "split", "augment", "balance_oversample"]
+    assert step(report, "dedup_exact")["rows_out"] == 32
+    after = step(report, "balance_oversample")["after"]
+    assert after["spam"] == after["ham"] == job["resolved"]["n_train"] // 2
+    messages = [e["message"] for e in events(redis, job_id)]
+    assert "data: dedup_exact: 36 -> 32 rows" in messages
+    root = store_root(env)
+    saved = json.loads((root / artifact_path("default", job_id, "data_report.json")).read_text())
+    assert saved == report
+    split_val = (root / artifact_path("default", job_id, "split/validation.jsonl")).read_text().splitlines()
+    split_train = (root / artifact_path("default", job_id, "split/train.jsonl")).read_text().splitlines()
+    assert len(split_val) == 8 == job["resolved"]["n_validation"]
+    assert {json.loads(x)["line"] for x in split_val}.isdisjoint(json.loads(x)["line"] for x in split_train)
+    assert report["tokens"]["examples"] == job["resolved"]["n_train"] and report["tokens"]["truncated"] == 0
+
+    # Cleaning that leaves too little to train on fails the job before the model is loaded.
+    request = request.model_copy(update={"data": DataOptions(min_chars=1000)})
+    job = wait_for(redis, submit(redis, env, request), worker=worker, timeout=60)
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_data", job["error"]
+    assert "0 row(s)" in job["error"]["message"]
+
+
+def test_token_report() -> None:
+    examples = [{"input_ids": [0] * n} for n in (3, 9, 16, 16, 12)]
+    report = token_report(examples, 16)
+    assert report["truncated"] == 2 and (report["min"], report["median"], report["max"]) == (3, 12, 16)
+    assert report["histogram"] == {"<=8": 1, "<=16": 4}
