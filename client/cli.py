@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -33,6 +33,7 @@ from client.models import (
     EventType,
     Job,
     JobStatus,
+    Method,
     Task,
 )
 
@@ -163,6 +164,10 @@ def _emit(args: argparse.Namespace, value: BaseModel | list[BaseModel], text: Ca
             print(value.model_dump_json(indent=2))
     else:
         print(text())
+
+
+# Every `type` of the Method union: lora, full, ia3, prompt_tuning, prefix_tuning, p_tuning, adapter.
+METHOD_TYPES = [m.model_fields["type"].default for m in get_args(get_args(Method)[0])]
 
 
 def _note(message: str) -> None:
@@ -360,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-file", help="JSONL file or file id for evaluation")
     p.add_argument("--model", required=True, help="base model path (under a configured model root)")
     p.add_argument("--task", choices=[t.value for t in Task], default=None, help="default: causal_lm")
-    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    p.add_argument("--method", choices=METHOD_TYPES, default="lora", help="fine-tuning strategy (default: lora)")
     p.add_argument("--lora-r", type=int, help="LoRA rank")
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha")
     p.add_argument("--epochs", type=int)

@@ -309,7 +309,7 @@ def test_classification_bias_report_and_forgetting(redis, env, monkeypatch, mode
     )
     assert results["early_stopping"]["metric"] == "eval_f1" and job["resolved"]["greater_is_better"] is True
     assert results["final"]["f1"] == pytest.approx(results["early_stopping"]["best_metric"])
-    assert job["resolved"]["auto_reasons"]["learning_rate"].startswith("0.0005: LoRA on classification")
+    assert job["resolved"]["auto_reasons"]["learning_rate"].startswith("0.002: LoRA on classification")
     assert job["resolved"]["n_reference"] == 6 and job["resolved"]["dropout_overrides"]["hidden_dropout_prob"] == 0.0
     n_replayed = job["resolved"]["n_replayed"]
     assert n_replayed == round(0.25 * (job["resolved"]["n_train"] - n_replayed)) > 0
