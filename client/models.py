@@ -385,17 +385,57 @@ class DataOptions(BaseModel):
         description="classification: resample the training split to equal class counts, or weight the loss by "
         "inverse class frequency.",
     )
-    augment: list[Literal["eda", "swap_terms"]] = Field(
+    augment: list[Literal["eda", "swap_terms", "paraphrase", "back_translate"]] = Field(
         default_factory=list,
-        max_length=2,
+        max_length=4,
         description="Seeded augmentation of the training split only: eda (random word swap/deletion/insertion), "
-        "swap_terms (counterfactual copies with term pairs swapped, e.g. he/she).",
+        "swap_terms (counterfactual copies with term pairs swapped, e.g. he/she), paraphrase (copies rewritten by "
+        "the local model augment_model), back_translate (translated by augment_model, then back by "
+        "augment_back_model).",
     )
     augment_copies: int = Field(default=1, ge=1, le=10, description="eda: augmented copies per training row.")
     augment_strength: float = Field(default=0.1, ge=0.0, le=0.5, description="eda: fraction of words changed.")
     term_pairs: list[tuple[str, str]] | None = Field(
         default=None, max_length=200, description="swap_terms: word pairs to swap; null = gendered English pairs."
     )
+    augment_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        validate_default=True,
+        description="paraphrase/back_translate: a causal or seq2seq model under a configured model root (like "
+        "`model`); loaded on the CPU for this step only.",
+    )
+    augment_back_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        validate_default=True,
+        description="back_translate: the model that translates augment_model's output back.",
+    )
+    augment_max_rows: int = Field(
+        default=100, ge=1, le=10_000, description="paraphrase/back_translate: at most this many generated rows each."
+    )
+    augment_prompt: str = Field(
+        default="Paraphrase: {text}\nParaphrase:",
+        min_length=1,
+        max_length=2000,
+        pattern=r"\{text\}",
+        description="paraphrase/back_translate, causal models: the prompt, {text} = the row's text (seq2seq models "
+        "get the text itself). Only the first line of the continuation is kept.",
+    )
+    augment_temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="paraphrase/back_translate: 0 = greedy, else seeded sampling."
+    )
+
+    @field_validator("augment_model", "augment_back_model")
+    @classmethod
+    def _augment_model_needed(cls, v: str | None, info: ValidationInfo) -> str | None:
+        augment = info.data.get("augment") or []
+        needs = {"paraphrase", "back_translate"} if info.field_name == "augment_model" else {"back_translate"}
+        if v is None and needs & set(augment):
+            raise ValueError(f"augment {' or '.join(sorted(needs & set(augment)))} needs {info.field_name}")
+        return v
 
     @property
     def active(self) -> bool:
@@ -428,6 +468,12 @@ class JobCreate(BaseModel):
         "accuracy and F1 per group, before and after training, and the gap between the best and worst group.",
     )
     method: Method = Field(default_factory=LoraMethod, description="Fine-tuning strategy.")
+    parent_job_id: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="Continue training from this succeeded job's weights (same task and method type; `model` "
+        "stays the base model). classification reuses the parent's labels.",
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     data: DataOptions = Field(
         default_factory=DataOptions, description="Cleaning, balancing and augmentation (reported in results.data)."
@@ -633,6 +679,7 @@ class Job(BaseModel):
     validation_file: str | None = None
     reference_file: str | None = None
     group_field: str | None = None
+    parent_job_id: str | None = None
     hyperparameters: Hyperparameters = Field(description="As requested.")
     data: DataOptions = Field(default_factory=DataOptions, description="Data preparation, as requested.")
     resolved_hyperparameters: dict[str, Any] = Field(

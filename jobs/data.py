@@ -266,15 +266,19 @@ def build_datasets(
     validation_split: float,
     seed: int,
     train_on_inputs: bool = False,
+    labels: list[str] | None = None,
 ) -> Datasets:
-    """Validate, split (when no validation file) and tokenize."""
+    """Validate, split (when no validation file) and tokenize; `labels` fixes the label order (classification)."""
     if len(train_rows) < MIN_TRAIN_ROWS:
         raise DataError(
             f"training_file has {len(train_rows)} row(s); at least {MIN_TRAIN_ROWS} are needed",
             param="training_file",
         )
     notes: list[str] = []
-    labels = label_list(train_rows) if task == Task.classification else None
+    if task == Task.classification:
+        labels = labels or label_list(train_rows)
+    else:
+        labels = None
     if validation_rows is None:
         stratify = [label_of(r) for r in train_rows] if labels else None
         train_rows, validation_rows, note = split_rows(train_rows, validation_split, seed, stratify)

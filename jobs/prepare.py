@@ -182,8 +182,12 @@ def prepare_data(
     validation: list[Row] | None,
     validation_split: float,
     seed: int,
+    model_roots: tuple[Path, ...] = (),
 ) -> PreparedData:
-    """Run the steps `options` asks for; with default options return the rows untouched."""
+    """Run the steps `options` asks for; with default options return the rows untouched.
+
+    `model_roots`: where paraphrase/back_translate find `options.augment_model`/`augment_back_model`.
+    """
     if not options.active:
         return PreparedData(train, validation)
     classification = task == Task.classification
@@ -242,10 +246,16 @@ def prepare_data(
         split = {"seed": seed, "fraction": validation_split, "train": len(train), "validation": len(validation)}
         steps.add("split", n, len(train), validation=len(validation))
 
-    if options.augment:
+    originals = train
+    if {"eda", "swap_terms"} & set(options.augment):
         n = len(train)
         train = _augment(train, options, rng)
-        steps.add("augment", n, len(train), methods=list(options.augment))
+        steps.add("augment", n, len(train), methods=[m for m in options.augment if m in ("eda", "swap_terms")])
+    for method in ("paraphrase", "back_translate"):
+        if method in options.augment:
+            added, details = _model_augment(method, originals, options, seed, model_roots)
+            steps.add(method, len(train), len(train) + len(added), rows_added=len(added), **details)
+            train = train + added
     class_weights = None
     if classification and options.balance != "none":
         n = len(train)
@@ -316,6 +326,39 @@ def _augment(rows: list[Row], options: DataOptions, rng: random.Random) -> list[
             if swapped.data != r.data:  # only rows that mention a term get a counterfactual copy
                 out.append(swapped)
     return out
+
+
+def _model_augment(
+    method: str, rows: list[Row], options: DataOptions, seed: int, model_roots: tuple[Path, ...]
+) -> tuple[list[Row], dict[str, Any]]:
+    """paraphrase (augment_model) or back_translate (augment_model, then augment_back_model back)."""
+    from jobs.errors import InvalidModel, ModelNotFound
+    from jobs.paraphrase import Generator, rewrite_rows
+    from jobs.train import resolve_model_path
+
+    params = ["augment_model"] + (["augment_back_model"] if method == "back_translate" else [])
+    paths = []
+    for param in params:
+        try:
+            paths.append(resolve_model_path(str(getattr(options, param)), model_roots))
+        except ModelNotFound as e:
+            raise ModelNotFound(e.message.replace("at ", f"({param}) at ", 1), param=f"data.{param}") from None
+
+    def stage(path: Path) -> Callable[[Sequence[str]], list[str]]:
+        def generate(batch: Sequence[str]) -> list[str]:  # one model at a time: loaded, run, freed
+            try:
+                generator = Generator(path, options.augment_prompt, options.augment_temperature, seed)
+            except (OSError, ValueError, KeyError) as e:
+                param = params[paths.index(path)]
+                message = f"could not load {param} {path.name}: {type(e).__name__}: {e}"
+                raise InvalidModel(message, param=f"data.{param}") from None
+            with generator:
+                return generator(batch)
+
+        return generate
+
+    added, details = rewrite_rows(rows, [stage(p) for p in paths], options.augment_max_rows, seed)
+    return added, {"models": [p.name for p in paths], "max_rows": options.augment_max_rows, **details}
 
 
 def _resample(rows: list[Row], how: str, rng: random.Random) -> list[Row]:

@@ -51,7 +51,7 @@ from client.models import (
     auto_reasons,
     resolve_hyperparameters,
 )
-from jobs import artifacts, integrations, report_files, safeguards
+from jobs import artifacts, continuation, integrations, report_files, safeguards
 from jobs.data import Datasets, Row, build_datasets, read_jsonl, steps_per_epoch
 from jobs.errors import DataError, InvalidModel, JobFailed, ModelNotFound
 from jobs.evaluate import classification_compute_metrics, summary
@@ -130,6 +130,10 @@ def train_job(
 
     # 1. The base model: a local folder under a configured root (no hub here).
     model_path = resolve_model_path(request.model, settings.model_roots)
+    parent = None
+    if request.parent_job_id:  # continue from a finished job's weights (jobs/continuation.py)
+        parent = continuation.fetch_parent(store, tenant, request, work)
+        reporter.event(f"continuing from {parent.job_id}")
 
     # 2. Data: fetch the uploaded files from the store, validate, split, tokenize.
     train_rows = _fetch_rows(store, tenant, request.training_file, "training_file", work)
@@ -139,13 +143,17 @@ def train_job(
         else None
     )
     # Clean, dedup, split, augment and balance as `request.data` asks (nothing, by default); reported step by step.
-    prepared = prepare_data(request.task, request.data, train_rows, validation_rows, hp.validation_split, hp.seed)
+    prepared = prepare_data(
+        request.task, request.data, train_rows, validation_rows, hp.validation_split, hp.seed, settings.model_roots
+    )
     train_rows, validation_rows = prepared.train, prepared.validation
     for note in prepared.notes:
         reporter.event(note)
     for message, step in step_messages(prepared.report):
         reporter.event(message, data=step)
     tokenizer = _load(AutoTokenizer.from_pretrained, model_path)
+    if parent and parent.labels is not None:
+        continuation.check_labels(parent, train_rows + (validation_rows or []))
     data: Datasets = build_datasets(
         request.task,
         tokenizer,
@@ -155,6 +163,7 @@ def train_job(
         hp.validation_split,
         hp.seed,
         train_on_inputs=hp.train_on_inputs,
+        labels=parent.labels if parent else None,
     )
     for note in data.notes:
         reporter.event(note)
@@ -196,12 +205,22 @@ def train_job(
     dropout = safeguards.dropout_overrides(
         _load(AutoConfig.from_pretrained, model_path), hp.hidden_dropout, hp.attention_dropout
     )
-    model = _load_model(model_path, request.task, data.labels, **dropout, **load_options(request.method))
+    full_parent = parent is not None and request.method.type == "full"  # full: the parent's model/ is the start
+    model = _load_model(
+        parent.weights if parent and full_parent else model_path,
+        request.task,
+        data.labels,
+        **dropout,
+        **load_options(request.method),
+    )
     if tokenizer.pad_token_id is None:  # decoder tokenizers often lack one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.config.pad_token_id = pad_id
-    model = apply_method(model, request.method, request.task)
+    if parent and not full_parent:
+        model = continuation.attach(model, request.method, parent)
+    else:
+        model = apply_method(model, request.method, request.task)
     trainable, total = parameter_counts(model)
     reporter.event(
         f"{request.method.type}: training {trainable:,} of {total:,} parameters "
@@ -229,6 +248,7 @@ def train_job(
             **hp.model_dump(),
             "model": request.model,
             "model_path": str(model_path),
+            "parent_job_id": request.parent_job_id,
             "total_steps": total_steps,
             "logging_steps": logging_steps,
             "eval_strategy": eval_strategy,

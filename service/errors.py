@@ -117,6 +117,10 @@ class JobNotCancellable(Conflict):
     """The job already finished (succeeded, failed or cancelled)."""
 
 
+class ParentJobNotSucceeded(Conflict):
+    """parent_job_id names a job that has not succeeded (it has no final weights to continue from)."""
+
+
 class IdempotencyKeyReused(Conflict):
     """The Idempotency-Key was already used with a different request body."""
 
@@ -181,6 +185,10 @@ class InvalidFile(InvalidRequest):
 
 class IncompatibleFile(InvalidRequest):
     """The file's row format cannot train the requested task."""
+
+
+class IncompatibleParentJob(InvalidRequest):
+    """parent_job_id names a job of another task or method type."""
 
 
 class ModelNotAllowed(InvalidRequest):

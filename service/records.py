@@ -88,6 +88,7 @@ REQUEST_FIELDS = (
     "training_file",
     "validation_file",
     "reference_file",
+    "parent_job_id",
     "group_field",
     "hyperparameters",
     "data",

@@ -30,10 +30,12 @@ from service.errors import (
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     IncompatibleFile,
+    IncompatibleParentJob,
     JobNotCancellable,
     JobNotFound,
     MalformedBody,
     ModelNotAllowed,
+    ParentJobNotSucceeded,
     RequestEntityTooLarge,
     ValidationError,
     error_responses,
@@ -112,6 +114,27 @@ def check_files(store: Store, tenant: str, req: JobCreate) -> None:
             )
 
 
+def check_parent(store: Store, tenant: str, req: JobCreate) -> None:
+    """parent_job_id: a succeeded job of this tenant, of the same task and method type."""
+    if req.parent_job_id is None:
+        return
+    try:
+        parent = store.get_job(tenant, req.parent_job_id)
+    except JobNotFound:
+        raise JobNotFound(f"No job {req.parent_job_id!r}.", param="parent_job_id") from None
+    if parent.status != JobStatus.succeeded:
+        raise ParentJobNotSucceeded(
+            f"parent_job_id {parent.id} is {parent.status.value}; only a succeeded job can be continued.",
+            param="parent_job_id",
+        )
+    if parent.task != req.task or parent.method.type != req.method.type:
+        raise IncompatibleParentJob(
+            f"parent_job_id {parent.id} trained {parent.method.type} for {parent.task.value}; this job asks for "
+            f"{req.method.type} for {req.task.value}: they must match.",
+            param="parent_job_id",
+        )
+
+
 def request_sha256(req: JobCreate) -> str:
     """Fingerprint of the request as parsed (key order, whitespace and spelled-out defaults do not matter)."""
     return hashlib.sha256(json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
@@ -158,6 +181,9 @@ def submit(store: Store, queue: JobQueue, tenant: str, job_id: str) -> None:
             ValidationError,
             IncompatibleFile,
             ModelNotAllowed,
+            JobNotFound,
+            ParentJobNotSucceeded,
+            IncompatibleParentJob,
         ),
     },
 )
@@ -173,6 +199,7 @@ def create_job(
     """Create a fine-tuning job; it is queued at once."""
     check_model(req.model, settings.model_roots)
     check_files(store, tenant, req)
+    check_parent(store, tenant, req)
     job_id = new_id("ftjob-")
     if idempotency_key:
         existing = store.claim_idempotency_key(tenant, idempotency_key, job_id, request_sha256(req))

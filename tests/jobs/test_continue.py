@@ -1,0 +1,114 @@
+"""parent_job_id: a job continues from a finished job's weights (API checks, worker end to end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.models import Hyperparameters, JobCreate, LoraMethod, Task
+from jobs.continuation import Parent, check_labels
+from jobs.data import Row
+from jobs.errors import DataError
+from tests.jobs.helpers import create_job, upload_rows
+from tests.jobs.test_safeguards import COLOURS, qa, run_job, tiny_bert
+from tests.service.conftest import ROWS, assert_error, jsonl, upload
+
+
+@pytest.mark.parametrize(
+    "method",
+    [{"type": "lora", "r": 8}, {"type": "ia3"}, {"type": "adapter"}, {"type": "full"}],
+    ids=lambda m: m["type"],
+)
+def test_child_starts_from_the_parents_weights(redis, env, monkeypatch, tiny_causal_lm: Path, method) -> None:  # type: ignore[no-untyped-def]
+    train, valid = upload_rows(env, qa(32, COLOURS)), upload_rows(env, qa(12, COLOURS, offset=1))
+
+    def request(**kw) -> JobCreate:  # type: ignore[no-untyped-def]
+        return JobCreate(
+            model=str(tiny_causal_lm),
+            training_file=train,
+            validation_file=valid,
+            method=method,
+            eval_generation_limit=0,
+            eval_samples=0,
+            hyperparameters=Hyperparameters(n_epochs=2, batch_size=8, learning_rate=5e-3),
+            **kw,
+        )
+
+    parent = run_job(redis, env, monkeypatch, request())
+    assert parent["status"] == "succeeded", parent
+    child = run_job(redis, env, monkeypatch, request(parent_job_id=parent["id"]))
+    assert child["status"] == "succeeded", child
+    before, after = parent["results"]["baseline"]["eval_loss"], parent["results"]["final"]["eval_loss"]
+    start = child["results"]["baseline"]["eval_loss"]
+    print(f"parent baseline {before:.4f} -> final {after:.4f}; child baseline {start:.4f}")
+    assert after < before
+    assert start == pytest.approx(after, rel=1e-4)  # the child evaluates the parent's trained weights first
+    assert child["resolved"]["parent_job_id"] == parent["id"]
+    assert child["resolved"]["model"] == str(tiny_causal_lm)  # the base model stays the base
+    assert any(e["message"] == f"continuing from {parent['id']}" for e in child["events"])
+
+
+def test_classification_reuses_the_parents_labels(redis, env, monkeypatch, model_root: Path) -> None:  # type: ignore[no-untyped-def]
+    bert = tiny_bert(model_root / "tiny-bert")
+    rows = [{"text": f"{t} {i}", "label": label} for i in range(12) for label, t in (("a", "bake"), ("b", "kick"))]
+    rows += [{"text": f"stir {i}", "label": "c"} for i in range(12)]
+
+    def request(train: list[dict], **kw) -> JobCreate:  # type: ignore[no-untyped-def]
+        method = LoraMethod(r=4, target_modules=["query", "value"])
+        hp = Hyperparameters(n_epochs=1, batch_size=8, validation_split=0.25)
+        return JobCreate(
+            model=str(bert),
+            task=Task.classification,
+            training_file=upload_rows(env, train),
+            method=method,
+            hyperparameters=hp,
+            **kw,
+        )
+
+    parent = run_job(redis, env, monkeypatch, request(rows))
+    assert parent["status"] == "succeeded", parent
+    # only labels b and c: on its own it would be ["b", "c"]; continued, it keeps the parent's head and order
+    child = run_job(
+        redis, env, monkeypatch, request([r for r in rows if r["label"] != "a"], parent_job_id=parent["id"])
+    )
+    assert child["status"] == "succeeded", child
+    assert child["resolved"]["labels"] == ["a", "b", "c"]
+    extra = [*rows, *({"text": f"swim {i}", "label": "d"} for i in range(4))]
+    failed = run_job(redis, env, monkeypatch, request(extra, parent_job_id=parent["id"]))
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "invalid_data" and "'d'" in failed["error"]["message"], failed["error"]
+
+
+def test_new_labels_the_parent_lacks_are_invalid_data(tmp_path: Path) -> None:
+    parent = Parent("ftjob-" + "0" * 20, tmp_path, ["ham", "spam"])
+    check_labels(parent, [Row(1, {"text": "a", "label": "spam"}, "training_file")])
+    with pytest.raises(DataError) as e:
+        check_labels(parent, [Row(1, {"text": "a", "label": "eggs"}, "training_file")])
+    assert e.value.code == "invalid_data" and "'eggs'" in e.value.message
+
+
+def test_api_checks_the_parent(http, redis, model_root: Path) -> None:  # type: ignore[no-untyped-def]
+    file_id = upload(http, jsonl(ROWS["prompt_completion"] * 4)).json()["id"]
+    body = {"model": str(model_root / "tiny"), "training_file": file_id}
+
+    unknown = http.post("/v1/jobs", json={**body, "parent_job_id": "ftjob-" + "a" * 20})
+    assert_error(unknown, 404, "job_not_found", "parent_job_id")
+    assert_error(
+        http.post("/v1/jobs", json={**body, "parent_job_id": "nope"}), 422, "validation_error", "parent_job_id"
+    )
+
+    queued = http.post("/v1/jobs", json=body).json()["id"]  # no worker: it stays queued
+    assert_error(
+        http.post("/v1/jobs", json={**body, "parent_job_id": queued}), 409, "parent_job_not_succeeded", "parent_job_id"
+    )
+
+    full = create_job(
+        redis, JobCreate(model=body["model"], training_file=file_id, method={"type": "full"}), status="succeeded"
+    )
+    mismatch = http.post("/v1/jobs", json={**body, "parent_job_id": full})
+    assert_error(mismatch, 422, "incompatible_parent_job", "parent_job_id")
+    ok = create_job(redis, JobCreate(model=body["model"], training_file=file_id), status="succeeded")
+    created = http.post("/v1/jobs", json={**body, "parent_job_id": ok})
+    assert created.status_code == 201, created.text
+    assert created.json()["parent_job_id"] == ok
