@@ -119,6 +119,8 @@ def is_valid(row: Row, task: Task) -> bool:
         )
     if "prompt" in d or "completion" in d:
         return isinstance(d.get("prompt"), str) and isinstance(d.get("completion"), str) and bool(d["completion"])
+    if task == Task.seq2seq or "source" in d or "target" in d:
+        return all(isinstance(d.get(k), str) and d[k].strip() for k in ("source", "target"))
     return isinstance(d.get("text"), str) and bool(d["text"].strip())
 
 

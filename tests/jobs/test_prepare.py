@@ -72,6 +72,14 @@ def test_cleaning_steps_report_rows_in_and_out() -> None:
     assert report["labels_before"] == {"Spam": 1, "spam ": 1, "spam": 2, "ham": 4}
 
 
+def test_drop_invalid_keeps_good_seq2seq_rows() -> None:
+    data = rows(
+        {"source": "a", "target": "b"}, {"source": "c", "target": " "}, {"source": "d"}, {"source": "e", "target": "f"}
+    )
+    report = prepare_data(Task.seq2seq, DataOptions(drop_invalid=True), data, None, 0.0, 1).report
+    assert (step(report, "drop_invalid")["rows_in"], step(report, "drop_invalid")["rows_out"]) == (4, 2)
+
+
 def test_text_helpers() -> None:
     assert normalize_text(" ﬁve\u00a0 ① ") == "five 1"
     assert near_key("Hello, World! 42") == near_key("hello world") == "helloworld"
