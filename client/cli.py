@@ -314,7 +314,7 @@ def cmd_cancel(args: argparse.Namespace, api: Client) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from client.stack import Stack
+    Stack = importlib.import_module("service.stack").Stack  # needs the service extra; only `up` loads it
 
     with Stack(args.data_dir, port=args.port, host=args.host, workers=args.workers) as stack:
         _note(f"ftjobs is up at {stack.url}  (data in {stack.data_dir}; Ctrl-C to stop)")
@@ -330,7 +330,7 @@ def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from client.demo import run_demo
+    run_demo = importlib.import_module("service.demo").run_demo  # starts a whole stack: service extra
 
     return run_demo(args.data_dir, epochs=args.epochs, learning_rate=args.learning_rate)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from client.stack import minilm_dir
 from service.embedded import EmbeddedRedis, start_redis
+from service.stack import minilm_dir
 
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "ftjobs-test"

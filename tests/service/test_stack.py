@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from client import Client
-from client.stack import Stack
 from service.embedded import free_port
+from service.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from typing import Literal
 from client.cli import follow_lines, results_table
 from client.client import Client
 from client.models import Hyperparameters, JobStatus, LoraMethod
-from client.stack import ROOT, Stack, minilm_dir
+from service.stack import ROOT, Stack, minilm_dir
 
 DATA = ROOT / "demo" / "data"
 TRAIN = DATA / "sms_spam_train.jsonl"
