@@ -3,6 +3,7 @@
     ftjobs up                                   # Redis + API + a worker on this machine
     ftjobs submit train.jsonl --model /models/minilm --task classification --follow
     ftjobs status JOB  |  ftjobs logs JOB --follow  |  ftjobs download JOB --prefix adapter/
+    ftjobs profile train.csv                    # upload (or name a file id) and print the dataset's profile
 
 `--url` (or $FTJOBS_URL) picks the API, `--api-key` (or $FTJOBS_API_KEY) authenticates, `--json` prints
 the API's JSON instead of tables. An API error prints `error: <code>: <message> (<param>)` on stderr
@@ -31,8 +32,10 @@ from client.models import (
     Event,
     EventLevel,
     EventType,
+    FileProfile,
     Job,
     JobStatus,
+    LengthStats,
     Method,
     Task,
 )
@@ -156,6 +159,57 @@ def describe(job: Job) -> str:
     return "\n".join(lines)
 
 
+MAX_LABELS_SHOWN = 20
+
+
+def _spread(stats: LengthStats | None) -> str:
+    """`2/7.5/15/15`: min/median/p95/max."""
+    if stats is None:
+        return ""
+    return "/".join(number(v) if v != int(v) else str(int(v)) for v in (stats.min, stats.median, stats.p95, stats.max))
+
+
+def describe_profile(profile: FileProfile) -> str:
+    """A dataset profile for a human: shape, per-field lengths, label distribution, duplicates, notes."""
+    lines = [
+        f"{profile.file_id}  {profile.format.value}  {profile.rows} rows",
+        f"  columns     {', '.join(profile.columns)}",
+    ]
+    fields = table(
+        ["field", "empty", "missing", "chars min/median/p95/max", "words min/median/p95/max"],
+        [[f.name, f.empty, f.missing, _spread(f.chars), _spread(f.words)] for f in profile.fields],
+    )
+    lines += ["  fields"] + [f"    {line}" for line in fields.splitlines()]
+    if profile.labels is not None:
+        shown = profile.labels[:MAX_LABELS_SHOWN]
+        labels = table(["label", "rows", "share"], [[lab.label, lab.count, f"{lab.fraction:.1%}"] for lab in shown])
+        lines += [f"  labels      {len(profile.labels)} distinct"] + [f"    {line}" for line in labels.splitlines()]
+        if len(profile.labels) > len(shown):
+            lines.append(f"    ... and {len(profile.labels) - len(shown)} more (--json lists them all)")
+    duplicates = f"  duplicates  {profile.exact_duplicates} exact"
+    if profile.duplicate_texts is not None:
+        duplicates += f", {profile.duplicate_texts} repeated texts ({profile.conflicting_labels} with another label)"
+    lines.append(duplicates)
+    if profile.tokens:  # token lengths as recent jobs tokenized the file (their validation)
+        tokens = table(
+            ["job", "model", "examples", "tokens min/median/p95/max", "max_seq_length", "truncated"],
+            [
+                [
+                    t.job_id,
+                    t.model.rsplit("/", 1)[-1],
+                    t.examples,
+                    "/".join(str(v) for v in (t.min, t.median, t.p95, t.max)),
+                    t.max_seq_length,
+                    t.truncated,
+                ]
+                for t in profile.tokens
+            ],
+        )
+        lines += ["  tokens"] + [f"    {line}" for line in tokens.splitlines()]
+    lines += [f"  note        {note}" for note in profile.notes]
+    return "\n".join(lines)
+
+
 def _emit(args: argparse.Namespace, value: BaseModel | list[BaseModel], text: Callable[[], str]) -> None:
     if args.json:
         if isinstance(value, list):
@@ -222,6 +276,12 @@ def _file_id(api: Client, path_or_id: str) -> str:
     for warning in uploaded.warnings:
         _note(f"  warning: {warning}")
     return uploaded.id
+
+
+def cmd_profile(args: argparse.Namespace, api: Client) -> int:
+    profile = api.files.profile(_file_id(api, args.file))
+    _emit(args, profile, lambda: describe_profile(profile))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, api: Client) -> int:
@@ -361,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common], **kwargs)
 
     p = command("submit", "upload data and submit a fine-tuning job (prints the job id)")
-    p.add_argument("training_file", help="JSONL file to upload, or an uploaded file id")
-    p.add_argument("--validation-file", help="JSONL file or file id for evaluation")
+    p.add_argument("training_file", help="JSONL, CSV or Parquet file to upload, or an uploaded file id")
+    p.add_argument("--validation-file", help="a file to upload or a file id for evaluation")
     p.add_argument("--model", required=True, help="base model path (under a configured model root)")
     p.add_argument("--task", choices=[t.value for t in Task], default=None, help="default: causal_lm")
     p.add_argument("--method", choices=METHOD_TYPES, default="lora", help="fine-tuning strategy (default: lora)")
@@ -378,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idempotency-key", help="re-submitting with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 1 unless it succeeded")
     p.add_argument("--follow", action="store_true", help="print the job's events until it ends (and --wait)")
+
+    p = command("profile", "print a dataset's profile: rows, columns, lengths, labels, duplicates")
+    p.add_argument("file", help="an uploaded file id, or a local JSONL/CSV/Parquet file to upload first")
 
     p = command("status", "show a job: status, progress, ETA, last metrics, results, error")
     p.add_argument("job")
@@ -428,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "submit": cmd_submit,
+    "profile": cmd_profile,
     "status": cmd_status,
     "list": cmd_list,
     "logs": cmd_logs,

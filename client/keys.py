@@ -102,6 +102,16 @@ def file_profile_path(tenant: str, file_id: str) -> str:
     return f"{tenant}/files/{file_id}.profile.json"
 
 
+def file_lines_path(tenant: str, file_id: str) -> str:
+    """A CSV or Parquet upload's line map: which line (row) of the uploaded file each stored JSONL row was."""
+    return f"{tenant}/files/{file_id}.lines.json"
+
+
+def file_tokens_dir(tenant: str, file_id: str) -> str:
+    """Token statistics of the file as jobs tokenized it: one JSON per job (`<job_id>.json`), by its validation."""
+    return f"{tenant}/files/{file_id}.tokens"
+
+
 def job_dir(tenant: str, job_id: str) -> str:
     return f"{tenant}/jobs/{job_id}"
 
@@ -118,6 +128,21 @@ def staging_dir(tenant: str, job_id: str, attempt: int) -> str:
 def job_record_path(tenant: str, job_id: str) -> str:
     """Final job record written at the end so a lost Redis does not lose a finished job's results."""
     return f"{job_dir(tenant, job_id)}/job.json"
+
+
+def checkpoints_dir(tenant: str, job_id: str) -> str:
+    """A running job's resumable checkpoints (deleted when the job finishes)."""
+    return f"{job_dir(tenant, job_id)}/checkpoints"
+
+
+def checkpoint_path(tenant: str, job_id: str, attempt: int, step: int) -> str:
+    """One uploaded checkpoint; it counts only once `checkpoint_pointer_path` names it."""
+    return f"{checkpoints_dir(tenant, job_id)}/attempt-{attempt}-step-{step}"
+
+
+def checkpoint_pointer_path(tenant: str, job_id: str) -> str:
+    """latest.json: the newest complete checkpoint (step, attempt, path, files with sha256), written last."""
+    return f"{checkpoints_dir(tenant, job_id)}/latest.json"
 
 
 # --------------------------------------------------------------------------- the one write script

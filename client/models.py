@@ -95,7 +95,9 @@ class ErrorDetail(BaseModel):
 class FileProblem(BaseModel):
     """One problem of an uploaded file: where (line, field), what (a stable code) and why (message)."""
 
-    line: int | None = Field(default=None, description="1-based line of the file (of the CSV for CSV uploads).")
+    line: int | None = Field(
+        default=None, description="1-based line of the file as uploaded (the CSV's line; a Parquet file's row)."
+    )
     field: str | None = Field(default=None, description="The row field at fault, e.g. `label`, `messages[1].role`.")
     code: str = Field(
         description="`invalid_json`, `invalid_utf8`, `not_an_object`, `unknown_shape`, `missing_field`, "
@@ -260,6 +262,17 @@ Method = Annotated[
     Field(discriminator="type"),
 ]
 PROMPT_METHODS = frozenset({"prompt_tuning", "prefix_tuning", "p_tuning"})
+# What defines a trained adapter (its tensors' shapes, where it sits, how its output is scaled): a job continuing
+# another (parent_job_id) keeps the parent's values. The other fields (dropout, merge, quantize) only affect training.
+ADAPTER_SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "lora": ("r", "alpha", "target_modules", "use_dora"),
+    "ia3": ("target_modules", "feedforward_modules"),
+    "prompt_tuning": ("num_virtual_tokens", "init_text"),
+    "prefix_tuning": ("num_virtual_tokens",),
+    "p_tuning": ("num_virtual_tokens", "encoder_hidden_size"),
+    "adapter": ("reduction_factor", "bottleneck_size", "non_linearity", "positions"),
+}
 _METHOD_NAMES = {"lora": "LoRA", "ia3": "IA3", "adapter": "a bottleneck adapter"}
 
 
@@ -472,7 +485,9 @@ class JobCreate(BaseModel):
         default=None,
         pattern=JOB_ID_PATTERN,
         description="Continue training from this succeeded job's weights (same task and method type; `model` "
-        "stays the base model). classification reuses the parent's labels.",
+        "stays the base model). `method` fields left out are the parent's; those that shape the adapter (LoRA r, "
+        "alpha, target_modules, use_dora; num_virtual_tokens; ...) must match it, the others (dropout, merge) may "
+        "change. classification reuses the parent's labels.",
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     data: DataOptions = Field(
@@ -494,8 +509,10 @@ class JobCreate(BaseModel):
     integrations: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
         max_length=3,
-        description="Experiment trackers to log to; the job fails with `integration_unavailable` if one is not "
-        "installed in the worker. TensorBoard and MLflow logs are saved as artifacts; W&B runs offline.",
+        description="Experiment trackers to log to besides TensorBoard, which logs every job (`tensorboard/` "
+        "artifacts). `wandb`: an offline run, kept as the artifact `wandb.tar.gz` (`wandb sync` it). `mlflow`: the "
+        "worker's MLFLOW_TRACKING_URI if it has one, else a file store kept as `mlruns.tar.gz`. The job fails with "
+        "`integration_unavailable` if one is not installed in the worker.",
     )
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] = Field(
         default_factory=dict, max_length=16, description="Free key/value pairs kept on the job."
@@ -565,10 +582,18 @@ class QueuePayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     tenant: str = Field(pattern=TENANT_PATTERN)
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=0, description="0: the file validation (jobs.validate.run); 1, 2 ...: training runs.")
+    queue: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        description="Validation only: the training queue the job goes to once its files pass.",
+    )
 
 
 # --------------------------------------------------------------------------- response models
+
+
+SourceFormat = Literal["jsonl", "csv", "parquet"]
 
 
 class FileObject(BaseModel):
@@ -588,8 +613,8 @@ class FileObject(BaseModel):
     warning_details: list[FileWarning] = Field(
         default_factory=list, description="The same warnings, structured (code, field, count, first lines)."
     )
-    source_format: Literal["jsonl", "csv"] = Field(
-        default="jsonl", description="What was uploaded; CSV is converted to JSONL rows as it streams in."
+    source_format: SourceFormat = Field(
+        default="jsonl", description="What was uploaded; CSV and Parquet are converted to JSONL rows."
     )
 
 
@@ -617,6 +642,22 @@ class LabelCount(BaseModel):
     fraction: float
 
 
+class TokenStats(BaseModel):
+    """Token lengths of a file's training examples as one job tokenized them (after its data preparation)."""
+
+    job_id: str
+    model: str
+    created_at: float
+    examples: int
+    min: int | None = None
+    median: int | None = None
+    p95: int | None = None
+    max: int | None = None
+    max_seq_length: int | None = None
+    truncated: int | None = Field(default=None, description="Examples that reach max_seq_length (cut there).")
+    histogram: dict[str, int] = Field(default_factory=dict, description="Power-of-two buckets: `<=64`: count.")
+
+
 class FileProfile(BaseModel):
     """`GET /v1/files/{id}/profile`: what is in a dataset, computed while it streamed in."""
 
@@ -635,6 +676,11 @@ class FileProfile(BaseModel):
         default=None, description="text_label files: rows whose text occurs earlier with a different label."
     )
     notes: list[str] = Field(default_factory=list)
+    tokens: list[TokenStats] = Field(
+        default_factory=list,
+        description="Token lengths computed by the validation of jobs training on this file, newest first "
+        "(the last few jobs).",
+    )
 
 
 class FileList(BaseModel):

@@ -30,14 +30,13 @@ from client.models import (
     FileList,
     FileObject,
     FileProfile,
-    FullMethod,
     Health,
     Hyperparameters,
     Job,
     JobCreate,
     JobList,
     JobStatus,
-    LoraMethod,
+    Method,
     MetricList,
     MetricPoint,
     Task,
@@ -50,8 +49,15 @@ def _seg(value: str) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """A model as the fields it was given (the server fills the same defaults; a child job inherits what it
+    leaves out from its parent), keeping a method's `type`."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        body = value.model_dump(mode="json", exclude_unset=True)
+        if "type" in type(value).model_fields:
+            body["type"] = getattr(value, "type")  # noqa: B009 - BaseModel declares no `type`
+        if isinstance(value, JobCreate) and "method" in body:
+            body["method"]["type"] = value.method.type
+        return body
     if isinstance(value, Mapping):
         return dict(value)
     return value
@@ -76,7 +82,7 @@ class FilesPlans(Plans):
     def upload(
         self, file: str | os.PathLike[str] | IO[bytes], *, purpose: str = "fine-tune"
     ) -> Plan[FileObject]:
-        """Upload a JSONL or CSV dataset (a path, or a file opened in binary mode); returns its `FileObject`."""
+        """Upload a JSONL, CSV or Parquet dataset (a path, or a binary file object); returns its `FileObject`."""
         if isinstance(file, str | os.PathLike):
             fh: IO[bytes] = open(file, "rb")  # closed below, also when the plan is abandoned
             owned = True
@@ -115,7 +121,10 @@ class JobsPlans(Plans):
         training_file: str | None = None,
         task: Task | str | None = None,
         validation_file: str | None = None,
-        method: LoraMethod | FullMethod | Mapping[str, Any] | None = None,
+        method: Method | Mapping[str, Any] | None = None,
+        parent_job_id: str | None = None,
+        reference_file: str | None = None,
+        group_field: str | None = None,
         hyperparameters: Hyperparameters | Mapping[str, Any] | None = None,
         data: DataOptions | Mapping[str, Any] | None = None,
         suffix: str | None = None,
@@ -136,6 +145,9 @@ class JobsPlans(Plans):
             "task": task,
             "validation_file": validation_file,
             "method": method,
+            "parent_job_id": parent_job_id,
+            "reference_file": reference_file,
+            "group_field": group_field,
             "hyperparameters": hyperparameters,
             "data": data,
             "suffix": suffix,
@@ -147,7 +159,7 @@ class JobsPlans(Plans):
         if request is not None:
             if any(v is not None for v in fields.values()):
                 raise TypeError("jobs.create() takes a JobCreate or keyword fields, not both")
-            body = request.model_dump(mode="json")
+            body = _jsonable(request)
         elif model is None or training_file is None:
             raise TypeError("jobs.create() needs model= and training_file=")
         else:

@@ -3,6 +3,11 @@
 The parent's artifacts lie under `client.keys.artifact_path`; its manifest.json lists every file. peft methods
 continue from adapter/ (PeftModel.from_pretrained(base, adapter/, is_trainable=True)), bottleneck adapters from
 adapter/ (jobs.adapters.load_bottleneck_adapter), full fine-tuning loads model/ instead of the base.
+
+The child keeps the parent's adapter shape (client.models.ADAPTER_SHAPE_FIELDS: LoRA r/alpha/target modules/DoRA,
+virtual tokens, bottleneck sizes ...): the API fills what the child leaves out from the parent and rejects a
+different value; `attach` checks again against the saved config. Training-only settings (LoRA and adapter dropout)
+take the child's value.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from client.keys import artifact_path
-from client.models import AdapterMethod, FullMethod, JobCreate, Task
+from client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, JobCreate, LoraMethod, Task
 from jobs import adapters
 from jobs.data import Row, label_of
 from jobs.errors import DataError, InvalidMethod
@@ -73,19 +78,92 @@ def check_labels(parent: Parent, rows: list[Row]) -> None:
 
 
 def attach(model: Any, method: Any, parent: Parent) -> Any:
-    """The model to train, holding the parent's trained weights (peft methods and bottleneck adapters)."""
+    """The model to train, holding the parent's trained weights (peft methods and bottleneck adapters), with the
+    child's training-only settings (dropout); fails invalid_method where the child asks for another shape."""
     if isinstance(method, AdapterMethod):
         try:
+            config = json.loads((parent.weights / adapters.CONFIG_NAME).read_text())
+            check_shape(method, config, parent.job_id)
             adapters.load_bottleneck_adapter(model, parent.weights)
         except (OSError, ValueError, KeyError) as e:
             raise InvalidMethod(f"could not load the parent's adapter: {e}", param=PARAM) from None
-        config = json.loads((parent.weights / adapters.CONFIG_NAME).read_text())
-        setattr(model, ADAPTER_CONFIG_ATTR, config)
+        for module in model.modules():
+            if isinstance(module, adapters.BottleneckAdapter):
+                module.dropout.p = method.dropout
+        setattr(model, ADAPTER_CONFIG_ATTR, {**config, "dropout": method.dropout})
         model.train()
         return model
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
     try:
-        return PeftModel.from_pretrained(model, str(parent.weights), is_trainable=True)
+        peft_config = PeftConfig.from_pretrained(str(parent.weights))
+    except (OSError, ValueError, KeyError) as e:
+        raise InvalidMethod(f"could not load the parent's adapter config: {e}", param=PARAM) from None
+    check_shape(method, peft_settings(method.type, peft_config), parent.job_id)
+    if isinstance(method, LoraMethod):
+        peft_config.lora_dropout = method.dropout
+    try:
+        return PeftModel.from_pretrained(model, str(parent.weights), is_trainable=True, config=peft_config)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InvalidMethod(f"could not load the parent's adapter: {e}", param=PARAM) from None
+
+
+def check_shape(method: Any, trained: dict[str, Any], parent_id: str) -> None:
+    """Every adapter-shaping setting the child names (null: inherit) equals the parent's saved one."""
+    for name in ADAPTER_SHAPE_FIELDS[method.type]:
+        want, have = getattr(method, name), trained.get(name)
+        if want is None or (have is None and name in ("target_modules", "feedforward_modules")):
+            continue  # inherit; a null module list in a saved config is peft's default for the architecture
+        if isinstance(want, list) and isinstance(have, list | tuple | set):
+            same = sorted(want) == sorted(have)
+        else:
+            same = want == have
+        if not same:
+            raise InvalidMethod(
+                f"method.{name}={json.dumps(want)} differs from the parent job {parent_id}'s {name}="
+                f"{json.dumps(have)}: a continued {method.type} keeps the parent's adapter shape",
+                param=f"method.{name}",
+            )
+
+
+def peft_settings(kind: str, config: Any) -> dict[str, Any]:
+    """A peft config in the request's terms (LoraMethod field names), module sets as sorted lists."""
+    if kind == "lora":
+        return {
+            "r": config.r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "target_modules": _names(config.target_modules),
+            "use_dora": bool(config.use_dora),
+        }
+    if kind == "ia3":
+        return {
+            "target_modules": _names(config.target_modules),
+            "feedforward_modules": _names(config.feedforward_modules),
+        }
+    values: dict[str, Any] = {"num_virtual_tokens": config.num_virtual_tokens}
+    if kind == "prompt_tuning":
+        values["init_text"] = getattr(config, "prompt_tuning_init_text", None)
+    if kind == "p_tuning":
+        values["encoder_hidden_size"] = config.encoder_hidden_size
+    return values
+
+
+def resolved_method(model: Any, method: Any) -> dict[str, Any]:
+    """The method as the model to train holds it (e.g. the target modules peft picked for the architecture):
+    recorded as the job's resolved `method`, which a child job inherits and must match in shape."""
+    values: dict[str, Any] = method.model_dump(mode="json")
+    if isinstance(method, AdapterMethod):
+        config = getattr(model, ADAPTER_CONFIG_ATTR, None) or {}
+        values.update({k: config[k] for k in (*ADAPTER_SHAPE_FIELDS["adapter"], "dropout") if k in config})
+    elif configs := getattr(model, "peft_config", None):
+        settings = peft_settings(method.type, next(iter(configs.values())))
+        values.update({k: v for k, v in settings.items() if v is not None})
+    return values
+
+
+def _names(modules: Any) -> list[str] | None:
+    """peft keeps module names as a set (or a regex string); the request as a list."""
+    if modules is None:
+        return None
+    return [modules] if isinstance(modules, str) else sorted(modules)

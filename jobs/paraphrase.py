@@ -52,7 +52,7 @@ def _with(row: Row, where: tuple[str, int | None], text: str) -> Row:
         d[name] = text
     else:
         d[name] = [{**m, "content": text} if j == i else m for j, m in enumerate(d[name])]
-    return Row(row.line, d, row.file)
+    return Row(row.line, d, row.file, row.unit)
 
 
 class Generator:

@@ -24,6 +24,7 @@ from client.models import DataOptions, Task
 from jobs.data import Row, split_rows
 
 TEXT_FIELDS = ("text", "prompt", "completion", "source", "target")
+MODEL_AUGMENT = ("paraphrase", "back_translate")  # augmentation that generates with a model
 # swap_terms default: gendered English pairs, swapped both ways (her -> him: the his/her ambiguity is ignored)
 DEFAULT_TERM_PAIRS = (
     ("he", "she"),
@@ -58,7 +59,7 @@ class PreparedData:
 
 
 def _copy(row: Row, data: dict[str, Any]) -> Row:
-    return Row(row.line, data, row.file)
+    return Row(row.line, data, row.file, row.unit)
 
 
 def _map_text(row: Row, fn: Callable[[str], str], inputs_only: bool = False) -> Row:
@@ -253,7 +254,7 @@ def prepare_data(
         n = len(train)
         train = _augment(train, options, rng)
         steps.add("augment", n, len(train), methods=[m for m in options.augment if m in ("eda", "swap_terms")])
-    for method in ("paraphrase", "back_translate"):
+    for method in MODEL_AUGMENT:
         if method in options.augment:
             added, details = _model_augment(method, originals, options, seed, model_roots)
             steps.add(method, len(train), len(train) + len(added), rows_added=len(added), **details)
@@ -335,8 +336,8 @@ def _model_augment(
 ) -> tuple[list[Row], dict[str, Any]]:
     """paraphrase (augment_model) or back_translate (augment_model, then augment_back_model back)."""
     from jobs.errors import InvalidModel, ModelNotFound
+    from jobs.inputs import resolve_model_path
     from jobs.paraphrase import Generator, rewrite_rows
-    from jobs.train import resolve_model_path
 
     params = ["augment_model"] + (["augment_back_model"] if method == "back_translate" else [])
     paths = []

@@ -20,6 +20,7 @@ from redis import Redis
 from client.keys import (
     GUARDED_WRITE,
     HEARTBEATS_KEY,
+    STREAM_FIELD,
     JobField,
     events_key,
     heartbeat_member,
@@ -65,13 +66,18 @@ def finite(values: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Reporter:
-    """Writes one attempt's status, progress, heartbeats, events and metrics (JSON, all guarded)."""
+    """Writes one attempt's status, progress, heartbeats, events and metrics (JSON, all guarded).
+
+    Attempt 0 is the file validation a worker runs while the job is `validating_files` (jobs/validate.py);
+    attempts 1, 2 ... are training runs while it is `running`. Writes land only in that phase's status.
+    """
 
     def __init__(self, redis: Redis, tenant: str, job_id: str, attempt: int) -> None:
         self.redis = redis
         self.tenant = tenant
         self.job_id = job_id
         self.attempt = attempt
+        self.phase = JobStatus.validating_files if attempt == 0 else JobStatus.running
         self.key = job_key(tenant, job_id)
         self.member = heartbeat_member(tenant, job_id, attempt)
         self._write_script = redis.register_script(GUARDED_WRITE)
@@ -98,7 +104,7 @@ class Reporter:
             return True  # the record is gone
         return (
             bool(cancel and json.loads(cancel))
-            or json.loads(status) != JobStatus.running
+            or json.loads(status) != self.phase
             or json.loads(attempt or "0") != self.attempt
         )
 
@@ -144,14 +150,34 @@ class Reporter:
         self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
         return True
 
+    def begin_validation(self, worker_name: str) -> bool:
+        """Attempt 0 takes the `validating_files` job: worker + heartbeat (the janitor watches it too)."""
+        now = time.time()
+        event = self._event_json(f"validating files on {worker_name}", EventLevel.info, EventType.message, {})
+        if not self._write({JobField.worker: worker_name, JobField.heartbeat_at: now}, event):
+            return False
+        self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
+        return True
+
+    def validated(self, message: str, data: Mapping[str, Any]) -> bool:
+        """validating_files -> queued as attempt 1, once the files passed the worker's checks."""
+        fields: dict[str, Any] = {JobField.status: JobStatus.queued, JobField.attempt: 1}
+        data = {"status": JobStatus.queued, "attempt": 1, **data}
+        event = self._event_json(message, EventLevel.info, EventType.status, data)
+        ok = self._write(fields, event)
+        self.redis.zrem(HEARTBEATS_KEY, self.member)
+        return ok
+
     def finish(
         self,
         status: JobStatus,
         error: JobError | None = None,
         results: Mapping[str, Any] | None = None,
         artifacts: Iterable[Artifact] | None = None,
+        statuses: Iterable[JobStatus] | None = None,
     ) -> bool:
-        """running -> succeeded | failed | cancelled: finished_at, a status event, no more heartbeat."""
+        """running (or validating_files, attempt 0) -> succeeded | failed | cancelled: finished_at, a status
+        event, no more heartbeat."""
         if not status.is_terminal:
             raise ValueError(f"finish() needs a terminal status, got {status}")
         fields: dict[str, Any] = {JobField.status: status, JobField.finished_at: int(time.time())}
@@ -167,7 +193,7 @@ class Reporter:
             data["error"] = error.model_dump()
         level = EventLevel.error if status == JobStatus.failed else EventLevel.info
         event = self._event_json(message, level, EventType.status, data)
-        ok = self._write(fields, event)
+        ok = self._write(fields, event, statuses=statuses)
         self.redis.zrem(HEARTBEATS_KEY, self.member)
         return ok
 
@@ -241,6 +267,25 @@ class Reporter:
             stream=metrics_key(self.tenant, self.job_id),
         )
 
+    def drop_metrics_after(self, step: int) -> int:
+        """Delete the metric points past `step` (what a lost attempt logged after the checkpoint a new attempt
+        resumes from) and rebuild `last_metrics` from the points kept; returns how many were deleted."""
+        if self.cancel_requested():
+            return 0  # not ours to edit any more
+        key = metrics_key(self.tenant, self.job_id)
+        dropped, last = [], {}
+        for entry_id, fields in self.redis.xrange(key):
+            point = json.loads(fields.get(STREAM_FIELD.encode()) or fields[STREAM_FIELD])
+            if point["step"] > step:
+                dropped.append(entry_id)
+            else:
+                last.update({f"{point['split']}_{k}": v for k, v in point["values"].items()})
+        if dropped:
+            self.redis.xdel(key, *dropped)
+        self._last_metrics = last
+        self._write({JobField.last_metrics: last})
+        return len(dropped)
+
     def resolved(self, values: Mapping[str, Any]) -> bool:
         """Merge derived values (steps, row counts, model path ...) into the record's `resolved`."""
         raw = self.redis.hget(self.key, JobField.resolved)
@@ -258,10 +303,12 @@ class Reporter:
         fields: Mapping[str, Any],
         entry: str = "",
         stream: str | None = None,
-        statuses: Iterable[JobStatus] = (JobStatus.running,),
+        statuses: Iterable[JobStatus] | None = None,
         client: Any = None,
     ) -> bool:
-        """GUARDED_WRITE at this attempt; with a pipeline as `client` it is queued there (returns False)."""
+        """GUARDED_WRITE at this attempt (in this attempt's phase unless `statuses` says otherwise); with a
+        pipeline as `client` it is queued there (returns False)."""
+        statuses = (self.phase,) if statuses is None else statuses
         pairs = [x for f, v in fields.items() for x in (str(f), _json(v))]
         result = self._write_script(
             keys=[self.key, stream or events_key(self.tenant, self.job_id)],

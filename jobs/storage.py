@@ -46,6 +46,12 @@ class Store:
             json.dump(value, fh, indent=2, sort_keys=True)
         self.move(tmp, rel)
 
+    def names(self, rel: str) -> list[str]:
+        """The names of the entries directly under folder `rel` (none when it does not exist)."""
+        if not self.fs.exists(self.path(rel)):
+            return []
+        return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False))
+
     def remove_tree(self, rel: str) -> None:
         if self.fs.exists(self.path(rel)):
             self.fs.rm(self.path(rel), recursive=True)

@@ -27,40 +27,35 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     EarlyStoppingCallback,
     PrinterCallback,
-    TrainingArguments,
     set_seed,
 )
 from transformers.utils import logging as hf_logging
 
-from client.keys import file_path, job_record_path
+from client.keys import JobField, job_record_path
 from client.models import (
     Artifact,
     EventLevel,
-    Hyperparameters,
     JobCreate,
     JobError,
     JobStatus,
     QueuePayload,
     Task,
     auto_reasons,
-    resolve_hyperparameters,
 )
-from jobs import artifacts, continuation, integrations, report_files, safeguards
-from jobs.data import Datasets, Row, build_datasets, read_jsonl, steps_per_epoch
-from jobs.errors import DataError, InvalidModel, JobFailed, ModelNotFound
+from jobs import checkpoints, continuation, integrations, outcome, safeguards
+from jobs.data import Datasets, build_datasets, steps_per_epoch
+from jobs.errors import JobFailed
 from jobs.evaluate import classification_compute_metrics, summary
 from jobs.generation import Evaluator
+from jobs.inputs import fetch_rows, hyperparameters, load, load_model, resolve_model_path, short
 from jobs.methods import apply_method, load_options, parameter_counts
-from jobs.prepare import prepare_data, step_messages, token_report, write_report
+from jobs.prepare import MODEL_AUGMENT, prepare_data, step_messages, token_report, write_report
 from jobs.report import Heartbeat, Reporter
 from jobs.storage import Store
-from jobs.trainer import Cancelled, JobTrainer, PadCollator, ReportCallback
+from jobs.trainer import Cancelled, JobTrainer, PadCollator, ReportCallback, training_arguments
 from jobs.worker import WorkerSettings
 
 log = logging.getLogger("ftjobs.train")
@@ -86,10 +81,12 @@ def _attempt(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[st
         return {**summary, "status": "missing"}
     rq_job = get_current_job()
     worker_name = (rq_job.worker_name if rq_job else None) or f"{socket.gethostname()}.{os.getpid()}"
+    store = Store(settings.storage_url)
     if not reporter.start(worker_name, queue=rq_job.origin if rq_job else None):
+        if JobStatus((reporter.read() or {}).get(JobField.status, JobStatus.queued)).is_terminal:
+            _remove_checkpoints(store, reporter)  # cancelled while a lost attempt's requeue waited
         return {**summary, "status": "skipped"}  # cancelled while queued, or a newer attempt owns the job
 
-    store = Store(settings.storage_url)
     status, error, outputs = JobStatus.failed, None, None
     results: dict[str, Any] = {}
     with Heartbeat(reporter, settings.heartbeat_s), tempfile.TemporaryDirectory(prefix="ftjobs-") as tmp:
@@ -101,17 +98,19 @@ def _attempt(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[st
             error = e.to_error()
         except (torch.OutOfMemoryError, MemoryError) as e:
             advice = "try a smaller batch_size or max_seq_length, or LoRA"
-            error = JobError(code="out_of_memory", message=f"{type(e).__name__}: {_short(e)}; {advice}")
+            error = JobError(code="out_of_memory", message=f"{type(e).__name__}: {short(e)}; {advice}")
         except JobTimeoutException as e:  # RQ's limit for one attempt (FTJOBS_JOB_TIMEOUT_S)
-            error = JobError(code="timeout", message=_short(e))
+            error = JobError(code="timeout", message=short(e))
         # Our fault or the environment's: the record gets one line, the worker's stderr the traceback.
         except Exception as e:
             traceback.print_exc()
-            error = JobError(code="internal_error", message=f"{type(e).__name__}: {_short(e)}")
+            error = JobError(code="internal_error", message=f"{type(e).__name__}: {short(e)}")
+        integrations.end(status)  # W&B/MLflow runs a failure or a cancel left open (a no-op after finish)
     if error is not None:
         status = JobStatus.failed
     if reporter.finish(status, error=error, results=results, artifacts=outputs):
         _save_record(store, reporter)
+        _remove_checkpoints(store, reporter)  # finished: its checkpoints are of no further use
     return {**summary, "status": status.value, "error": error.code if error else None}
 
 
@@ -121,7 +120,7 @@ def train_job(
     """The story of one job; returns (status, results, artifacts)."""
     request = JobCreate.model_validate(record["request"])
     tenant, job_id = record["tenant"], record["id"]
-    hp = _hyperparameters(request, record.get("resolved") or {})
+    hp = hyperparameters(request, record.get("resolved") or {})
     causal = request.task != Task.classification  # a language-model loss (causal_lm, seq2seq): perplexity
     integrations.check(request.integrations)  # before any work: a missing tracker fails fast
     hf_logging.disable_progress_bar()  # progress goes to the job record, not to tqdm bars in the worker log
@@ -136,22 +135,22 @@ def train_job(
         reporter.event(f"continuing from {parent.job_id}")
 
     # 2. Data: fetch the uploaded files from the store, validate, split, tokenize.
-    train_rows = _fetch_rows(store, tenant, request.training_file, "training_file", work)
+    train_rows = fetch_rows(store, tenant, request.training_file, "training_file", work)
     validation_rows = (
-        _fetch_rows(store, tenant, request.validation_file, "validation_file", work)
-        if request.validation_file
-        else None
+        fetch_rows(store, tenant, request.validation_file, "validation_file", work) if request.validation_file else None
     )
     # Clean, dedup, split, augment and balance as `request.data` asks (nothing, by default); reported step by step.
     prepared = prepare_data(
         request.task, request.data, train_rows, validation_rows, hp.validation_split, hp.seed, settings.model_roots
     )
     train_rows, validation_rows = prepared.train, prepared.validation
-    for note in prepared.notes:
-        reporter.event(note)
-    for message, step in step_messages(prepared.report):
+    # The job's validation (jobs/validate.py) reported the steps, notes and token checks; only what it left to
+    # this run (model-based augmentation and the steps after it) is news here.
+    messages = step_messages(prepared.report)
+    first_new = next((i for i, (_, step) in enumerate(messages) if step["step"] in MODEL_AUGMENT), len(messages))
+    for message, step in messages[first_new:]:
         reporter.event(message, data=step)
-    tokenizer = _load(AutoTokenizer.from_pretrained, model_path)
+    tokenizer = load(AutoTokenizer.from_pretrained, model_path)
     if parent and parent.labels is not None:
         continuation.check_labels(parent, train_rows + (validation_rows or []))
     data: Datasets = build_datasets(
@@ -165,16 +164,7 @@ def train_job(
         train_on_inputs=hp.train_on_inputs,
         labels=parent.labels if parent else None,
     )
-    for note in data.notes:
-        reporter.event(note)
     tokens = token_report(data.train.examples, hp.max_seq_length)
-    if tokens.get("truncated"):
-        reporter.event(
-            f"{tokens['truncated']} of {tokens['examples']} training examples reach max_seq_length="
-            f"{hp.max_seq_length} and are truncated",
-            level=EventLevel.warning,
-            data=tokens,
-        )
     if prepared.report:
         prepared.report["tokens"] = tokens
         write_report(work / "out", prepared)  # data_report.json (+ the split): picked up with the other artifacts
@@ -183,7 +173,7 @@ def train_job(
     if request.reference_file:
         reference = safeguards.reference_examples(
             request.task,
-            _fetch_rows(store, tenant, request.reference_file, "reference_file", work),
+            fetch_rows(store, tenant, request.reference_file, "reference_file", work),
             tokenizer,
             hp.max_seq_length,
             data.labels,
@@ -203,10 +193,10 @@ def train_job(
     # 3. Model + method. The seed fixes the fresh weights (classifier head, LoRA A matrices).
     set_seed(hp.seed)
     dropout = safeguards.dropout_overrides(
-        _load(AutoConfig.from_pretrained, model_path), hp.hidden_dropout, hp.attention_dropout
+        load(AutoConfig.from_pretrained, model_path), hp.hidden_dropout, hp.attention_dropout
     )
     full_parent = parent is not None and request.method.type == "full"  # full: the parent's model/ is the start
-    model = _load_model(
+    model = load_model(
         parent.weights if parent and full_parent else model_path,
         request.task,
         data.labels,
@@ -242,13 +232,16 @@ def train_job(
                 param="hyperparameters.early_stopping",
             )
         stopping = safeguards.early_stopping_args(hp.early_stopping, request.task)
-    report_to = integrations.report_to(request.integrations, work / "out")
+    report_to = integrations.start(
+        request.integrations, work / "out", work / "trackers", job_id=job_id, tenant=tenant, attempt=reporter.attempt
+    )
     reporter.resolved(
         {
             **hp.model_dump(),
             "model": request.model,
             "model_path": str(model_path),
             "parent_job_id": request.parent_job_id,
+            "method": continuation.resolved_method(model, request.method),  # e.g. the target modules peft picked
             "total_steps": total_steps,
             "logging_steps": logging_steps,
             "eval_strategy": eval_strategy,
@@ -269,40 +262,20 @@ def train_job(
             "n_replayed": replayed,  # reference examples inside n_train
         }
     )
-    args = TrainingArguments(
-        output_dir=str(work / "trainer"),  # scratch only: nothing is saved there (save_strategy="no")
-        report_to=report_to or "none",
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        num_train_epochs=hp.n_epochs,
-        max_steps=hp.max_steps or -1,
-        learning_rate=float(hp.learning_rate),
-        weight_decay=hp.weight_decay,
-        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
-        lr_scheduler_type=hp.lr_scheduler,
-        max_grad_norm=hp.max_grad_norm,  # 0: no clipping
-        seed=hp.seed,
-        data_seed=hp.seed,
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=hp.eval_steps,
-        save_strategy=eval_strategy if stopping else "no",
-        save_steps=hp.eval_steps or 500,  # early stopping saves where it evaluates; otherwise unused
-        **stopping,
-        prediction_loss_only=causal,  # a causal LM's eval needs the loss, not vocabulary-sized logits
-        label_names=["labels"],  # a PeftModel hides the forward signature the Trainer would read them from
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        bf16=bf16,
-        dataloader_num_workers=0,  # no forks inside the work horse
-        dataloader_pin_memory=torch.cuda.is_available(),
+    # Resumable checkpoints (jobs/checkpoints.py): their callback asks the Trainer to save, then uploads. Scratch
+    # keeps the newest save only (+ the best under early stopping, whose saves then need the optimizer too).
+    saver = checkpoints.CheckpointCallback(
+        store,
+        reporter,
+        settings.checkpoint_s,
+        settings.checkpoint_steps,
+        lambda: checkpoints.job_state(callback, results.get("baseline"), baseline_predictions, evaluator),
     )
+    saving = {"save_total_limit": 1, **({"save_only_model": False} if saver.enabled else {})}
+    args = training_arguments(hp, work / "trainer", report_to, logging_steps, eval_strategy, stopping, saving, causal)
     callback = ReportCallback(reporter, settings.heartbeat_s, causal)
     keeper = None if causal else safeguards.PredictionKeeper(classification_compute_metrics(data.labels or []))
-    callbacks: list[Any] = [callback]
+    callbacks: list[Any] = [saver, callback] if saver.enabled else [callback]  # callback may veto a save (cancel)
     if hp.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta))
     trainer = JobTrainer(
@@ -336,15 +309,23 @@ def train_job(
         labels=data.labels,
         should_stop=reporter.cancel_requested,
     )
-    if data.validation is not None:
+    baseline_predictions = None
+    # A lost attempt's checkpoint: its step, histories and baseline instead of step 0 and a new baseline.
+    resumed = checkpoints.resume(store, reporter, work / "trainer", callback, evaluator)
+    if resumed is not None:
+        results["resumed_from_step"] = resumed.step
+        if resumed.baseline is not None:
+            results["baseline"] = resumed.baseline
+        baseline_predictions = resumed.baseline_predictions
+    elif data.validation is not None:
         trainer.evaluate()
         results["baseline"] = summary(callback.eval_history[-1]["values"])
         baseline_predictions = keeper.last if keeper else None
-        results["baseline"].update(_generation_eval(evaluator, trainer, reporter, "baseline"))
+        results["baseline"].update(outcome.generation_eval(evaluator, trainer, reporter, "baseline"))
 
     # 6. Train; the callback reports progress and stops at a cancel request.
     started = time.monotonic()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
     trained_evals = list(callback.eval_history)
     results.update(
         steps=trainer.state.global_step,
@@ -369,14 +350,14 @@ def train_job(
             trainer.evaluate()
             last = callback.eval_history[-1]
         results["final"] = summary(last["values"])
-        results["final"].update(_generation_eval(evaluator, trainer, reporter, "final"))
+        results["final"].update(outcome.generation_eval(evaluator, trainer, reporter, "final"))
         if keeper and keeper.last and baseline_predictions:
-            results.update(_bias_report(data, request.group_field, baseline_predictions, keeper.last))
+            results.update(outcome.bias_report(data, request.group_field, baseline_predictions, keeper.last))
     if stopping:
         results["early_stopping"] = {
             "metric": stopping["metric_for_best_model"],
             "best_metric": trainer.state.best_metric,
-            "best_step": _checkpoint_step(trainer.state.best_model_checkpoint),
+            "best_step": outcome.checkpoint_step(trainer.state.best_model_checkpoint),
             "stopped_at_step": trainer.state.global_step,
             "stopped_early": trainer.state.global_step < total_steps,
         }
@@ -391,53 +372,19 @@ def train_job(
         reporter.event(f"{flag['flag']}: {flag['message']}", level=EventLevel.warning)
 
     # 8. Artifacts: write locally, upload to staging, move into place; then the record can list them.
-    reporter.event("saving artifacts")
-    manifest_job = {
-        "job_id": job_id,
-        "tenant": tenant,
-        "attempt": reporter.attempt,
-        "model": request.model,
-        "task": request.task,
-        "method": request.method.type,
-    }
-    metrics = {**results, "history": {"train": callback.train_history, "eval": callback.eval_history}}
-    report_files.write_eval_samples(work / "out", evaluator.sample_rows())
-    report_files.write_loss_curve(work / "out", metrics["history"])
-    report_files.write_model_card(
-        work / "out",
-        job={**manifest_job, "suffix": request.suffix},
-        data={
-            "training_file": request.training_file,
-            "validation_file": request.validation_file,
-            "n_train": len(data.train),
-            "n_validation": n_val,
-        },
-        hyperparameters={
-            **hp.model_dump(),
-            "total_steps": total_steps,
-            **{f"method.{k}": v for k, v in request.method.model_dump().items()},
-        },
-        results=results,
-        weights_dir="model" if request.method.type == "full" else "adapter",
-    )
-    written = artifacts.write_artifacts(
-        work / "out",
-        model=trainer.model,
-        tokenizer=tokenizer,
-        method=request.method,
-        task=request.task,
-        labels=data.labels,
-        metrics=metrics,
-        job=manifest_job,
-    )
-    published = artifacts.publish(
+    published = outcome.save_outputs(
         store,
         work / "out",
-        written,
-        tenant,
-        job_id,
-        reporter.attempt,
-        lambda: not reporter.cancel_requested(),
+        reporter,
+        request,
+        hp.model_dump(),
+        total_steps,
+        data,
+        trainer,
+        tokenizer,
+        evaluator,
+        callback,
+        results,
     )
     if published is None:
         return JobStatus.cancelled, results, None
@@ -449,102 +396,11 @@ def train_job(
 # ----------------------------------------------------------------------------- steps of the story
 
 
-def resolve_model_path(model: str, roots: tuple[Path, ...]) -> Path:
-    """An absolute path inside a model root, or a path relative to the first root that has it."""
-    requested = Path(model).expanduser()
-    if requested.is_absolute():
-        candidates = [requested]
-    else:
-        candidates = [root / requested for root in roots]
-    for candidate in candidates:
-        path = candidate.resolve()
-        inside = any(path.is_relative_to(root.resolve()) for root in roots)
-        if inside and (path / "config.json").is_file():
-            return path
-    raise ModelNotFound(
-        f"no model (a folder with config.json) at {model!r} under the configured model roots", param="model"
-    )
-
-
-def _hyperparameters(request: JobCreate, resolved: dict[str, Any]) -> Hyperparameters:
-    """What the API resolved wins; anything missing is resolved here the same way."""
-    hp = resolve_hyperparameters(request)
-    hp.update({k: v for k, v in resolved.items() if k in hp and v is not None and v != "auto"})
-    return Hyperparameters.model_validate(hp)
-
-
-def _fetch_rows(store: Store, tenant: str, file_id: str, name: str, work: Path) -> list[Row]:
-    rel = file_path(tenant, file_id)
-    if not store.exists(rel):
-        raise DataError(f"{name} {file_id} is not in the store", param=name)
-    return read_jsonl(store.download(rel, work / "data" / f"{file_id}.jsonl"), name)
-
-
-def _load(loader: Any, path: Path, **kwargs: Any) -> Any:
+def _remove_checkpoints(store: Store, reporter: Reporter) -> None:
     try:
-        return loader(str(path), **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        raise InvalidModel(
-            f"could not load {path.name}: {type(e).__name__}: {_short(e)}", param="model"
-        ) from None
-
-
-def _generation_eval(evaluator: Evaluator, trainer: Any, reporter: Reporter, stage: str) -> dict[str, float]:
-    """Run the generation pass; its metrics also become an eval metric point at the current step."""
-    if not evaluator.active:
-        return {}
-    values = evaluator.run(trainer.model, stage, Cancelled)
-    if values:
-        step = trainer.state.global_step
-        reporter.metric("eval", step, round(trainer.state.epoch or 0.0, 4), values)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        reporter.event(f"{stage} generation ({len(evaluator.items[: evaluator.limit])} examples): {shown}")
-    return values
-
-
-def _bias_report(
-    data: Datasets, group_field: str | None, before: tuple[list[int], list[int]], after: tuple[list[int], list[int]]
-) -> dict[str, Any]:
-    """Confusion matrices (and per-group metrics) of the validation set before and after training."""
-    n = len(data.labels or [])
-    out: dict[str, Any] = {
-        "confusion_matrix": {
-            "labels": data.labels,
-            "baseline": safeguards.confusion(*before, n),
-            "final": safeguards.confusion(*after, n),
-        }
-    }
-    groups = safeguards.row_groups(data.validation_rows, group_field) if group_field else []
-    if groups and len(groups) == len(after[0]):  # one group per validation example, in order
-        out["groups"] = {
-            "field": group_field,
-            "baseline": safeguards.group_metrics(*before, groups, n),
-            "final": safeguards.group_metrics(*after, groups, n),
-        }
-    return out
-
-
-def _checkpoint_step(path: str | None) -> int | None:
-    """The step of a Trainer checkpoint folder (`.../checkpoint-120`)."""
-    return int(path.rsplit("-", 1)[1]) if path and path.rsplit("-", 1)[-1].isdigit() else None
-
-
-def _load_model(path: Path, task: Task, labels: list[str] | None, **overrides: Any) -> Any:
-    if task == Task.classification:
-        assert labels is not None
-        return _load(
-            AutoModelForSequenceClassification.from_pretrained,
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            ignore_mismatched_sizes=True,  # a base that already has a head for other labels gets a fresh one
-            dtype=torch.float32,  # fp32 master weights; bf16 autocast on GPUs that have it
-            **overrides,  # config attributes, e.g. dropout probabilities
-        )
-    if task == Task.seq2seq:
-        return _load(AutoModelForSeq2SeqLM.from_pretrained, path, dtype=torch.float32, **overrides)
-    return _load(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32, **overrides)
+        checkpoints.remove(store, reporter.tenant, reporter.job_id)
+    except Exception:
+        log.exception("could not delete the job's checkpoints from the store")
 
 
 def _save_record(store: Store, reporter: Reporter) -> None:
@@ -555,8 +411,3 @@ def _save_record(store: Store, reporter: Reporter) -> None:
             store.write_json(job_record_path(reporter.tenant, reporter.job_id), record)
     except Exception:
         log.exception("could not write the final job record to the store")
-
-
-def _short(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

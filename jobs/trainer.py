@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from client.models import EventType, Progress
+from client.models import EventType, Hyperparameters, Progress
 from jobs.data import IGNORE_INDEX
 from jobs.evaluate import eval_values
 from jobs.report import Reporter, finite
@@ -91,18 +92,16 @@ class ReportCallback(TrainerCallback):
         self.eval_history: list[dict[str, Any]] = []
         self._started = self._last_beat = time.monotonic()
         self._last_cancel_check = 0.0
+        self._first_step = 0
 
     # ----------------------------------------------------------------- progress and cancel
 
-    def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self._started = self._last_beat = time.monotonic()
+        self._first_step = state.global_step  # > 0 when resumed from a checkpoint: the ETA counts this run's steps
         self.reporter.progress(self._progress(state))
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # Progress every step, in the same round trip as the cancel check (one Redis call per step):
         # a cancel stops within a step of the progress the user last saw. The heartbeat is throttled.
         now = time.monotonic()
@@ -115,15 +114,11 @@ class ReportCallback(TrainerCallback):
         if self.cancelled:
             control.should_evaluate = control.should_save = False
 
-    def on_epoch_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.cancelled:  # the default flow asks for an end-of-epoch evaluation; a cancelled run skips it
             control.should_evaluate = control.should_save = False
 
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self.reporter.progress(self._progress(state))
 
     def on_prediction_step(
@@ -140,9 +135,8 @@ class ReportCallback(TrainerCallback):
     def _progress(self, state: TrainerState) -> Progress:
         elapsed = time.monotonic() - self._started
         total = state.max_steps or None
-        eta = (
-            elapsed / state.global_step * (total - state.global_step) if total and state.global_step else None
-        )
+        done = state.global_step - self._first_step
+        eta = elapsed / done * (total - state.global_step) if total and done > 0 else None
         return Progress(
             step=state.global_step,
             total_steps=total,
@@ -163,9 +157,7 @@ class ReportCallback(TrainerCallback):
         **kw: Any,
     ) -> None:
         logs = logs or {}
-        if (
-            "loss" not in logs or "train_loss" in logs
-        ):  # eval logs arrive via on_evaluate; skip the run summary
+        if "loss" not in logs or "train_loss" in logs:  # eval logs arrive via on_evaluate; skip the run summary
             return
         values = finite({k: logs[k] for k in ("loss", "learning_rate", "grad_norm") if k in logs})
         self._record("train", state, values, self.train_history)
@@ -198,3 +190,49 @@ class ReportCallback(TrainerCallback):
     @property
     def train_losses(self) -> list[float]:
         return [h["values"]["loss"] for h in self.train_history if "loss" in h["values"]]
+
+
+def training_arguments(
+    hp: Hyperparameters,
+    output_dir: Path,
+    report_to: list[str],
+    logging_steps: int,
+    eval_strategy: str,
+    stopping: dict[str, Any],
+    saving: dict[str, Any],
+    causal: bool,
+) -> TrainingArguments:
+    """The Trainer's arguments for a job: its hyperparameters, our logging/evaluation schedule and scratch saves."""
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # fp32 weights, bf16 matmuls
+    return TrainingArguments(
+        output_dir=str(output_dir),  # scratch: checkpoints before their upload, early stopping's best
+        report_to=report_to or "none",
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        num_train_epochs=hp.n_epochs,
+        max_steps=hp.max_steps or -1,
+        learning_rate=float(hp.learning_rate),
+        weight_decay=hp.weight_decay,
+        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
+        lr_scheduler_type=hp.lr_scheduler,
+        max_grad_norm=hp.max_grad_norm,  # 0: no clipping
+        seed=hp.seed,
+        data_seed=hp.seed,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=hp.eval_steps,
+        save_strategy=eval_strategy if stopping else "no",
+        save_steps=hp.eval_steps or 500,  # early stopping saves where it evaluates; otherwise unused
+        **{**stopping, **saving},  # saving's save_total_limit wins over early stopping's
+        restore_callback_states_from_checkpoint=True,  # a resumed run's early stopping counts on where it was
+        prediction_loss_only=causal,  # a causal LM's eval needs the loss, not vocabulary-sized logits
+        label_names=["labels"],  # a PeftModel hides the forward signature the Trainer would read them from
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        bf16=bf16,
+        dataloader_num_workers=0,  # no forks inside the work horse
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )

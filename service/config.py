@@ -26,6 +26,7 @@ class Settings(BaseModel):
         description="Absolute, normalised folders base models may come from."
     )
     queue: str = "ftjobs-default"
+    validate_queue: str = "ftjobs-validate"  # every job's file validation, served first by every worker
     max_upload_bytes: int = Field(default=GIB, ge=1)
     job_timeout_s: int = Field(default=7 * DAY_S, ge=1)
     max_attempts: int = Field(default=3, ge=1)
@@ -45,6 +46,7 @@ class Settings(BaseModel):
             model_roots=tuple(os.path.normpath(os.path.abspath(r.strip())) for r in roots)
             or (os.path.join(data_dir, "models"),),
             queue=env.get("FTJOBS_QUEUE") or "ftjobs-default",
+            validate_queue=env.get("FTJOBS_VALIDATE_QUEUE") or "ftjobs-validate",
             max_upload_bytes=_int(env, "FTJOBS_MAX_UPLOAD_BYTES", GIB),
             job_timeout_s=_int(env, "FTJOBS_JOB_TIMEOUT_S", 7 * DAY_S),
             max_attempts=_int(env, "FTJOBS_MAX_ATTEMPTS", 3),

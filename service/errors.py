@@ -150,6 +150,12 @@ class UnsupportedMediaType(ServiceError):
     default_message = "Unsupported Content-Type."
 
 
+class UnsupportedFormat(UnsupportedMediaType):
+    """The uploaded file's format needs support this server lacks (Parquet without pyarrow)."""
+
+    default_message = "Unsupported file format."
+
+
 class InvalidRequest(ServiceError):
     """The request is well-formed JSON but asks for something invalid."""
 
@@ -188,7 +194,7 @@ class IncompatibleFile(InvalidRequest):
 
 
 class IncompatibleParentJob(InvalidRequest):
-    """parent_job_id names a job of another task or method type."""
+    """parent_job_id names a job of another task or method type, or `method` changes its adapter's shape (`param`)."""
 
 
 class ModelNotAllowed(InvalidRequest):

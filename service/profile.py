@@ -13,8 +13,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from client.keys import file_path, file_profile_path
-from client.models import FieldProfile, FileFormat, FileObject, FileProfile, LabelCount, LengthStats
+from client.keys import file_path, file_profile_path, file_tokens_dir
+from client.models import FieldProfile, FileFormat, FileObject, FileProfile, LabelCount, LengthStats, TokenStats
 from service.storage import Storage
 
 MAX_TRACKED_ROWS = 1_000_000  # rows whose digests are kept for duplicate counting
@@ -158,7 +158,27 @@ def save_profile(storage: Storage, file: FileObject, profile: FileProfile) -> No
 
 
 def load_profile(storage: Storage, file: FileObject) -> FileProfile:
-    """The stored profile, or (older files) one computed now by streaming the dataset, then stored."""
+    """The stored profile, or (older files) one computed now by streaming the dataset, then stored;
+    with the token statistics jobs' validations wrote next to the file."""
+    profile = _stored_profile(storage, file)
+    profile.tokens = token_stats(storage, file)
+    return profile
+
+
+def token_stats(storage: Storage, file: FileObject) -> list[TokenStats]:
+    """`<file>.tokens/<job_id>.json`, newest job first (unreadable ones are skipped)."""
+    folder = file_tokens_dir(file.tenant, file.id)
+    out = []
+    for name in sorted((n for n in storage.names(folder) if n.endswith(".json")), reverse=True):
+        try:
+            with storage.open(f"{folder}/{name}") as fh:
+                out.append(TokenStats.model_validate_json(fh.read()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _stored_profile(storage: Storage, file: FileObject) -> FileProfile:
     from service.validation import JsonlReader  # validation builds on this module
 
     path = file_profile_path(file.tenant, file.id)

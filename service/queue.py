@@ -17,6 +17,8 @@ from service.config import Settings
 log = logging.getLogger("ftjobs.service")
 
 TRAIN_FUNC = "jobs.train.run"  # imported by the worker only: the API never imports `jobs`
+VALIDATE_FUNC = "jobs.validate.run"  # the job's validating_files phase (attempt 0); it enqueues attempt 1
+VALIDATE_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
 
@@ -43,6 +45,20 @@ class JobQueue:
             result_ttl=RESULT_TTL_S,
             failure_ttl=FAILURE_TTL_S,
             description=f"train {payload.job_id} (tenant {payload.tenant}, attempt {payload.attempt})",
+        )
+        return str(job.id)
+
+    def enqueue_validation(self, tenant: str, job_id: str) -> str:
+        """Enqueue `jobs.validate.run` (attempt 0) on the validation queue; it hands the job to `self.queue`."""
+        payload = QueuePayload(job_id=job_id, tenant=tenant, attempt=0, queue=self.settings.queue)
+        job = Queue(self.settings.validate_queue, connection=self.connection, serializer=JSONSerializer).enqueue_call(
+            VALIDATE_FUNC,
+            kwargs={"payload": payload.model_dump()},
+            job_id=rq_job_id(job_id, 0),
+            timeout=VALIDATE_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            description=f"validate files of {job_id} (tenant {tenant})",
         )
         return str(job.id)
 

@@ -53,8 +53,9 @@ def status_event(status: JobStatus, message: str, **data: Any) -> str:
     return event_json(message, EventType.status, data={"status": status.value, **data})
 
 
-def new_record(tenant: str, job_id: str, req: JobCreate) -> dict[str, Any]:
-    """Every field of a new job hash (values not yet JSON-encoded): validating_files, attempt 0."""
+def new_record(tenant: str, job_id: str, req: JobCreate, queue: str) -> dict[str, Any]:
+    """Every field of a new job hash (values not yet JSON-encoded): validating_files, attempt 0; `queue` is
+    the training queue it goes to once its files are validated."""
     return {
         JobField.id: job_id,
         JobField.tenant: tenant,
@@ -63,7 +64,7 @@ def new_record(tenant: str, job_id: str, req: JobCreate) -> dict[str, Any]:
         JobField.started_at: None,
         JobField.finished_at: None,
         JobField.request: req.model_dump(mode="json"),
-        JobField.resolved: {**resolve_hyperparameters(req), "model": req.model},
+        JobField.resolved: {**resolve_hyperparameters(req), "model": req.model, "queue": queue},
         JobField.progress: {},
         JobField.last_metrics: {},
         JobField.results: {},

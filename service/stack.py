@@ -138,6 +138,9 @@ class Stack:
         )
         for n in range(1, self.workers + 1):
             self._workers.append(self._spawn(f"worker-{n}", [sys.executable, "-m", "jobs.worker"]))
+        # A light worker for file validation only: a job is checked (and can fail fast) while the training
+        # workers are busy. It forks a work horse per validation; the model is never loaded there.
+        self._workers.append(self._spawn("validator", [sys.executable, "-m", "jobs.worker", "--validate-only"]))
         self._wait_ready()
 
     def _spawn(self, name: str, argv: list[str]) -> _Child:

@@ -47,6 +47,13 @@ class Storage:
         finally:
             handle.close()
 
+    def names(self, path: str) -> list[str]:
+        """Names of the entries directly under folder `path` (none when it does not exist)."""
+        full = self.full_path(path)
+        if not self.fs.exists(full):
+            return []
+        return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(full, detail=False))
+
     def delete(self, path: str) -> None:
         full = self.full_path(path)
         if self.fs.exists(full):

@@ -70,10 +70,10 @@ class Store:
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(self, tenant: str, req: JobCreate, job_id: str | None = None) -> Job:
+    def create_job(self, tenant: str, req: JobCreate, job_id: str | None = None, queue: str = "ftjobs-default") -> Job:
         """Write the whole record (status validating_files), index it and log its first event, atomically."""
         job_id = job_id or new_id("ftjob-")
-        record = new_record(tenant, job_id, req)
+        record = new_record(tenant, job_id, req, queue)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): json.dumps(v) for k, v in record.items()})
         pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})

@@ -1,10 +1,12 @@
 """Streaming validation of uploads (JSONL, or CSV converted to JSONL): line by line, bounded memory.
 
-Feed raw bytes as they arrive to a `JsonlReader` or `CsvReader`; at most one line (one CSV record) is
-held in memory, and lines over MAX_LINE_BYTES are rejected without being buffered. Every row goes
-through one `RowValidator`, which numbers each problem with its line, field and a stable code, counts
-the fixable issues (warnings) and feeds the profile (`service/profile.py`) in the same pass.
-`finish()` returns the summary or raises InvalidFile (with structured `details`) / FileTooLarge.
+Feed raw bytes as they arrive to a `JsonlReader` or `CsvReader` (`service/parquet.py` adds Parquet);
+at most one line (one CSV record) is held in memory, and lines over MAX_LINE_BYTES are rejected without
+being buffered. Every row goes through one `RowValidator`, which numbers each problem with its line
+(the user's own: a CSV line, a Parquet row), field and a stable code, counts the fixable issues
+(warnings) and feeds the profile (`service/profile.py`) in the same pass. `finish()` returns the
+summary or raises InvalidFile (with structured `details`) / FileTooLarge. A converted upload also
+leaves a `line_map()`: where each stored JSONL row came from, so the worker's errors cite it too.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from client.models import FileFormat, FileProblem, FileWarning
+from client.models import FileFormat, FileProblem, FileWarning, SourceFormat
 from service.errors import FileTooLarge, InvalidFile
 from service.profile import ProfileBuilder
 
@@ -34,6 +37,7 @@ FIELDS: dict[FileFormat, tuple[str, ...]] = {
 OPTIONAL_CONTENT = frozenset({"prompt", "source"})
 KNOWN_SHAPES = '"messages", "prompt"+"completion", "text"+"label", "source"+"target" or "text"'
 CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target")
+MAX_LINE_BREAKS = 100_000  # CSV rows whose line is mapped exactly (blank lines and multi-line cells shift it)
 
 Sink = Callable[[bytes], None]
 
@@ -108,7 +112,8 @@ class UploadSummary:
 class RowValidator:
     """Checks parsed rows; keeps the first problems, counts warnings, feeds the profile."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "line") -> None:
+        self.unit = unit  # what a problem's number counts: "line" (JSONL, CSV) or "row" (Parquet)
         self.rows = 0
         self.problems: list[FileProblem] = []
         self.problem_count = 0
@@ -145,7 +150,7 @@ class RowValidator:
         if self.format is None:
             self.format, self.format_line = fmt, line
         elif fmt != self.format:
-            where = f"line {self.format_line}"
+            where = f"{self.unit} {self.format_line}"
             return self.problem(
                 line,
                 "mixed_formats",
@@ -167,13 +172,13 @@ class RowValidator:
 
     def finish(self, filename: str) -> FileFormat:
         if self.problem_count:
-            listed = "; ".join(f"line {p.line}: {p.message}" for p in self.problems)
+            listed = "; ".join(f"{self.unit} {p.line}: {p.message}" for p in self.problems)
             more = self.problem_count - len(self.problems)
             listed += f"; ... and {more} more" if more else ""
             noun = "problem" if self.problem_count == 1 else "problems"
             raise InvalidFile(
                 f"{filename}: {self.problem_count} {noun}: {listed}",
-                param=f"line {self.first_bad_line}",
+                param=f"{self.unit} {self.first_bad_line}",
                 details=self.problems,
                 total=self.problem_count,
             )
@@ -213,15 +218,18 @@ class RowValidator:
         return out
 
 
-class _Reader:
+class Reader:
     """Byte counting, the size limit and the line splitting shared by the JSONL and CSV readers."""
+
+    source_format: ClassVar[SourceFormat] = "jsonl"  # what was uploaded (FileObject.source_format)
+    unit: ClassVar[str] = "line"  # what a problem's number counts
 
     def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0  # as uploaded
         self.stored_bytes = 0
         self.line_no = 0
-        self.rows = RowValidator()
+        self.rows = RowValidator(self.unit)
         self._sink = sink
         self._sha = hashlib.sha256()  # of what is stored
         self._line = bytearray()
@@ -251,6 +259,13 @@ class _Reader:
         if self._sink is not None:
             self._sink(data)
 
+    def line_map(self) -> dict[str, Any] | None:
+        """For a converted upload: what `jobs/data.py` needs to cite the user's line of a stored row."""
+        return None
+
+    def close(self) -> None:
+        """Release what the reader holds (a temporary file); safe to call more than once."""
+
     def _append(self, piece: bytes) -> None:
         if self._overlong or not piece:
             return
@@ -279,7 +294,7 @@ class _Reader:
         """Anything held back until the end of the stream."""
 
 
-class JsonlReader(_Reader):
+class JsonlReader(Reader):
     """JSONL: every line is stored exactly as uploaded."""
 
     def feed(self, data: bytes) -> None:
@@ -299,12 +314,14 @@ class JsonlReader(_Reader):
         self.rows.check(self.line_no, row)
 
 
-class CsvReader(_Reader):
+class CsvReader(Reader):
     """CSV with a header row; known columns (text, label, prompt, completion, source, target) become JSONL rows.
 
     A quoted cell may span lines: a record ends at a line break outside quotes. Problems are numbered
-    with the CSV line the record starts on.
+    with the CSV line the record starts on; `line_map()` keeps that line for every stored row.
     """
+
+    source_format = "csv"
 
     def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
         super().__init__(max_bytes, sink)
@@ -313,6 +330,12 @@ class CsvReader(_Reader):
         self._record_line = 0
         self._record_bytes = 0
         self._quotes = 0
+        # Stored row n comes from CSV line n + offset; the offset changes at a multi-line cell or a blank
+        # line, and each change is kept as (row, line): one pair for a plain file, bounded by MAX_LINE_BREAKS.
+        self._stored_rows = 0
+        self._offset: int | None = None
+        self._breaks = array("q")  # flat (row, line) pairs
+        self._mapped_rows: int | None = None  # rows mapped exactly, once MAX_LINE_BREAKS is reached
 
     def _line_done(self, line: bytes) -> None:
         try:
@@ -364,11 +387,31 @@ class CsvReader(_Reader):
         self.rows.check(line, row)
         if self.rows.problem_count == problems:
             self.store(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+            self._map(line)
+
+    def _map(self, line: int) -> None:
+        self._stored_rows += 1
+        offset = line - self._stored_rows
+        if offset == self._offset or self._mapped_rows is not None:
+            return
+        if len(self._breaks) >= 2 * MAX_LINE_BREAKS:
+            self._mapped_rows = self._stored_rows - 1
+            return
+        self._breaks.extend((self._stored_rows, line))
+        self._offset = offset
+
+    def line_map(self) -> dict[str, Any]:
+        """`lines`: [[row, CSV line], ...] where the offset changes; rows past `mapped_rows` cite their index."""
+        pairs = self._breaks.tolist()
+        out: dict[str, Any] = {"source_format": "csv", "lines": [pairs[i : i + 2] for i in range(0, len(pairs), 2)]}
+        if self._mapped_rows is not None:
+            out["mapped_rows"] = self._mapped_rows
+        return out
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 def is_csv(filename: str, content_type: str | None = None) -> bool:
-    return filename.lower().endswith(".csv") or (content_type or "").split(";")[0].strip() == "text/csv"
-
-
-def reader_for(filename: str, max_bytes: int, sink: Sink | None = None) -> _Reader:
-    return CsvReader(max_bytes, sink) if is_csv(filename) else JsonlReader(max_bytes, sink)
+    return filename.lower().endswith(".csv") or media_type(content_type) == "text/csv"

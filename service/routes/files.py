@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from client.keys import file_path, file_profile_path
+from client.keys import file_lines_path, file_path, file_profile_path
 from client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
+from service.config import Settings
 from service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
 from service.errors import (
     FileNotFound,
@@ -17,14 +20,17 @@ from service.errors import (
     InvalidFile,
     InvalidRequest,
     MalformedBody,
+    UnsupportedFormat,
     UnsupportedMediaType,
     ValidationError,
     error_responses,
 )
+from service.parquet import ParquetReader, is_parquet
 from service.profile import load_profile, save_profile
 from service.records import new_id
+from service.storage import Storage
 from service.upload import read_upload
-from service.validation import CsvReader, JsonlReader, is_csv
+from service.validation import CsvReader, JsonlReader, Reader, Sink, is_csv
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -38,7 +44,11 @@ UPLOAD_BODY = {
                 "type": "object",
                 "required": ["file"],
                 "properties": {
-                    "file": {"type": "string", "format": "binary", "description": "JSONL, or CSV with a header row."},
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "JSONL, CSV with a header row, or Parquet (`.parquet` or its `PAR1` magic).",
+                    },
                     "purpose": {"type": "string", "enum": list(PURPOSES), "default": "fine-tune"},
                 },
             }
@@ -52,16 +62,36 @@ AfterQuery = Annotated[
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 
 
+def open_reader(filename: str, content_type: str, head: bytes, settings: Settings, sink: Sink) -> Reader:
+    """The reader for an upload, from its name, Content-Type and first bytes; all of them store JSONL."""
+    if is_parquet(filename, content_type, head):
+        return ParquetReader(settings.max_upload_bytes, sink, tmp_dir=os.path.join(settings.data_dir, "tmp"))
+    if is_csv(filename, content_type):
+        return CsvReader(settings.max_upload_bytes, sink)
+    return JsonlReader(settings.max_upload_bytes, sink)
+
+
+def save_line_map(storage: Storage, path: str, line_map: dict[str, object]) -> None:
+    writer = storage.writer(path)
+    try:
+        writer.write(json.dumps(line_map, separators=(",", ":")).encode())
+        writer.commit()
+    finally:
+        writer.abort()
+
+
 @router.post(
     "",
     status_code=201,
     openapi_extra={"requestBody": UPLOAD_BODY},
-    responses=error_responses(MalformedBody, FileTooLarge, UnsupportedMediaType, InvalidFile, InvalidRequest),
+    responses=error_responses(
+        MalformedBody, FileTooLarge, UnsupportedMediaType, UnsupportedFormat, InvalidFile, InvalidRequest
+    ),
 )
 async def upload_file(
     request: Request, tenant: TenantDep, settings: SettingsDep, store: StoreDep, storage: StorageDep
 ) -> FileObject:
-    """Upload a JSONL or CSV dataset (multipart field `file`); it is validated and profiled as it streams in."""
+    """Upload a JSONL, CSV or Parquet dataset (multipart field `file`); validated and profiled as it is stored."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES:
         raise FileTooLarge(
@@ -70,27 +100,32 @@ async def upload_file(
     file_id = new_id("file-")
     path = file_path(tenant, file_id)
     writer = await run_in_threadpool(storage.writer, path)
-    readers: list[JsonlReader | CsvReader] = []
+    parts: list[tuple[str, str]] = []  # (filename, Content-Type) of the file part
+    readers: list[Reader] = []
 
-    def on_file(filename: str, content_type: str) -> None:
-        # CSV (by name or Content-Type) is converted to JSONL as it streams: the worker reads JSONL only.
-        reader = CsvReader if is_csv(filename, content_type) else JsonlReader
-        readers.append(reader(settings.max_upload_bytes, writer.write))
+    def reader_for(head: bytes = b"") -> Reader:
+        # Picked at the file's first bytes (Parquet has a magic number); CSV and Parquet are converted
+        # to JSONL as they are read: the worker reads JSONL only.
+        if not readers:
+            readers.append(open_reader(*parts[-1], head, settings, writer.write))
+        return readers[-1]
 
     def consume(data: bytes) -> None:
-        readers[-1].feed(data)
+        reader_for(data).feed(data)
 
     try:
-        upload = await read_upload(request, "file", consume, on_file)
+        upload = await read_upload(request, "file", consume, lambda name, ctype: parts.append((name, ctype)))
         purpose = upload.fields.get("purpose") or "fine-tune"
         if purpose not in PURPOSES:
             raise InvalidRequest(
                 f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.", param="purpose"
             )
-        reader = readers[-1]
-        summary = reader.finish(upload.filename)
+        reader = await run_in_threadpool(reader_for)  # an empty file part still needs its reader
+        summary = await run_in_threadpool(reader.finish, upload.filename)  # Parquet: the whole conversion
         await run_in_threadpool(writer.commit)
     finally:
+        for opened in readers:
+            await run_in_threadpool(opened.close)
         await run_in_threadpool(writer.abort)  # no-op after a commit
     file = FileObject(
         id=file_id,
@@ -103,14 +138,17 @@ async def upload_file(
         created_at=int(time.time()),
         warnings=[w.message for w in summary.warnings],
         warning_details=summary.warnings,
-        source_format="csv" if isinstance(reader, CsvReader) else "jsonl",
+        source_format=reader.source_format,
     )
     try:
         await run_in_threadpool(save_profile, storage, file, reader.rows.profile.build(file_id))
+        if (line_map := reader.line_map()) is not None:  # the worker's errors cite the user's lines
+            await run_in_threadpool(save_line_map, storage, file_lines_path(tenant, file_id), line_map)
         await run_in_threadpool(store.add_file, file)
     except BaseException:
         await run_in_threadpool(storage.delete, path)  # no record, no orphaned dataset
         await run_in_threadpool(storage.delete, file_profile_path(tenant, file_id))
+        await run_in_threadpool(storage.delete, file_lines_path(tenant, file_id))
         raise
     return file
 

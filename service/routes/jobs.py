@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from client.models import (
+    ADAPTER_SHAPE_FIELDS,
     JOB_ID_PATTERN,
     TASK_FORMATS,
     EventList,
@@ -21,8 +22,8 @@ from client.models import (
     JobError,
     JobList,
     JobStatus,
+    Method,
     MetricList,
-    QueuePayload,
 )
 from service.deps import QueueDep, SettingsDep, StoreDep, TenantDep
 from service.errors import (
@@ -115,7 +116,10 @@ def check_files(store: Store, tenant: str, req: JobCreate) -> None:
 
 
 def check_parent(store: Store, tenant: str, req: JobCreate) -> None:
-    """parent_job_id: a succeeded job of this tenant, of the same task and method type."""
+    """parent_job_id: a succeeded job of this tenant, of the same task, method type and adapter shape.
+
+    `req.method` becomes the resolved method (`inherit_method`): what the child leaves out is the parent's.
+    """
     if req.parent_job_id is None:
         return
     try:
@@ -133,6 +137,44 @@ def check_parent(store: Store, tenant: str, req: JobCreate) -> None:
             f"{req.method.type} for {req.task.value}: they must match.",
             param="parent_job_id",
         )
+    req.method = inherit_method(parent, req.method)
+
+
+PEFT_DEFAULT_FIELDS = ("target_modules", "feedforward_modules")  # null: whatever peft picks for the architecture
+
+
+def inherit_method(parent: Job, method: Method) -> Method:
+    """The parent's method settings (as its worker resolved them, e.g. the target modules peft picked) overridden
+    by those the child sets; a setting that shapes the adapter may only repeat the parent's value."""
+    trained = {**parent.method.model_dump(), **(parent.resolved_hyperparameters.get("method") or {})}
+    given = method.model_dump(include=method.model_fields_set - {"type"})
+    given = {k: v for k, v in given.items() if v is not None}  # null (auto) inherits too
+    shape = ADAPTER_SHAPE_FIELDS.get(method.type, ())
+    for name in shape:
+        if name not in given or (trained.get(name) is None and name in PEFT_DEFAULT_FIELDS):
+            continue  # left out (inherited), or peft's default modules the parent's worker did not record
+        if not _same_setting(given[name], trained.get(name)):
+            raise IncompatibleParentJob(
+                f"method.{name}={json.dumps(given[name])} differs from the parent job {parent.id}'s "
+                f"{name}={json.dumps(trained.get(name))}: a continued {method.type} keeps the parent's "
+                f"{', '.join(shape)}. Leave method.{name} out to inherit it, or train a new job without "
+                "parent_job_id.",
+                param=f"method.{name}",
+            )
+    cls = type(method)
+    try:
+        return cls.model_validate({k: v for k, v in {**trained, **given}.items() if k in cls.model_fields})
+    except ValueError as e:  # a parent recorded by an older version with settings this one rejects
+        raise IncompatibleParentJob(
+            f"parent_job_id {parent.id}'s method settings cannot be continued: {e}", param="parent_job_id"
+        ) from None
+
+
+def _same_setting(a: object, b: object) -> bool:
+    """Equal; module lists and adapter positions in any order."""
+    if isinstance(a, list) and isinstance(b, list):
+        return sorted(map(str, a)) == sorted(map(str, b))
+    return a == b
 
 
 def request_sha256(req: JobCreate) -> str:
@@ -151,11 +193,10 @@ def replayed_job(store: Store, tenant: str, job_id: str) -> Job:
 
 
 def submit(store: Store, queue: JobQueue, tenant: str, job_id: str) -> None:
-    """validating_files -> queued (attempt 1), then enqueue; a job that cannot be enqueued is failed."""
-    if not store.mark_queued(tenant, job_id):
-        return  # cancelled meanwhile
+    """Enqueue the job's file validation (it stays validating_files until a worker has checked the files
+    with the model's tokenizer, then queues it); a job that cannot be enqueued is failed."""
     try:
-        queue.enqueue(QueuePayload(job_id=job_id, tenant=tenant, attempt=1))
+        queue.enqueue_validation(tenant, job_id)
     except Exception:
         try:
             store.mark_failed(
@@ -196,7 +237,8 @@ def create_job(
     queue: QueueDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
-    """Create a fine-tuning job; it is queued at once."""
+    """Create a fine-tuning job. It starts in `validating_files` (a worker checks the files with the model's
+    tokenizer within seconds), then is `queued` for training, or `failed` with the reason."""
     check_model(req.model, settings.model_roots)
     check_files(store, tenant, req)
     check_parent(store, tenant, req)
@@ -208,7 +250,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return replayed_job(store, tenant, existing)
     try:
-        store.create_job(tenant, req, job_id)
+        store.create_job(tenant, req, job_id, queue=settings.queue)
     except Exception:
         if idempotency_key:
             try:
@@ -242,7 +284,7 @@ def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
 def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep) -> Job:
     """Cancel a job: at once if not started, at the worker's next step if running."""
     job, cancelled_now = store.cancel_job(tenant, job_id)
-    if cancelled_now and job.attempt:
+    if cancelled_now:  # its validation (attempt 0) or its first training attempt, still in RQ's queue
         queue.cancel(job_id, job.attempt)
     return job
 

@@ -42,6 +42,7 @@ def test_help_lists_every_command() -> None:
     assert out.returncode == 0
     for command in (
         "submit",
+        "profile",
         "status",
         "list",
         "logs",
@@ -178,6 +179,30 @@ def test_json_flag_prints_the_api_json(api: FakeAPI, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out)["id"] == JOB
     assert run(api, "--json", "list") == 0
     assert json.loads(capsys.readouterr().out)["data"][0]["id"] == JOB
+
+
+def test_profile_uploads_a_path_or_takes_an_id(client, capsys, tmp_path):  # type: ignore[no-untyped-def]
+    # Against the real app: the profile the CLI prints is the one the API computed at upload.
+    data = tmp_path / "sms.csv"
+    data.write_text("text,label\nwin a prize now,spam\nsee you at 5,ham\nsee you at 5,ham\nok,spam\n")
+    assert main(["profile", str(data)], client=client) == 0
+    out, err = capsys.readouterr()
+    file_id = err.split(" -> ")[1].split()[0]
+    assert err.startswith(f"uploaded {data} -> {file_id} (4 rows, text_label)")
+    lines = out.splitlines()
+    assert lines[0] == f"{file_id}  text_label  4 rows"
+    assert lines[1].split() == ["columns", "label,", "text"]
+    assert lines[3].split() == "field empty missing chars min/median/p95/max words min/median/p95/max".split()
+    assert lines[4].split() == ["text", "0", "0", "2/12/15/15", "1/4/4/4"]
+    assert lines[5].split() == ["labels", "2", "distinct"]
+    assert [line.split() for line in lines[7:9]] == [["spam", "2", "50.0%"], ["ham", "2", "50.0%"]]
+    assert lines[9].strip() == "duplicates  1 exact, 1 repeated texts (0 with another label)"
+
+    assert main(["profile", file_id, "--json"], client=client) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out) == client.files.profile(file_id).model_dump(mode="json")
+    assert main(["profile", "file-" + "0" * 20], client=client) == 1
+    assert capsys.readouterr().err.startswith("error: file_not_found: ")
 
 
 def test_list_logs_metrics_cancel(api: FakeAPI, capsys: pytest.CaptureFixture[str]) -> None:

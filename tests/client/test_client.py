@@ -76,7 +76,18 @@ def test_create_sends_keywords_or_a_jobcreate(api: FakeAPI) -> None:
         hyperparameters=Hyperparameters(batch_size=4),
     )
     ftjobs.jobs.create(request)
-    assert api.created[-1] == request.model_dump(mode="json")
+    # Only the fields given: the server fills the same defaults, and a child job inherits what it leaves out.
+    sent = {"model": "/models/minilm", "training_file": "file-" + "b" * 20, "hyperparameters": {"batch_size": 4}}
+    assert api.created[-1] == sent
+    assert JobCreate.model_validate(sent) == request
+    child = JobCreate(
+        model="/models/minilm",
+        training_file="file-" + "b" * 20,
+        parent_job_id="ftjob-" + "c" * 20,
+        method=LoraMethod(dropout=0.2),
+    )
+    ftjobs.jobs.create(child)
+    assert api.created[-1]["method"] == {"type": "lora", "dropout": 0.2}  # r, alpha ...: the parent's
     with pytest.raises(TypeError):
         ftjobs.jobs.create(request, model="other")
     with pytest.raises(TypeError):
@@ -113,10 +124,7 @@ def test_download_and_download_all(api: FakeAPI, tmp_path: Path) -> None:
     adapter = ftjobs.jobs.download_all(JOB, tmp_path / "adapter-out", prefix="adapter/")
     assert sorted(p.name for p in adapter) == ["adapter_config.json", "adapter_model.safetensors"]
     weights = (tmp_path / "adapter-out" / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert (
-        hashlib.sha256(weights).hexdigest()
-        == hashlib.sha256(files["adapter/adapter_model.safetensors"]).hexdigest()
-    )
+    assert hashlib.sha256(weights).hexdigest() == hashlib.sha256(files["adapter/adapter_model.safetensors"]).hexdigest()
     everything = ftjobs.jobs.download_all(JOB, tmp_path / "all")
     assert (tmp_path / "all" / "adapter" / "adapter_config.json") in everything
     assert not list(tmp_path.rglob("*.part"))

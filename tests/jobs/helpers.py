@@ -18,6 +18,7 @@ from client.keys import JobField
 from client.models import JobCreate, resolve_hyperparameters
 
 TENANT = "default"
+VALIDATE_QUEUE = "ftjobs-validate"  # the default of FTJOBS_VALIDATE_QUEUE
 
 
 def store_root(env: dict[str, str]) -> Path:
@@ -82,7 +83,24 @@ def enqueue(redis: redis_lib.Redis, queue: str, job_id: str, tenant: str = TENAN
     )
 
 
-def submit(redis: redis_lib.Redis, env: dict[str, str], request: JobCreate, tenant: str = TENANT) -> str:
+def enqueue_validation(redis: redis_lib.Redis, env: dict[str, str], job_id: str, tenant: str = TENANT) -> None:
+    """As the API does on create: the job's validation (attempt 0) on the validation queue."""
+    Queue(VALIDATE_QUEUE, connection=redis, serializer=JSONSerializer).enqueue_call(
+        "jobs.validate.run",
+        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": 0, "queue": env["FTJOBS_QUEUE"]}},
+        job_id=f"{job_id}-0",
+        timeout=600,
+    )
+
+
+def submit(
+    redis: redis_lib.Redis, env: dict[str, str], request: JobCreate, tenant: str = TENANT, validate: bool = False
+) -> str:
+    """A queued job (attempt 1) on the training queue; with `validate`, a new job whose validation runs first."""
+    if validate:
+        job_id = create_job(redis, request, tenant, status="validating_files", attempt=0)
+        enqueue_validation(redis, env, job_id, tenant)
+        return job_id
     job_id = create_job(redis, request, tenant)
     enqueue(redis, env["FTJOBS_QUEUE"], job_id, tenant)
     return job_id

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from client.models import Hyperparameters, JobCreate, LoraMethod, Task
-from jobs.continuation import Parent, check_labels
+from client.models import AdapterMethod, Hyperparameters, Job, JobCreate, JobStatus, LoraMethod, Task
+from jobs import adapters
+from jobs.continuation import Parent, attach, check_labels
 from jobs.data import Row
-from jobs.errors import DataError
+from jobs.errors import DataError, InvalidMethod
 from tests.jobs.helpers import create_job, upload_rows
 from tests.jobs.test_safeguards import COLOURS, qa, run_job, tiny_bert
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
@@ -112,3 +115,67 @@ def test_api_checks_the_parent(http, redis, model_root: Path) -> None:  # type: 
     created = http.post("/v1/jobs", json={**body, "parent_job_id": ok})
     assert created.status_code == 201, created.text
     assert created.json()["parent_job_id"] == ok
+
+
+def test_child_changes_a_training_setting_and_keeps_the_parents_shape(  # type: ignore[no-untyped-def]
+    redis, env, monkeypatch, client, http, worker, tiny_causal_lm, tmp_path
+):
+    (tmp_path / "train.jsonl").write_bytes(jsonl(qa(32, COLOURS)))
+    (tmp_path / "valid.jsonl").write_bytes(jsonl(qa(12, COLOURS, offset=1)))
+    train, valid = client.files.upload(tmp_path / "train.jsonl"), client.files.upload(tmp_path / "valid.jsonl")
+    common: dict[str, Any] = {
+        "model": str(tiny_causal_lm),
+        "training_file": train.id,
+        "validation_file": valid.id,
+        "eval_generation_limit": 0,
+        "eval_samples": 0,
+        "hyperparameters": {"n_epochs": 2, "batch_size": 8, "learning_rate": 5e-3},
+    }
+    # The parent runs in this process (faster); the child goes through the API and the worker.
+    lora = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+    parent_id = run_job(redis, env, monkeypatch, JobCreate.model_validate({**common, "method": lora}))["id"]
+    parent = client.jobs.get(parent_id)
+    assert parent.status == JobStatus.succeeded, parent.error
+    assert parent.resolved_hyperparameters["method"]["target_modules"] == ["q_proj", "v_proj"]  # peft's pick
+
+    # only the dropout changes; r, alpha and target_modules are left out: they are the parent's
+    method = {"type": "lora", "dropout": 0.3}
+    created = http.post("/v1/jobs", json={**common, "method": method, "parent_job_id": parent_id})
+    assert created.status_code == 201, created.text
+    child = Job.model_validate(created.json())
+    assert (child.method.r, child.method.alpha, child.method.dropout) == (4, 8, 0.3)
+    child = client.jobs.wait(child.id, timeout=120)
+    assert child.status == JobStatus.succeeded, (child.error, worker.output()[-3000:])
+    config = json.loads(client.jobs.download(child.id, "adapter/adapter_config.json", tmp_path / "c.json").read_text())
+    assert (config["r"], config["lora_alpha"], sorted(config["target_modules"])) == (4, 8, ["q_proj", "v_proj"])
+    assert config["lora_dropout"] == 0.3  # the child's training setting took effect
+    assert child.results["baseline"]["eval_loss"] == pytest.approx(parent.results["final"]["eval_loss"], rel=1e-4)
+    assert child.resolved_hyperparameters["method"]["dropout"] == 0.3
+
+
+def test_attach_checks_the_shape_and_applies_the_childs_dropout(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from jobs.methods import apply_method
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    apply_method(base, LoraMethod(r=4, dropout=0.0), Task.causal_lm).save_pretrained(tmp_path / "lora")
+    parent = Parent("ftjob-" + "0" * 20, tmp_path / "lora", None)
+
+    model = attach(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), LoraMethod(r=4, dropout=0.25), parent)
+    dropouts = {m.p for name, m in model.named_modules() if name.endswith("lora_dropout.default")}
+    assert dropouts == {0.25}
+    assert any(p.requires_grad for name, p in model.named_parameters() if "lora_A" in name)
+    with pytest.raises(InvalidMethod) as e:  # a request that bypassed the API's check
+        attach(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), LoraMethod(r=8), parent)
+    assert e.value.param == "method.r" and "'s r=4" in e.value.message
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    base = apply_method(base, AdapterMethod(bottleneck_size=4), Task.causal_lm)
+    adapters.save_bottleneck_adapter(base, tmp_path / "adapter", base.ftjobs_bottleneck_config)
+    parent = Parent(parent.job_id, tmp_path / "adapter", None)
+    model = attach(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), AdapterMethod(dropout=0.1), parent)
+    assert {m.dropout.p for m in model.modules() if isinstance(m, adapters.BottleneckAdapter)} == {0.1}
+    with pytest.raises(InvalidMethod) as e:
+        attach(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), AdapterMethod(bottleneck_size=8), parent)
+    assert e.value.param == "method.bottleneck_size"

@@ -183,7 +183,7 @@ def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, mi
         hyperparameters=Hyperparameters(max_steps=2, batch_size=8, max_seq_length=16, validation_split=0.25),
         data=DataOptions(dedup="exact", balance="oversample", augment=["eda"]),
     )
-    job_id = submit(redis, env, request)
+    job_id = submit(redis, env, request, validate=True)
     job = wait_for(redis, job_id, worker=worker, timeout=180)
     assert job["status"] == "succeeded", (job, worker.output()[-3000:])
     report = job["results"]["data"]
@@ -192,7 +192,8 @@ def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, mi
     after = step(report, "balance_oversample")["after"]
     assert after["spam"] == after["ham"] == job["resolved"]["n_train"] // 2
     messages = [e["message"] for e in events(redis, job_id)]
-    assert "data: dedup_exact: 36 -> 32 rows" in messages
+    assert messages.count("data: dedup_exact: 36 -> 32 rows") == 1  # by the validation, not again in training
+    assert messages.index("data: dedup_exact: 36 -> 32 rows") < messages.index("files validated; queued")
     root = store_root(env)
     saved = json.loads((root / artifact_path("default", job_id, "data_report.json")).read_text())
     assert saved == report
@@ -204,8 +205,11 @@ def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, mi
 
     # Cleaning that leaves too little to train on fails the job before the model is loaded.
     request = request.model_copy(update={"data": DataOptions(min_chars=1000)})
-    job = wait_for(redis, submit(redis, env, request), worker=worker, timeout=60)
+    job_id = submit(redis, env, request, validate=True)
+    job = wait_for(redis, job_id, worker=worker, timeout=60)
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_data", job["error"]
+    statuses = [e["data"]["status"] for e in events(redis, job_id) if e["type"] == "status"]
+    assert statuses == ["failed"] and job["attempt"] == 0 and job["started_at"] is None  # failed validating
     assert "0 row(s)" in job["error"]["message"]
 
 

@@ -154,7 +154,7 @@ def test_early_stopping_args_and_request_checks() -> None:
 
 
 def test_dropout_overrides_reach_the_modules(tmp_path: Path, tiny_causal_lm: Path) -> None:
-    from jobs.train import _load_model
+    from jobs.inputs import load_model as _load_model
 
     bert = tiny_bert(tmp_path / "bert")
     from transformers import AutoConfig

@@ -60,7 +60,7 @@ def test_seq2seq_trains_scores_and_reloads(redis, env, worker, tiny_t5: Path) ->
         task=Task.seq2seq,
         training_file=upload_rows(env, rows(starts, repeat=4)),
         validation_file=upload_rows(env, rows(starts[::2])),
-        # Full fine-tuning: LoRA on a frozen *random* T5 barely moves in a test's budget (covered above).
+        # Full fine-tuning here; LoRA on the same task is tests/jobs/test_seq2seq_lora.py.
         method=FullMethod(),
         hyperparameters=Hyperparameters(n_epochs=6, batch_size=8, learning_rate=3e-3, max_seq_length=32),
         eval_samples=4,

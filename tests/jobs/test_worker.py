@@ -32,7 +32,7 @@ def test_redis_password_never_reaches_the_log() -> None:
 
 def test_model_paths_resolve_only_under_the_roots(tmp_path: Path) -> None:
     from jobs.errors import ModelNotFound
-    from jobs.train import resolve_model_path
+    from jobs.inputs import resolve_model_path
 
     first, second, outside = tmp_path / "r1", tmp_path / "r2", tmp_path / "elsewhere"
     for folder in (second / "org" / "m", outside / "m"):

@@ -29,7 +29,7 @@ def test_artifacts_list_and_download(http, create_job, redis, settings):  # type
         "sha256": hashlib.sha256(content).hexdigest(),
         "created_at": 1,
     }
-    worker_write(redis, job, "queued", {"status": "succeeded", "artifacts": [artifact]})
+    worker_write(redis, job, "validating_files", {"status": "succeeded", "artifacts": [artifact]})
 
     listed = http.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
     assert listed == [artifact]
@@ -59,7 +59,7 @@ def test_listed_but_missing_artifact_is_404_and_names_are_encoded(http, create_j
         },
         {"name": "gone.bin", "bytes": 1, "sha256": "0" * 64, "created_at": 1},
     ]
-    worker_write(redis, job, "queued", {"status": "succeeded", "artifacts": listed})
+    worker_write(redis, job, "validating_files", {"status": "succeeded", "artifacts": listed})
     response = http.get(f"/v1/jobs/{job['id']}/artifacts/carte_modèle.json")
     assert response.status_code == 200 and response.json() == {}
     disposition = response.headers["content-disposition"]

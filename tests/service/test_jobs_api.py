@@ -24,35 +24,35 @@ def xadd(redis, key: str, entry: dict) -> str:  # type: ignore[no-untyped-def]
 # ----------------------------------------------------------------------------- create
 
 
-def test_create_job_queues_an_rq_job_with_a_json_payload(create_job, redis, model_path):  # type: ignore[no-untyped-def]
+def test_create_job_enqueues_its_validation_with_a_json_payload(create_job, redis, model_path):  # type: ignore[no-untyped-def]
     response = create_job(method={"type": "lora", "r": 4}, metadata={"team": "ml"})
     assert response.status_code == 201, response.text
     job = response.json()
-    assert job["status"] == "queued" and job["attempt"] == 1 and job["tenant"] == "default"
+    assert job["status"] == "validating_files" and job["attempt"] == 0 and job["tenant"] == "default"
     assert job["model"] == model_path and job["method"]["r"] == 4 and job["metadata"] == {"team": "ml"}
     assert job["resolved_hyperparameters"]["learning_rate"] == 2e-4
     assert job["resolved_hyperparameters"]["model"] == model_path
 
     record = redis.hgetall(keys.job_key("default", job["id"]))
-    assert record[b"status"] == b'"queued"' and record[b"attempt"] == b"1"
+    assert record[b"status"] == b'"validating_files"' and record[b"attempt"] == b"0"
     assert set(record) == {f.value.encode() for f in keys.JobField}
 
-    queue = Queue(QUEUE, connection=redis, serializer=JSONSerializer)
-    assert queue.job_ids == [f"{job['id']}-1"]
-    rq_job = queue.fetch_job(f"{job['id']}-1")
-    assert rq_job.func_name == "jobs.train.run"
-    assert rq_job.kwargs == {"payload": {"job_id": job["id"], "tenant": "default", "attempt": 1}}
-    raw = redis.hget(f"rq:job:{job['id']}-1", "data")
+    # The worker's validation (attempt 0) comes first, on the validation queue; it queues attempt 1 on QUEUE.
+    assert Queue(QUEUE, connection=redis, serializer=JSONSerializer).job_ids == []
+    queue = Queue("ftjobs-validate", connection=redis, serializer=JSONSerializer)
+    assert queue.job_ids == [f"{job['id']}-0"]
+    rq_job = queue.fetch_job(f"{job['id']}-0")
+    assert rq_job.func_name == "jobs.validate.run"
+    payload = {"job_id": job["id"], "tenant": "default", "attempt": 0, "queue": QUEUE}
+    assert rq_job.kwargs == {"payload": payload}
+    raw = redis.hget(f"rq:job:{job['id']}-0", "data")
     json.loads(zlib.decompress(raw))  # JSON on the wire, never pickle
 
 
 def test_create_job_logs_status_events(http, create_job):  # type: ignore[no-untyped-def]
     job = create_job().json()
     events = http.get(f"/v1/jobs/{job['id']}/events").json()["data"]
-    assert [(e["type"], e["data"]["status"]) for e in events] == [
-        ("status", "validating_files"),
-        ("status", "queued"),
-    ]
+    assert [(e["type"], e["data"]["status"]) for e in events] == [("status", "validating_files")]
 
 
 def test_unknown_field_is_named(create_job):  # type: ignore[no-untyped-def]
@@ -132,7 +132,7 @@ def test_list_jobs_paginates_newest_first_and_filters(http, create_job):  # type
     http.post(f"/v1/jobs/{ids[1]}/cancel")
     page = http.get("/v1/jobs", params={"status": "cancelled"}).json()
     assert [j["id"] for j in page["data"]] == [ids[1]]
-    page = http.get("/v1/jobs", params={"status": "queued", "limit": 1}).json()
+    page = http.get("/v1/jobs", params={"status": "validating_files", "limit": 1}).json()
     assert [j["id"] for j in page["data"]] == [ids[2]] and page["has_more"] is True
     assert_error(http.get("/v1/jobs", params={"status": "bogus"}), 422, "validation_error", param="status")
     assert_error(http.get("/v1/jobs", params={"limit": 101}), 422, "validation_error", param="limit")
@@ -154,9 +154,9 @@ def test_cancel_queued_job(http, create_job, redis):  # type: ignore[no-untyped-
     assert response.status_code == 200, response.text
     cancelled = response.json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
-    rq_job = RQJob.fetch(f"{job['id']}-1", connection=redis, serializer=JSONSerializer)
+    rq_job = RQJob.fetch(f"{job['id']}-0", connection=redis, serializer=JSONSerializer)  # its validation
     assert rq_job.get_status() == RQJobStatus.CANCELED
-    assert Queue(QUEUE, connection=redis, serializer=JSONSerializer).job_ids == []
+    assert Queue("ftjobs-validate", connection=redis, serializer=JSONSerializer).job_ids == []
     events = http.get(f"/v1/jobs/{job['id']}/events").json()["data"]
     assert events[-1]["type"] == "status" and events[-1]["data"]["status"] == "cancelled"
     error = assert_error(http.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job_not_cancellable")
@@ -168,7 +168,7 @@ def test_cancel_running_job_asks_the_worker(http, create_job, redis):  # type: i
     job = create_job().json()
     started = {"status": "running", "started_at": int(time.time())}
     written, _ = worker_write(
-        redis, job, "queued", started, {"created_at": time.time(), "message": "started"}
+        redis, job, "validating_files", started, {"created_at": time.time(), "message": "started"}
     )
     assert written == 1
     response = http.post(f"/v1/jobs/{job['id']}/cancel")
@@ -197,9 +197,9 @@ def test_events_paginate_by_stream_id(http, create_job, redis):  # type: ignore[
     while page["has_more"]:
         page = http.get(f"/v1/jobs/{job['id']}/events", params={"limit": 3, "after": page["last_id"]}).json()
         seen += [e["message"] for e in page["data"]]
-    assert seen[2:] == [f"m{i}" for i in range(5)]  # after the two status events, in order
+    assert seen[1:] == [f"m{i}" for i in range(5)]  # after the status event, in order
     everything = http.get(f"/v1/jobs/{job['id']}/events", params={"after": "0-0"}).json()
-    assert len(everything["data"]) == 7 and everything["has_more"] is False
+    assert len(everything["data"]) == 6 and everything["has_more"] is False
     empty = http.get(f"/v1/jobs/{job['id']}/events", params={"after": everything["last_id"]}).json()
     assert empty == {"object": "list", "data": [], "has_more": False, "last_id": None}
     url = f"/v1/jobs/{job['id']}/events"
@@ -242,7 +242,7 @@ def test_idempotency_key_returns_the_same_job(create_job, redis):  # type: ignor
     again = create_job(suffix="a", headers={"Idempotency-Key": "k-1"})
     assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
-    assert len(Queue(QUEUE, connection=redis, serializer=JSONSerializer).job_ids) == 1
+    assert len(Queue("ftjobs-validate", connection=redis, serializer=JSONSerializer).job_ids) == 1
     stored = json.loads(redis.get(keys.idempotency_key("default", "k-1")))
     assert stored["job_id"] == first.json()["id"] and len(stored["request_sha256"]) == 64
     assert 0 < redis.ttl(keys.idempotency_key("default", "k-1")) <= keys.IDEMPOTENCY_TTL_S
