@@ -11,6 +11,11 @@ differs makes the whole checkpoint unusable (the attempt starts from step 0, wit
 
 Under early stopping the best checkpoint's weights (not its optimizer) go along, so a resumed run still
 ends with the best weights. Checkpoints are deleted when the job finishes; the final artifacts are apart.
+
+A resumed run's results describe the whole run: `train_seconds` adds the seconds the earlier attempts trained up
+to the checkpoint (job_state.json; the work a lost attempt did after its last checkpoint is lost and not counted),
+and `train_loss` is the mean over every step (`run_train_loss`). The Trainer also logs at every checkpoint step,
+so the logged loss windows (each the mean over the steps since the previous log) tile the run up to it.
 """
 
 from __future__ import annotations
@@ -91,11 +96,11 @@ class CheckpointCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.due(state):
-            control.should_save = True
+            control.should_save = control.should_log = True  # the log: the loss up to here is in job_state.json
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.due(state):
-            control.should_save = True
+            control.should_save = control.should_log = True
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # The Trainer also saves for its own reasons (early stopping's evaluations): upload only when due.
@@ -167,7 +172,11 @@ def resume(store: Store, reporter: Reporter, output_dir: Path, callback: Any, ev
     reporter.event(
         f"resuming from checkpoint at step {checkpoint.step} (saved by attempt {checkpoint.attempt})",
         type=EventType.checkpoint,
-        data={"resumed_from_step": checkpoint.step, "saved_by_attempt": checkpoint.attempt},
+        data={
+            "resumed_from_step": checkpoint.step,
+            "saved_by_attempt": checkpoint.attempt,
+            "train_seconds": callback.earlier_seconds,  # the earlier attempts' training, up to the checkpoint
+        },
     )
     return checkpoint
 
@@ -233,6 +242,7 @@ def job_state(
         "baseline": baseline,
         "baseline_predictions": baseline_predictions,  # (true, predicted) class ids: the bias report's "before"
         "baseline_samples": evaluator.predictions.get("baseline"),
+        "train_seconds": round(callback.train_seconds, 3),  # every attempt's so far, up to this checkpoint
     }
 
 
@@ -240,10 +250,33 @@ def restore(state: dict[str, Any], callback: Any, evaluator: Any) -> tuple[dict[
     """Put job_state.json back; returns (the baseline results, the baseline predictions)."""
     callback.train_history = list(state.get("train_history") or [])
     callback.eval_history = list(state.get("eval_history") or [])
+    callback.earlier_seconds = float(state.get("train_seconds") or 0.0)
     if state.get("baseline_samples") is not None:
         evaluator.predictions["baseline"] = state["baseline_samples"]
     predictions = state.get("baseline_predictions")
     return state.get("baseline"), tuple(predictions) if predictions else None
+
+
+def run_train_loss(history: list[dict[str, Any]], resumed: Checkpoint | None, attempt_loss: float, step: int) -> float:
+    """The mean training loss over every step of the run, up to `step` (where training ended).
+
+    `attempt_loss` is the Trainer's `output.training_loss`: the mean over the steps of this train() call only, which
+    on a resumed run starts at the checkpoint. The earlier steps come from the logged losses up to the checkpoint,
+    each the mean over the steps since the previous log, weighted by those steps (they tile the run up to the
+    checkpoint: CheckpointCallback logs there); a window without a finite loss is left out of the mean."""
+    if resumed is None:
+        return float(attempt_loss)
+    total = steps = 0.0
+    previous = 0
+    for point in history:
+        if point["step"] > resumed.step:
+            break
+        window, previous = point["step"] - previous, point["step"]
+        if "loss" in point["values"]:
+            total, steps = total + point["values"]["loss"] * window, steps + window
+    trained = step - resumed.step
+    total, steps = total + float(attempt_loss) * trained, steps + trained
+    return total / steps if steps else float(attempt_loss)
 
 
 # ----------------------------------------------------------------------------- files

@@ -9,6 +9,10 @@
     adapter         bottleneck adapters (jobs/adapters.py)         -> adapter/ (adapters.load_bottleneck_adapter)
 
 `merge: true` (lora, ia3) additionally writes model/: the adapter merged into the base (merge_and_unload).
+
+The Trainer's own checkpoints (resume, early stopping's best) need two corrections, applied by JobTrainer:
+`checkpoint_weights` (adapter: the trainable tensors only, not the frozen base) and `PROMPT_ENCODER_FILE`
+(p_tuning: peft saves the prompt encoder's output, enough for inference but not for training on).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from peft import (
     TaskType,
     get_peft_model,
 )
+from safetensors.torch import load_file, save_file
 
 from client.models import (
     AdapterMethod,
@@ -52,6 +57,7 @@ TASK_TYPES = {
     Task.seq2seq: TaskType.SEQ_2_SEQ_LM,
 }
 ADAPTER_CONFIG_ATTR = "ftjobs_bottleneck_config"  # set on a model by apply_method(adapter); read when saving
+PROMPT_ENCODER_FILE = "prompt_encoder.safetensors"  # in a Trainer checkpoint, next to adapter_model.safetensors
 
 
 def peft_config(method: Any, task: Task, model: Any = None) -> PeftConfig:
@@ -194,6 +200,52 @@ def save_weights(model: Any, method: Any, out: Path) -> list[str]:
     merged = model.merge_and_unload()
     merged.save_pretrained(out / "model")
     return ["adapter", "model"]
+
+
+def checkpoint_weights(model: Any) -> dict[str, torch.Tensor] | None:
+    """What a Trainer checkpoint must hold of `model` when not its whole state_dict (None): with bottleneck adapters,
+    the trainable tensors; the frozen base is the job's base model, loaded again by the attempt that resumes."""
+    return adapters.trainable_state_dict(model) if hasattr(model, ADAPTER_CONFIG_ATTR) else None
+
+
+def frozen_in_checkpoint(model: Any, missing: list[str]) -> list[str]:
+    """Of the keys a loaded checkpoint lacked, those that `checkpoint_weights` left out on purpose (frozen base)."""
+    if not hasattr(model, ADAPTER_CONFIG_ATTR):
+        return []
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    return [key for key in missing if key not in trained]
+
+
+def _lossy_prompt_encoder(model: Any) -> torch.nn.Module | None:
+    """The prompt encoder whose peft save is lossy: one that trains more than its embedding (p_tuning's MLP).
+
+    peft saves a prompt-learning adapter as the encoder's output (`prompt_embeddings`); loading puts that output into
+    the embedding. For prompt tuning (and prefix tuning without projection) the output is the embedding: exact."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return None
+    encoder = model.prompt_encoder[model.active_adapter]
+    trained = [name for name, p in encoder.named_parameters() if p.requires_grad]
+    return encoder if any(name != "embedding.weight" for name in trained) else None
+
+
+def save_prompt_encoder(model: Any, folder: Path) -> None:
+    """Write the whole prompt encoder into a Trainer checkpoint folder, where peft's save is lossy (p_tuning)."""
+    encoder = _lossy_prompt_encoder(model)
+    if encoder is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        save_file(state, str(Path(folder) / PROMPT_ENCODER_FILE), metadata={"format": "pt"})
+
+
+def load_prompt_encoder(model: Any, folder: Path | str) -> None:
+    """After the Trainer loaded a checkpoint's adapter: put the whole prompt encoder back (p_tuning)."""
+    encoder = _lossy_prompt_encoder(model)
+    if encoder is None:
+        return
+    path = Path(folder) / PROMPT_ENCODER_FILE
+    if not path.is_file():  # without it the encoder's MLP would restart from its initialisation
+        raise FileNotFoundError(f"{path.parent.name} has no {PROMPT_ENCODER_FILE} to restore the prompt encoder from")
+    encoder.load_state_dict(load_file(str(path)), strict=True)
 
 
 def parameter_counts(model: Any) -> tuple[int, int]:

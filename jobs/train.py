@@ -327,11 +327,14 @@ def train_job(
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
     trained_evals = list(callback.eval_history)
+    # The whole run's, over every attempt (a resumed Trainer reports on its own steps only; jobs/checkpoints.py).
     results.update(
         steps=trainer.state.global_step,
-        train_seconds=round(time.monotonic() - started, 3),
-        tokens_seen=int(trainer.state.num_input_tokens_seen or 0),
-        train_loss=float(output.training_loss),
+        train_seconds=round(callback.earlier_seconds + time.monotonic() - started, 3),
+        tokens_seen=int(trainer.state.num_input_tokens_seen or 0),  # restored from the checkpoint: every attempt's
+        train_loss=checkpoints.run_train_loss(
+            callback.train_history, resumed, output.training_loss, trainer.state.global_step
+        ),
     )
     if callback.train_losses:
         results["train_loss_first"], results["train_loss_last"] = (

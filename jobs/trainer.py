@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from client.models import EventType, Hyperparameters, Progress
+from jobs import methods
 from jobs.data import IGNORE_INDEX
 from jobs.evaluate import eval_values
 from jobs.report import Reporter, finite
@@ -22,6 +23,29 @@ class JobTrainer(Trainer):
     def __init__(self, *args: Any, penalties: list[Callable[[torch.nn.Module], torch.Tensor]] | None = None, **kw: Any):
         super().__init__(*args, **kw)
         self.penalties = penalties or []
+
+    # Checkpoints: the Trainer saves and loads them; some methods need a correction (jobs/methods.py).
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is None:
+            state_dict = methods.checkpoint_weights(self.model)  # adapter: not the frozen base
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            methods.save_prompt_encoder(self.model, Path(output_dir or self.args.output_dir))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        methods.load_prompt_encoder(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        if self.state.best_model_checkpoint:
+            methods.load_prompt_encoder(self.model, self.state.best_model_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        frozen = set(methods.frozen_in_checkpoint(self.model, list(load_result.missing_keys)))
+        if frozen:  # left out on purpose: only the keys a checkpoint should have held deserve a warning
+            load_result = load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in frozen])
+        super()._issue_warnings_after_load(load_result)
 
     class_weights: torch.Tensor | None = None  # per class id: weighted cross-entropy when training (data.balance)
 
@@ -93,6 +117,7 @@ class ReportCallback(TrainerCallback):
         self._started = self._last_beat = time.monotonic()
         self._last_cancel_check = 0.0
         self._first_step = 0
+        self.earlier_seconds = 0.0  # the earlier attempts' training seconds, up to the checkpoint this one resumed
 
     # ----------------------------------------------------------------- progress and cancel
 
@@ -186,6 +211,11 @@ class ReportCallback(TrainerCallback):
             type=EventType.metrics,
             data={"split": split, "step": state.global_step, "epoch": epoch, "values": values},
         )
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of training behind the current weights: this attempt's since train begin, plus earlier ones'."""
+        return self.earlier_seconds + time.monotonic() - self._started
 
     @property
     def train_losses(self) -> list[float]:

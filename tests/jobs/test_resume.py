@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -45,7 +46,15 @@ TEXTS = [
     "the quick brown fox jumps over the lazy dog",
     "what is the colour of snow ? snow is white",
 ]
-METHODS = {"full": {"type": "full"}, "lora": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1}}
+METHODS = {
+    "full": {"type": "full"},
+    "lora": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
+    "ia3": {"type": "ia3"},
+    "prompt_tuning": {"type": "prompt_tuning", "num_virtual_tokens": 4},
+    "prefix_tuning": {"type": "prefix_tuning", "num_virtual_tokens": 4},
+    "p_tuning": {"type": "p_tuning", "num_virtual_tokens": 4, "encoder_hidden_size": 16},
+    "adapter": {"type": "adapter", "bottleneck_size": 8, "dropout": 0.1},
+}
 
 
 class WorkerLost(Exception):
@@ -59,6 +68,18 @@ class CrashAt(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if state.global_step == self.step:
             raise WorkerLost(f"lost at step {self.step}")
+
+
+class Snapshot(TrainerCallback):
+    """The trainable weights right after one optimizer step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if state.global_step == self.step:
+            self.weights = _trainable(model)
 
 
 def _method(spec: dict[str, Any]) -> Any:
@@ -75,6 +96,7 @@ def _run(
     crash_at: int | None = None,
     resume: bool = False,
     early_stopping: bool = False,
+    callbacks: tuple[TrainerCallback, ...] = (),
 ) -> tuple[Any, ReportCallback, checkpoints.Checkpoint | None]:
     """One attempt, wired as train_job wires it: seed, model + method, Trainer + callbacks, (resume,) train."""
     set_seed(0)
@@ -90,7 +112,7 @@ def _run(
     saver = checkpoints.CheckpointCallback(
         store, reporter, 0, every_steps, lambda: checkpoints.job_state(callback, None, None, evaluator)
     )
-    extra: list[Any] = [CrashAt(crash_at)] if crash_at else []
+    extra: list[Any] = [*callbacks, *([CrashAt(crash_at)] if crash_at else [])]
     stopping: dict[str, Any] = {}
     if early_stopping:  # as train_job sets it up, but "best" = the highest loss: the best is an early step
         extra.append(EarlyStoppingCallback(early_stopping_patience=3))
@@ -151,7 +173,7 @@ def _trainable(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     redis, env, tiny_causal_lm: Path, tmp_path: Path, method: str
 ) -> None:
@@ -170,6 +192,16 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "job_state.json"} <= {
         name.split("/", 1)[1] for name in pointer["files"]
     }
+    # The weights as the Trainer saves each method: the whole model (full), the trainable tensors and not the
+    # frozen base (adapter), peft's adapter file, plus the whole prompt encoder where that file holds only the
+    # encoder's output (p_tuning).
+    folder = tmp_path / "store" / pointer["path"] / "checkpoint-4"
+    if method in ("full", "adapter"):
+        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+            assert set(weights.keys()) == set(_trainable(lost.model))
+    else:
+        assert (folder / "adapter_model.safetensors").is_file()
+    assert (folder / "prompt_encoder.safetensors").is_file() == (method == "p_tuning")
     uploads = os.listdir(tmp_path / "store" / keys.checkpoints_dir("default", job_id))
     assert sorted(uploads) == ["attempt-1-step-4", "latest.json"]  # step 2's upload is gone
     saved = [e["data"]["step"] for e in events(redis, job_id) if e["type"] == "checkpoint"]
@@ -197,28 +229,38 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     assert steps == list(range(1, 10))
 
 
+# p_tuning: peft saves its prompt encoder's output only; adapter: its checkpoints hold the trainable tensors only.
+@pytest.mark.parametrize("method", ["lora", "p_tuning", "adapter"])
 def test_early_stopping_resumes_with_its_best_checkpoint_and_patience(
-    redis, env, tiny_causal_lm: Path, tmp_path: Path
+    redis, env, tiny_causal_lm: Path, tmp_path: Path, method: str
 ) -> None:
     store = Store(f"file://{tmp_path / 'store'}")
     request = JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20)
     whole = create_job(redis, request)
     first_run = _attempt(redis, whole, 1)
-    reference, _, _ = _run(tiny_causal_lm, "lora", tmp_path / "a", first_run, store, early_stopping=True)
+    best = Snapshot(2)
+    reference, _, _ = _run(
+        tiny_causal_lm, method, tmp_path / "a", first_run, store, early_stopping=True, callbacks=(best,)
+    )
     # Evaluations at 2, 4, 6, 8: the best stays at 2, patience 3 runs out at 8 (of 9 planned steps).
     assert (reference.state.best_global_step, reference.state.global_step) == (2, 8)
+    ended = _trainable(reference.model)  # the best weights reloaded at the end: step 2's, every tensor of them
+    assert ended.keys() == best.weights.keys() and ended
+    for name in ended:
+        assert torch.equal(ended[name], best.weights[name]), name
 
     job_id = create_job(redis, request)
     first = _attempt(redis, job_id, 1)
-    _run(tiny_causal_lm, "lora", tmp_path / "b1", first, store, every_steps=3, crash_at=7, early_stopping=True)
+    _run(tiny_causal_lm, method, tmp_path / "b1", first, store, every_steps=3, crash_at=7, early_stopping=True)
     pointer = json.loads((tmp_path / "store" / keys.checkpoint_pointer_path("default", job_id)).read_text())
     assert (pointer["step"], pointer["best_step"]) == (6, 2)
-    assert "checkpoint-2/adapter_model.safetensors" in pointer["files"]
+    weights = "model.safetensors" if method == "adapter" else "adapter_model.safetensors"  # adapter: trainable only
+    assert f"checkpoint-2/{weights}" in pointer["files"]
     assert "checkpoint-2/optimizer.pt" not in pointer["files"]  # the best's weights only
 
     second = _lose(first)
     trainer, _, resumed = _run(
-        tiny_causal_lm, "lora", tmp_path / "b2", second, store, every_steps=3, resume=True, early_stopping=True
+        tiny_causal_lm, method, tmp_path / "b2", second, store, every_steps=3, resume=True, early_stopping=True
     )
     assert resumed is not None and resumed.step == 6
     # The patience counter came back (else it would train step 9), and the best weights were reloaded.
