@@ -22,7 +22,8 @@ from typing import IO, Any
 
 from client.models import FileProblem
 from service.errors import FileTooLarge, InvalidFile, UnsupportedFormat
-from service.validation import MAX_LINE_BYTES, Reader, Sink, UploadSummary, media_type
+from service.readers import MAX_LINE_BYTES, Reader, Sink, media_type
+from service.validation import UploadSummary
 
 MAGIC = b"PAR1"  # the first (and last) 4 bytes of every Parquet file
 BATCH_ROWS = 256

@@ -179,7 +179,7 @@ def token_stats(storage: Storage, file: FileObject) -> list[TokenStats]:
 
 
 def _stored_profile(storage: Storage, file: FileObject) -> FileProfile:
-    from service.validation import JsonlReader  # validation builds on this module
+    from service.readers import JsonlReader  # the readers build on this module
 
     path = file_profile_path(file.tenant, file.id)
     if storage.exists(path):

@@ -1,31 +1,21 @@
-"""Streaming validation of uploads (JSONL, or CSV converted to JSONL): line by line, bounded memory.
+"""Row checks of uploads: each row against its task's shape, problems numbered by line, warnings, profile.
 
-Feed raw bytes as they arrive to a `JsonlReader` or `CsvReader` (`service/parquet.py` adds Parquet);
-at most one line (one CSV record) is held in memory, and lines over MAX_LINE_BYTES are rejected without
-being buffered. Every row goes through one `RowValidator`, which numbers each problem with its line
-(the user's own: a CSV line, a Parquet row), field and a stable code, counts the fixable issues
-(warnings) and feeds the profile (`service/profile.py`) in the same pass. `finish()` returns the
-summary or raises InvalidFile (with structured `details`) / FileTooLarge. A converted upload also
-leaves a `line_map()`: where each stored JSONL row came from, so the worker's errors cite it too.
+The readers (`service/readers.py`: JSONL, CSV; `service/parquet.py`) feed every row to one `RowValidator`,
+which numbers each problem with its line (the user's own: a CSV line, a Parquet row), field and a stable
+code, counts the fixable issues (warnings) and feeds the profile (`service/profile.py`) in the same pass.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-from array import array
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from client.models import FileFormat, FileProblem, FileWarning, SourceFormat
-from service.errors import FileTooLarge, InvalidFile
+from client.models import FileFormat, FileProblem, FileWarning
+from service.errors import InvalidFile
 from service.profile import ProfileBuilder
 
 MAX_REPORTED = 20  # problems listed in the error (the total is always given)
 MAX_LINES_PER_WARNING = 5
-MAX_LINE_BYTES = 16 * 1024 * 1024
 ROLES = ("system", "user", "assistant", "tool")
 FIELDS: dict[FileFormat, tuple[str, ...]] = {
     FileFormat.prompt_completion: ("prompt", "completion"),
@@ -36,10 +26,6 @@ FIELDS: dict[FileFormat, tuple[str, ...]] = {
 # Fields that may be empty (a row without a prompt is still a completion to learn); the rest must not.
 OPTIONAL_CONTENT = frozenset({"prompt", "source"})
 KNOWN_SHAPES = '"messages", "prompt"+"completion", "text"+"label", "source"+"target" or "text"'
-CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target")
-MAX_LINE_BREAKS = 100_000  # CSV rows whose line is mapped exactly (blank lines and multi-line cells shift it)
-
-Sink = Callable[[bytes], None]
 
 
 def detect_format(row: dict[str, Any]) -> FileFormat | None:
@@ -216,202 +202,3 @@ class RowValidator:
                 )
             )
         return out
-
-
-class Reader:
-    """Byte counting, the size limit and the line splitting shared by the JSONL and CSV readers."""
-
-    source_format: ClassVar[SourceFormat] = "jsonl"  # what was uploaded (FileObject.source_format)
-    unit: ClassVar[str] = "line"  # what a problem's number counts
-
-    def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0  # as uploaded
-        self.stored_bytes = 0
-        self.line_no = 0
-        self.rows = RowValidator(self.unit)
-        self._sink = sink
-        self._sha = hashlib.sha256()  # of what is stored
-        self._line = bytearray()
-        self._overlong = False
-
-    def feed(self, data: bytes) -> None:
-        self.bytes += len(data)
-        if self.bytes > self.max_bytes:
-            raise FileTooLarge(f"The file exceeds the upload limit of {self.max_bytes} bytes.", param="file")
-        start = 0
-        while (end := data.find(b"\n", start)) != -1:
-            self._append(data[start:end])
-            self._end_line()
-            start = end + 1
-        self._append(data[start:])
-
-    def finish(self, filename: str) -> UploadSummary:
-        if self._line or self._overlong:  # last line without a trailing newline
-            self._end_line()
-        self._flush()
-        fmt = self.rows.finish(filename)
-        return UploadSummary(self.rows.rows, self.stored_bytes, self._sha.hexdigest(), fmt, self.rows.warnings())
-
-    def store(self, data: bytes) -> None:
-        self.stored_bytes += len(data)
-        self._sha.update(data)
-        if self._sink is not None:
-            self._sink(data)
-
-    def line_map(self) -> dict[str, Any] | None:
-        """For a converted upload: what `jobs/data.py` needs to cite the user's line of a stored row."""
-        return None
-
-    def close(self) -> None:
-        """Release what the reader holds (a temporary file); safe to call more than once."""
-
-    def _append(self, piece: bytes) -> None:
-        if self._overlong or not piece:
-            return
-        if len(self._line) + len(piece) > MAX_LINE_BYTES:
-            self._overlong = True
-            self._line.clear()
-        else:
-            self._line += piece
-
-    def _end_line(self) -> None:
-        self.line_no += 1
-        if self._overlong:
-            self.rows.problem(self.line_no, "line_too_long", f"longer than {MAX_LINE_BYTES} bytes")
-        else:
-            line = bytes(self._line)
-            if self.line_no == 1:
-                line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
-            self._line_done(line)
-        self._line.clear()
-        self._overlong = False
-
-    def _line_done(self, line: bytes) -> None:
-        raise NotImplementedError
-
-    def _flush(self) -> None:
-        """Anything held back until the end of the stream."""
-
-
-class JsonlReader(Reader):
-    """JSONL: every line is stored exactly as uploaded."""
-
-    def feed(self, data: bytes) -> None:
-        super().feed(data)
-        self.store(data)
-
-    def _line_done(self, line: bytes) -> None:
-        if not line.strip():
-            return
-        self.rows.rows += 1
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            return self.rows.problem(self.line_no, "invalid_utf8", "not valid UTF-8")
-        except json.JSONDecodeError as exc:
-            return self.rows.problem(self.line_no, "invalid_json", f"invalid JSON ({exc.msg})")
-        self.rows.check(self.line_no, row)
-
-
-class CsvReader(Reader):
-    """CSV with a header row; known columns (text, label, prompt, completion, source, target) become JSONL rows.
-
-    A quoted cell may span lines: a record ends at a line break outside quotes. Problems are numbered
-    with the CSV line the record starts on; `line_map()` keeps that line for every stored row.
-    """
-
-    source_format = "csv"
-
-    def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
-        super().__init__(max_bytes, sink)
-        self.header: list[str] | None = None
-        self._record: list[str] = []
-        self._record_line = 0
-        self._record_bytes = 0
-        self._quotes = 0
-        # Stored row n comes from CSV line n + offset; the offset changes at a multi-line cell or a blank
-        # line, and each change is kept as (row, line): one pair for a plain file, bounded by MAX_LINE_BREAKS.
-        self._stored_rows = 0
-        self._offset: int | None = None
-        self._breaks = array("q")  # flat (row, line) pairs
-        self._mapped_rows: int | None = None  # rows mapped exactly, once MAX_LINE_BREAKS is reached
-
-    def _line_done(self, line: bytes) -> None:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self.rows.rows += 1
-            return self.rows.problem(self.line_no, "invalid_utf8", "not valid UTF-8")
-        if not self._record:
-            if not text.strip():
-                return
-            self._record_line = self.line_no
-        self._record.append(text.removesuffix("\r"))
-        self._record_bytes += len(line)
-        self._quotes += text.count('"')
-        if self._record_bytes > MAX_LINE_BYTES:  # an unterminated quote must not buffer the rest of the file
-            self.rows.rows += 1
-            self.rows.problem(self._record_line, "invalid_csv", f"a record longer than {MAX_LINE_BYTES} bytes")
-            self._record, self._quotes, self._record_bytes = [], 0, 0
-            return
-        if self._quotes % 2 == 0:  # outside quotes: the record is complete ("" escapes keep the parity)
-            self._record_done()
-
-    def _flush(self) -> None:
-        if self._record:
-            self.rows.rows += 1
-            self.rows.problem(self._record_line, "invalid_csv", "unterminated quoted cell")
-            self._record = []
-
-    def _record_done(self) -> None:
-        record, line = "\n".join(self._record), self._record_line
-        self._record, self._quotes, self._record_bytes = [], 0, 0
-        try:
-            cells = next(csv.reader([record]))
-        except csv.Error as exc:
-            self.rows.rows += 1
-            return self.rows.problem(line, "invalid_csv", f"invalid CSV ({exc})")
-        if self.header is None:
-            self.header = [c.strip().lower() for c in cells]
-            if not any(c in CSV_COLUMNS for c in self.header):
-                self.rows.problem(line, "unknown_shape", f"the header names none of {', '.join(CSV_COLUMNS)}")
-            return
-        self.rows.rows += 1
-        if len(cells) != len(self.header):
-            return self.rows.problem(
-                line, "invalid_csv", f"{len(cells)} cells, the header has {len(self.header)} columns"
-            )
-        row = {name: value for name, value in zip(self.header, cells, strict=True) if name in CSV_COLUMNS}
-        problems = self.rows.problem_count
-        self.rows.check(line, row)
-        if self.rows.problem_count == problems:
-            self.store(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-            self._map(line)
-
-    def _map(self, line: int) -> None:
-        self._stored_rows += 1
-        offset = line - self._stored_rows
-        if offset == self._offset or self._mapped_rows is not None:
-            return
-        if len(self._breaks) >= 2 * MAX_LINE_BREAKS:
-            self._mapped_rows = self._stored_rows - 1
-            return
-        self._breaks.extend((self._stored_rows, line))
-        self._offset = offset
-
-    def line_map(self) -> dict[str, Any]:
-        """`lines`: [[row, CSV line], ...] where the offset changes; rows past `mapped_rows` cite their index."""
-        pairs = self._breaks.tolist()
-        out: dict[str, Any] = {"source_format": "csv", "lines": [pairs[i : i + 2] for i in range(0, len(pairs), 2)]}
-        if self._mapped_rows is not None:
-            out["mapped_rows"] = self._mapped_rows
-        return out
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";")[0].strip().lower()
-
-
-def is_csv(filename: str, content_type: str | None = None) -> bool:
-    return filename.lower().endswith(".csv") or media_type(content_type) == "text/csv"

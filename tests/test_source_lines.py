@@ -7,7 +7,7 @@ from pathlib import Path
 
 from client.models import JobStatus
 from jobs.data import LineMap, read_jsonl
-from service.validation import MAX_LINE_BREAKS, CsvReader
+from service.readers import MAX_LINE_BREAKS, CsvReader
 
 # CSV lines: 1 header, 2 row 1, 3-4 row 2 (a quoted cell over two lines), 5 blank, 6 row 3,
 # 7-9 row 4 (three lines), 10 row 5.

@@ -27,10 +27,10 @@ from service.errors import (
 )
 from service.parquet import ParquetReader, is_parquet
 from service.profile import load_profile, save_profile
+from service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
 from service.records import new_id
 from service.storage import Storage
 from service.upload import read_upload
-from service.validation import CsvReader, JsonlReader, Reader, Sink, is_csv
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
