@@ -1,0 +1,113 @@
+"""What a JobCreate must satisfy beyond its schema, against the deployment and the tenant's data:
+the model under a model root, files that exist in a format the task can train, a parent job to continue."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
+from service.errors import IncompatibleFile, IncompatibleParentJob, JobNotFound, ModelNotAllowed, ParentJobNotSucceeded
+from service.store import Store
+
+
+def check_model(model: str, roots: Sequence[str]) -> None:
+    """Absolute paths must lie under a model root; relative ones (resolved by the worker) must not escape."""
+    norm = os.path.normpath(model)
+    if model.startswith("~") or norm == "." or norm == ".." or norm.startswith("../"):
+        raise ModelNotAllowed(f"model {model!r} is not a path under a model root.", param="model")
+    if os.path.isabs(norm) and not any(norm == root or norm.startswith(root.rstrip("/") + "/") for root in roots):
+        raise ModelNotAllowed(
+            f"model {model!r} is outside the configured model roots ({', '.join(roots)}).", param="model"
+        )
+
+
+def check_files(store: Store, tenant: str, req: JobCreate) -> None:
+    """The files exist for this tenant and their row format can train the task."""
+    allowed = TASK_FORMATS[req.task]
+    train = store.get_file(tenant, req.training_file, param="training_file")
+    if train.format not in allowed:
+        needs = ", ".join(sorted(allowed))
+        raise IncompatibleFile(
+            f"training_file {train.id} has format {train.format.value}; task {req.task.value} needs one of: {needs}.",
+            param="training_file",
+        )
+    if req.validation_file:
+        valid = store.get_file(tenant, req.validation_file, param="validation_file")
+        if valid.format != train.format:
+            raise IncompatibleFile(
+                f"validation_file {valid.id} has format {valid.format.value}; "
+                f"training_file has {train.format.value}; they must match.",
+                param="validation_file",
+            )
+    if req.reference_file:
+        ref = store.get_file(tenant, req.reference_file, param="reference_file")
+        if ref.format not in allowed:
+            raise IncompatibleFile(
+                f"reference_file {ref.id} has format {ref.format.value}; task {req.task.value} needs one of: "
+                f"{', '.join(sorted(allowed))}.",
+                param="reference_file",
+            )
+
+
+def check_parent(store: Store, tenant: str, req: JobCreate) -> None:
+    """parent_job_id: a succeeded job of this tenant, of the same task, method type and adapter shape.
+
+    `req.method` becomes the resolved method (`inherit_method`): what the child leaves out is the parent's.
+    """
+    if req.parent_job_id is None:
+        return
+    try:
+        parent = store.get_job(tenant, req.parent_job_id)
+    except JobNotFound:
+        raise JobNotFound(f"No job {req.parent_job_id!r}.", param="parent_job_id") from None
+    if parent.status != JobStatus.succeeded:
+        raise ParentJobNotSucceeded(
+            f"parent_job_id {parent.id} is {parent.status.value}; only a succeeded job can be continued.",
+            param="parent_job_id",
+        )
+    if parent.task != req.task or parent.method.type != req.method.type:
+        raise IncompatibleParentJob(
+            f"parent_job_id {parent.id} trained {parent.method.type} for {parent.task.value}; this job asks for "
+            f"{req.method.type} for {req.task.value}: they must match.",
+            param="parent_job_id",
+        )
+    req.method = inherit_method(parent, req.method)
+
+
+PEFT_DEFAULT_FIELDS = ("target_modules", "feedforward_modules")  # null: whatever peft picks for the architecture
+
+
+def inherit_method(parent: Job, method: Method) -> Method:
+    """The parent's method settings (as its worker resolved them, e.g. the target modules peft picked) overridden
+    by those the child sets; a setting that shapes the adapter may only repeat the parent's value."""
+    trained = {**parent.method.model_dump(), **(parent.resolved_hyperparameters.get("method") or {})}
+    given = method.model_dump(include=method.model_fields_set - {"type"})
+    given = {k: v for k, v in given.items() if v is not None}  # null (auto) inherits too
+    shape = ADAPTER_SHAPE_FIELDS.get(method.type, ())
+    for name in shape:
+        if name not in given or (trained.get(name) is None and name in PEFT_DEFAULT_FIELDS):
+            continue  # left out (inherited), or peft's default modules the parent's worker did not record
+        if not _same_setting(given[name], trained.get(name)):
+            raise IncompatibleParentJob(
+                f"method.{name}={json.dumps(given[name])} differs from the parent job {parent.id}'s "
+                f"{name}={json.dumps(trained.get(name))}: a continued {method.type} keeps the parent's "
+                f"{', '.join(shape)}. Leave method.{name} out to inherit it, or train a new job without "
+                "parent_job_id.",
+                param=f"method.{name}",
+            )
+    cls = type(method)
+    try:
+        return cls.model_validate({k: v for k, v in {**trained, **given}.items() if k in cls.model_fields})
+    except ValueError as e:  # a parent recorded by an older version with settings this one rejects
+        raise IncompatibleParentJob(
+            f"parent_job_id {parent.id}'s method settings cannot be continued: {e}", param="parent_job_id"
+        ) from None
+
+
+def _same_setting(a: object, b: object) -> bool:
+    """Equal; module lists and adapter positions in any order."""
+    if isinstance(a, list) and isinstance(b, list):
+        return sorted(map(str, a)) == sorted(map(str, b))
+    return a == b
