@@ -97,6 +97,7 @@ def _run(
     resume: bool = False,
     early_stopping: bool = False,
     callbacks: tuple[TrainerCallback, ...] = (),
+    logging_steps: int = 1,
 ) -> tuple[Any, ReportCallback, checkpoints.Checkpoint | None]:
     """One attempt, wired as train_job wires it: seed, model + method, Trainer + callbacks, (resume,) train."""
     set_seed(0)
@@ -133,7 +134,7 @@ def _run(
         learning_rate=5e-3,
         seed=0,
         data_seed=0,
-        logging_steps=1,
+        logging_steps=logging_steps,
         save_total_limit=1,
         report_to="none",
         **{"save_strategy": "no", **stopping},
@@ -227,6 +228,32 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     # The lost attempt's point at step 5 is gone from the stream; 5 is there once, from attempt 2.
     steps = [p["step"] for p in metric_points(redis, job_id) if p["split"] == "train"]
     assert steps == list(range(1, 10))
+
+
+def test_a_resumed_runs_train_loss_is_the_mean_over_all_its_steps(
+    redis, env, tiny_causal_lm: Path, tmp_path: Path
+) -> None:
+    store = Store(f"file://{tmp_path / 'store'}")
+    request = JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20)
+    whole = create_job(redis, request, status="queued")
+    reference, _, _ = _run(tiny_causal_lm, "lora", tmp_path / "a", _attempt(redis, whole, 1), store)
+    want = reference.state.log_history[-1]["train_loss"]  # the Trainer's: the mean of the 9 steps' losses
+
+    job_id = create_job(redis, request, status="queued")
+    first = _attempt(redis, job_id, 1)
+    _run(tiny_causal_lm, "lora", tmp_path / "b1", first, store, every_steps=4, crash_at=5, logging_steps=3)
+    trainer, callback, resumed = _run(
+        tiny_causal_lm, "lora", tmp_path / "b2", _lose(first), store, every_steps=4, resume=True, logging_steps=3
+    )
+    assert resumed is not None and resumed.step == 4
+    # Logged windows: every 3 steps, and at each checkpoint (4, 8); without the log at 4, the loss of step 4 would
+    # be nowhere: attempt 1 logged up to 3, attempt 2 starts after 4.
+    assert [h["step"] for h in callback.train_history] == [3, 4, 6, 8, 9]
+    own = trainer.state.log_history[-1]["train_loss"]  # the Trainer's on a resumed run: steps 5-9 only
+    got = checkpoints.run_train_loss(callback.train_history, resumed, own, trainer.state.global_step)
+    # Same step losses (the resumed steps are the uninterrupted run's), summed in other groups: float32 rounding.
+    assert got == pytest.approx(want, rel=1e-6)
+    assert own != pytest.approx(want, rel=1e-3)
 
 
 # p_tuning: peft saves its prompt encoder's output only; adapter: its checkpoints hold the trainable tensors only.
@@ -395,6 +422,18 @@ def test_a_lost_attempt_resumes_from_its_last_checkpoint(redis, env, tiny_causal
     assert {a["name"] for a in job["artifacts"]} >= {"adapter/adapter_model.safetensors", "metrics.json"}
     history = json.loads((store / keys.artifact_path("default", job_id, "metrics.json")).read_text())["history"]
     assert [h["step"] for h in history["train"]] == list(range(1, 81))
+
+    # The results describe the whole run. logging_steps is 1 here: each logged loss is one step's, and their mean is
+    # what the Trainer of an uninterrupted run reports (its sum of step losses / steps; the resumed steps are an
+    # uninterrupted run's, see above). rel=1e-5: float32 step losses, summed in other groups (observed: ~1e-7).
+    losses = [h["values"]["loss"] for h in history["train"]]
+    assert job["results"]["train_loss"] == pytest.approx(sum(losses) / 80, rel=1e-5)
+    own = losses[step:]  # what the Trainer reports of attempt 2: its own steps only (observed: 0.3% off at step 10)
+    assert sum(own) / len(own) != pytest.approx(job["results"]["train_loss"], rel=1e-4)
+    # Attempt 1's seconds up to its checkpoint, then attempt 2's (its progress: from train begin to train end).
+    carried = resumed[0]["data"]["train_seconds"]
+    assert carried > 0
+    assert job["results"]["train_seconds"] >= carried + job["progress"]["elapsed_seconds"] > carried
 
 
 def test_a_job_the_janitor_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm: Path) -> None:
