@@ -21,7 +21,7 @@ FROM base AS worker
 # torch first and pinned; pick the CUDA or CPU index for your hardware class with TORCH_INDEX_URL.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
- && pip install ".[worker,tracking]" torch==2.13.0
+ && pip install ".[worker,tracking,qlora]" torch==2.13.0
 RUN useradd --create-home ftjobs
 USER ftjobs
 # One queue per hardware class: FTJOBS_QUEUE=gpu-h100, cpu, ...

@@ -3,7 +3,8 @@
 Each method runs in its own fresh interpreter (so peak RSS is that method's alone): the tiny causal LM of the
 test suite (or --hidden/--layers for a wider one), jobs.methods.apply_method, a Trainer run of --steps steps on
 fixed text, timed after one warm-up step. Prints, per method: trainable parameters, training tokens/s (non-pad
-input tokens per second; virtual tokens not counted), peak RSS (ru_maxrss) and both as ratios to `full`.
+input tokens per second; virtual tokens not counted), the base weights' memory (4-bit for qlora), peak RSS
+(ru_maxrss) and both as ratios to `full`.
 
     .venv/bin/python bench/methods.py [--steps 30] [--batch-size 8] [--hidden 128] [--layers 2]
 """
@@ -23,6 +24,7 @@ METHODS = {
     "full": {"type": "full"},
     "lora": {"type": "lora", "r": 8, "alpha": 16},
     "lora+dora": {"type": "lora", "r": 8, "alpha": 16, "use_dora": True},
+    "qlora": {"type": "lora", "r": 8, "alpha": 16, "quantize": "4bit"},  # needs bitsandbytes (ftjobs[qlora])
     "ia3": {"type": "ia3"},
     "prompt_tuning": {"type": "prompt_tuning", "num_virtual_tokens": 20},
     "prefix_tuning": {"type": "prefix_tuning", "num_virtual_tokens": 20},
@@ -36,7 +38,7 @@ sys.path.insert(0, {repo!r})
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 from client.models import JobCreate, Task
-from jobs.methods import apply_method, parameter_counts
+from jobs.methods import apply_method, load_options, parameter_counts
 from jobs.trainer import PadCollator
 
 torch.set_num_threads({threads})
@@ -44,7 +46,9 @@ spec, model_dir, steps, batch = json.loads({spec!r}), {model_dir!r}, {steps}, {b
 method = JobCreate.model_validate({{"model": "m", "training_file": "file-" + "0" * 20, "method": spec}}).method
 tok = AutoTokenizer.from_pretrained(model_dir)
 torch.manual_seed(0)
-model = apply_method(AutoModelForCausalLM.from_pretrained(model_dir), method, Task.causal_lm)
+base = AutoModelForCausalLM.from_pretrained(model_dir, **load_options(method))
+weights_mb = base.get_memory_footprint() / 1e6
+model = apply_method(base, method, Task.causal_lm)
 trainable, total = parameter_counts(model)
 text = "what is the colour of the sky ? the sky is blue . say hello . hello there , how are you ? "
 ids = tok(text * 4, truncation=True, max_length=128)["input_ids"]
@@ -63,6 +67,7 @@ Trainer(model=model, args=args, train_dataset=examples, data_collator=PadCollato
         callbacks=[clock]).train()
 seconds = time.perf_counter() - clock.t0
 print(json.dumps({{"trainable": trainable, "total": total, "tokens_per_s": steps * batch * len(ids) / seconds,
+                  "weights_mb": weights_mb,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
@@ -90,13 +95,14 @@ def main() -> None:
             print(f"  {name}: {rows[name]}", file=sys.stderr)
     full = rows["full"]
     print(f"tiny Llama hidden={a.hidden} layers={a.layers}, batch {a.batch_size}, {a.steps} timed steps, CPU")
-    print(f"{'method':<15}{'trainable':>12}{'% of total':>11}{'tokens/s':>10}{'peak RSS MB':>13}"
+    print(f"{'method':<15}{'trainable':>12}{'% of total':>11}{'tokens/s':>10}{'base MB':>9}{'peak RSS MB':>13}"
           f"{'tok/s vs full':>15}{'RSS vs full':>13}")
     for name, r in rows.items():
         if "error" in r:
             print(f"{name:<15}  failed: {r['error']}")
             continue
         print(f"{name:<15}{r['trainable']:>12,}{100 * r['trainable'] / r['total']:>10.2f}%{r['tokens_per_s']:>10.0f}"
+              f"{r['weights_mb']:>9.1f}"
               f"{r['peak_rss_mb']:>13.0f}{r['tokens_per_s'] / full['tokens_per_s']:>15.2f}"
               f"{r['peak_rss_mb'] / full['peak_rss_mb']:>13.2f}")
 

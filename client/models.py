@@ -183,8 +183,9 @@ class LoraMethod(_MethodBase):
     )
     quantize: Literal["4bit"] | None = Field(
         default=None,
-        description="`4bit`: QLoRA, the frozen base loaded in 4-bit NF4. Needs a CUDA worker with bitsandbytes; "
-        "elsewhere the job fails with code `unsupported_method`.",
+        description="`4bit`: QLoRA, the frozen base loaded in 4-bit NF4 (bf16 compute on CUDA, fp32 on CPU). Needs "
+        "bitsandbytes on the worker (`ftjobs[qlora]`); elsewhere the job fails with code `unsupported_method`. "
+        "With `merge`, the adapter is merged into the base loaded again in full precision.",
     )
 
 

@@ -17,7 +17,7 @@ The Trainer's own checkpoints (resume, early stopping's best) need two correctio
 
 from __future__ import annotations
 
-import importlib.util
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -107,28 +107,41 @@ def peft_config(method: Any, task: Task, model: Any = None) -> PeftConfig:
 
 
 def load_options(method: Any) -> dict[str, Any]:
-    """Extra from_pretrained arguments the method needs (4-bit loading for QLoRA); fails where it cannot work."""
+    """Extra from_pretrained arguments the method needs (4-bit loading for QLoRA); fails where it cannot work.
+
+    QLoRA runs where bitsandbytes can quantize: a CUDA GPU (bf16/fp16 compute), or the CPU with a bitsandbytes
+    that has a CPU backend (0.48 and newer; fp32 compute: it saves memory, not time)."""
     if not (isinstance(method, LoraMethod) and method.quantize == "4bit"):
         return {}
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package")
-    if missing:
+    cuda = torch.cuda.is_available()
+    problem = _bitsandbytes_problem("cuda" if cuda else "cpu")
+    if problem:
         raise UnsupportedMethod(
-            f"method.quantize='4bit' (QLoRA) needs {' and '.join(missing)}, which this worker lacks; "
-            "use quantize=null (plain LoRA) or a CUDA worker with bitsandbytes",
+            f"method.quantize='4bit' (QLoRA) needs bitsandbytes on this worker's device, and {problem}; "
+            "use quantize=null (plain LoRA) or a worker with bitsandbytes (`pip install ftjobs[qlora]`)",
             param="method.quantize",
         )
     from transformers import BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
     }
+
+
+def _bitsandbytes_problem(device: str) -> str | None:
+    """Why bitsandbytes cannot quantize to NF4 on `device` here (None: it can): a probe on a small tensor."""
+    try:
+        from bitsandbytes.functional import quantize_4bit
+    except ImportError:
+        return "the bitsandbytes package is not installed"
+    try:
+        quantize_4bit(torch.randn(64, 64, device=device), quant_type="nf4")
+    except Exception as e:  # no backend for this device, a CUDA/ROCm mismatch ...
+        return f"it cannot quantize on the {device} here ({type(e).__name__}: {_short(e)})"
+    return None
 
 
 def apply_method(model: Any, method: Any, task: Task) -> Any:
@@ -153,6 +166,11 @@ def apply_method(model: Any, method: Any, task: Task) -> Any:
     if isinstance(method, LoraMethod) and method.quantize == "4bit":
         from peft import prepare_model_for_kbit_training
 
+        # bitsandbytes (0.50) repacks 4-bit weights for fast CPU inference at the first no-grad forward (our probe,
+        # the baseline evaluation) and never back: later training steps then get no gradients. Keep them as trained.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         model = prepare_model_for_kbit_training(model)
     param = "method.target_modules" if isinstance(method, LoraMethod | IA3Method) else "method.type"
     try:
@@ -196,10 +214,26 @@ def save_weights(model: Any, method: Any, out: Path) -> list[str]:
     model.save_pretrained(out / "adapter")
     if not getattr(method, "merge", False):
         return ["adapter"]
-    # merge_and_unload folds the adapter into the base weights in place: the adapter is already saved above.
-    merged = model.merge_and_unload()
+    if getattr(method, "quantize", None) == "4bit":
+        merged = _merge_into_full_precision(model, out / "adapter")
+    else:  # merge_and_unload folds the adapter into the base weights in place: the adapter is already saved above.
+        merged = model.merge_and_unload()
     merged.save_pretrained(out / "model")
     return ["adapter", "model"]
+
+
+def _merge_into_full_precision(model: Any, adapter: Path) -> Any:
+    """QLoRA's merged model: the base loaded again unquantized (fp32) with the saved adapter folded in; merging
+    into the 4-bit weights would bake their rounding into a model that is meant to be full precision."""
+    from peft import PeftModel
+
+    trained = model.get_base_model()
+    config = copy.deepcopy(trained.config)  # the job's labels, dropout ... without the 4-bit loading
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    base_path = model.peft_config[model.active_adapter].base_model_name_or_path
+    base = type(trained).from_pretrained(base_path, config=config, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
 
 
 def checkpoint_weights(model: Any) -> dict[str, torch.Tensor] | None:

@@ -182,21 +182,18 @@ def test_methods_the_model_cannot_run_fail_as_invalid_method(minilm: Path) -> No
     assert e.value.param == "method.positions"
 
 
-def test_qlora_without_cuda_or_bitsandbytes_is_unsupported() -> None:
+def test_qlora_needs_bitsandbytes() -> None:
+    """With bitsandbytes QLoRA loads in 4-bit (tests/jobs/test_qlora.py trains it); without, a clear error."""
     method = _method({"type": "lora", "quantize": "4bit"})
+    assert load_options(_method({"type": "lora"})) == {}
     try:
         import bitsandbytes  # noqa: F401
-
-        available = torch.cuda.is_available()
     except ImportError:
-        available = False
-    if available:
-        assert "quantization_config" in load_options(method)
+        with pytest.raises(UnsupportedMethod, match="method.quantize") as e:
+            load_options(method)
+        assert e.value.code == "unsupported_method" and e.value.param == "method.quantize"
         return
-    with pytest.raises(UnsupportedMethod, match="method.quantize") as e:
-        load_options(method)
-    assert e.value.code == "unsupported_method" and e.value.param == "method.quantize"
-    assert load_options(_method({"type": "lora"})) == {}
+    assert load_options(method)["quantization_config"].load_in_4bit
 
 
 # ----------------------------------------------------------------------------- jobs/adapters.py
