@@ -196,7 +196,7 @@ def describe_profile(profile: FileProfile) -> str:
             [
                 [
                     t.job_id,
-                    t.model.rsplit("/", 1)[-1],
+                    "/".join(t.model.rstrip("/").split("/")[-2:]),  # enough of a path to tell models apart
                     t.examples,
                     "/".join(str(v) for v in (t.min, t.median, t.p95, t.max)),
                     t.max_seq_length,
@@ -234,7 +234,9 @@ def _note(message: str) -> None:
 def cmd_submit(args: argparse.Namespace, api: Client) -> int:
     training = _file_id(api, args.training_file)
     validation = _file_id(api, args.validation_file) if args.validation_file else None
-    lora = {k: v for k, v in (("r", args.lora_r), ("alpha", args.lora_alpha)) if v is not None}
+    lora = {
+        k: v for k, v in (("r", args.lora_r), ("alpha", args.lora_alpha), ("quantize", args.quantize)) if v is not None
+    }
     hp = {
         "n_epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -249,6 +251,7 @@ def cmd_submit(args: argparse.Namespace, api: Client) -> int:
         validation_file=validation,
         task=args.task,
         method={"type": args.method, **lora},  # validated by the API, like everything else here
+        parent_job_id=args.parent_job_id,
         hyperparameters={k: v for k, v in hp.items() if v is not None},
         suffix=args.suffix,
         idempotency_key=args.idempotency_key,
@@ -428,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHOD_TYPES, default="lora", help="fine-tuning strategy (default: lora)")
     p.add_argument("--lora-r", type=int, help="LoRA rank")
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha")
+    p.add_argument("--quantize", choices=["4bit"], help="LoRA on a 4-bit base (QLoRA; bitsandbytes on the worker)")
+    p.add_argument("--parent-job-id", help="continue training from this succeeded job's weights")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=_learning_rate, help="a float or 'auto'")

@@ -183,9 +183,15 @@ def diagnose(
             flags.append(
                 {
                     "flag": "underfitting",
-                    "message": f"The training loss barely moved ({first:.4g} -> {last:.4g}, {100 * drop:.1f}% lower): "
-                    "the model is not learning the data. Try a higher learning rate, more epochs, or a larger "
-                    "LoRA rank; check that the labels carry a learnable signal.",
+                    "message": (
+                        f"The training loss barely moved ({first:.4g} -> {last:.4g}, {100 * drop:.1f}% lower): "
+                        "the model is not learning the data. Try a higher learning rate, more epochs, or a larger "
+                        "LoRA rank; check that the labels carry a learnable signal."
+                        if drop >= 0
+                        else f"The training loss rose ({first:.4g} -> {last:.4g}, {-100 * drop:.1f}% higher): the "
+                        "model is not learning the data. With only a few steps this may be noise; otherwise try a "
+                        "lower learning rate, and check that the labels carry a learnable signal."
+                    ),
                     "numbers": {"train_loss_first": first, "train_loss_last": last, "relative_drop": round(drop, 4)},
                 }
             )

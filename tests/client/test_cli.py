@@ -112,6 +112,10 @@ def test_submit_uploads_and_prints_the_job_id(
         "7",
         "--lora-r",
         "4",
+        "--quantize",
+        "4bit",
+        "--parent-job-id",
+        "ftjob-" + "d" * 20,
         "--suffix",
         "spam",
     )
@@ -127,7 +131,8 @@ def test_submit_uploads_and_prints_the_job_id(
         "max_seq_length": 64,
         "seed": 7,
     }
-    assert body["method"]["r"] == 4 and body["validation_file"] == "file-" + "c" * 20
+    assert body["method"] == {"type": "lora", "r": 4, "quantize": "4bit"}
+    assert body["parent_job_id"] == "ftjob-" + "d" * 20 and body["validation_file"] == "file-" + "c" * 20
     assert body["training_file"] == "file-" + "b" * 20 and body["suffix"] == "spam"
     assert api.requests[-1].headers["Idempotency-Key"]
 

@@ -107,6 +107,10 @@ def test_diagnose_flags_overfitting_and_underfitting() -> None:
     assert safeguards.diagnose(falling, hist([1.8, 1.4, 1.3, 1.35])) == []
     flat = safeguards.diagnose(hist([2.0, 1.99, 2.01, 1.98]), hist([2.0, 2.0]))
     assert [f["flag"] for f in flat] == ["underfitting"] and flat[0]["numbers"]["relative_drop"] == 0.01
+    assert "barely moved" in flat[0]["message"]
+    rising = safeguards.diagnose(hist([1.0, 1.5, 2.0]), [])
+    assert [f["flag"] for f in rising] == ["underfitting"] and rising[0]["numbers"]["relative_drop"] == -1.0
+    assert "rose (1 -> 2, 100.0% higher)" in rising[0]["message"] and "lower learning rate" in rising[0]["message"]
     assert safeguards.diagnose([], []) == []
 
 
