@@ -355,14 +355,16 @@ class Hyperparameters(BaseModel):
         default=0.0,
         ge=0.0,
         le=1e8,
-        description="Elastic weight consolidation on reference_file: loss += ewc_lambda/2 * sum F (w - w0)^2, with F "
-        "the diagonal Fisher of the reference loss at the start, normalised to mean 1 (try 0.1-10).",
+        description="Elastic weight consolidation on the reference data (reference_file, or else the parent job's "
+        "training file): loss += ewc_lambda/2 * sum F (w - w0)^2, with F the diagonal Fisher of the reference loss "
+        "at the start, normalised to mean 1 (try 0.1-10).",
     )
     replay_ratio: float = Field(
         default=0.0,
         ge=0.0,
         le=1.0,
-        description="Mix reference_file rows into training: this many reference rows per training row (seeded).",
+        description="Mix reference rows (reference_file, or else the parent job's training file) into training: "
+        "this many reference rows per training row (seeded).",
     )
 
     @field_validator("learning_rate")
@@ -472,7 +474,8 @@ class JobCreate(BaseModel):
         default=None,
         pattern=FILE_ID_PATTERN,
         description="Id of a file of what the model must not forget (same format as training_file): its loss is "
-        "measured before and after training (results.forgetting); used by ewc_lambda and replay_ratio.",
+        "measured before and after training (results.forgetting); used by ewc_lambda and replay_ratio. A job "
+        "with parent_job_id and no reference_file uses the parent's training file (up to 1,000 rows).",
     )
     group_field: str | None = Field(
         default=None,
@@ -529,11 +532,13 @@ class JobCreate(BaseModel):
     @field_validator("hyperparameters")
     @classmethod
     def _safeguards_have_their_data(cls, hp: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
-        # validation_file and reference_file are declared before hyperparameters: info.data has them
+        # validation_file, reference_file and parent_job_id are declared before hyperparameters: info.data has them
         if hp.early_stopping is not None and not info.data.get("validation_file") and hp.validation_split == 0:
             raise ValueError("early_stopping needs validation data: give validation_file or validation_split > 0")
-        if (hp.ewc_lambda > 0 or hp.replay_ratio > 0) and not info.data.get("reference_file"):
-            raise ValueError("ewc_lambda and replay_ratio need a reference_file")
+        if (hp.ewc_lambda > 0 or hp.replay_ratio > 0) and not (
+            info.data.get("reference_file") or info.data.get("parent_job_id")
+        ):
+            raise ValueError("ewc_lambda and replay_ratio need a reference_file (or a parent_job_id: its data)")
         return hp
 
     @field_validator("model")

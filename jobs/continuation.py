@@ -13,19 +13,22 @@ take the child's value.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.keys import artifact_path
-from client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, JobCreate, LoraMethod, Task
+from client.keys import artifact_path, file_path, job_record_path
+from client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
 from jobs import adapters
-from jobs.data import Row, label_of
+from jobs.data import Row, label_of, read_jsonl
 from jobs.errors import DataError, InvalidMethod
 from jobs.methods import ADAPTER_CONFIG_ATTR
+from jobs.safeguards import InvalidRequest
 from jobs.storage import Store
 
 PARAM = "parent_job_id"
+MAX_PARENT_REFERENCE = 1000  # rows of the parent's data a child measures forgetting (and EWC) on
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Parent:
     job_id: str
     weights: Path  # the local adapter/ or model/ folder
     labels: list[str] | None  # classification: the parent's label order (labels.json)
+    training_file: str | None = None  # what the parent trained on: the reference data of a continued job
 
 
 def fetch_parent(store: Store, tenant: str, request: JobCreate, work: Path) -> Parent:
@@ -62,7 +66,34 @@ def fetch_parent(store: Store, tenant: str, request: JobCreate, work: Path) -> P
             raise InvalidMethod(f"parent job {parent_id} has no labels.json", param=PARAM)
         by_id = json.loads(store.download(rel, work / "parent" / "labels.json").read_text())
         labels = [by_id[str(i)] for i in range(len(by_id))]
-    return Parent(parent_id, work / "parent" / folder, labels)
+    record_rel = job_record_path(tenant, parent_id)  # the parent's final record: its request names its data
+    training_file = None
+    if store.exists(record_rel):
+        record = json.loads(store.download(record_rel, work / "parent" / "job.json").read_text())
+        training_file = (record.get("request") or {}).get("training_file")
+    return Parent(parent_id, work / "parent" / folder, labels, training_file)
+
+
+def parent_rows(store: Store, tenant: str, parent: Parent, hp: Hyperparameters, work: Path) -> list[Row] | None:
+    """Up to MAX_PARENT_REFERENCE rows (a seeded sample) of the parent's training file: the reference data of a
+    continued job without a reference_file. None when the parent's data is gone; EWC/replay then cannot run."""
+    rows = None
+    if parent.training_file and store.exists(file_path(tenant, parent.training_file)):
+        rows = read_jsonl(
+            store.download(file_path(tenant, parent.training_file), work / "parent" / "training.jsonl"),
+            f"parent {parent.job_id}'s training_file",
+        )
+    if not rows:
+        if hp.ewc_lambda > 0 or hp.replay_ratio > 0:
+            raise InvalidRequest(
+                f"ewc_lambda and replay_ratio need reference data: the parent job {parent.job_id}'s training file "
+                "is no longer in the store; give a reference_file",
+                param="reference_file",
+            )
+        return None
+    if len(rows) > MAX_PARENT_REFERENCE:
+        rows = random.Random(hp.seed).sample(rows, MAX_PARENT_REFERENCE)
+    return rows
 
 
 def check_labels(parent: Parent, rows: list[Row]) -> None:

@@ -169,21 +169,24 @@ def train_job(
         prepared.report["tokens"] = tokens
         write_report(work / "out", prepared)  # data_report.json (+ the split): picked up with the other artifacts
     # What the model must not forget: measured before/after, optionally replayed and anchored with EWC.
-    reference, replayed = None, 0
+    # A continued job's reference is, unless given, what its parent trained on.
+    reference, replayed, source = None, 0, "reference_file"
+    reference_rows = None
     if request.reference_file:
+        reference_rows = fetch_rows(store, tenant, request.reference_file, "reference_file", work)
+    elif parent is not None:
+        reference_rows = continuation.parent_rows(store, tenant, parent, hp, work)
+        source = f"parent {parent.job_id}'s training data"
+    if reference_rows:
         reference = safeguards.reference_examples(
-            request.task,
-            fetch_rows(store, tenant, request.reference_file, "reference_file", work),
-            tokenizer,
-            hp.max_seq_length,
-            data.labels,
-            hp.train_on_inputs,
+            request.task, reference_rows, tokenizer, hp.max_seq_length, data.labels, hp.train_on_inputs
         )
         if hp.replay_ratio > 0:
             data.train.examples, replayed = safeguards.replay_mix(
                 data.train.examples, reference, hp.replay_ratio, hp.seed
             )
-            reporter.event(f"replay: mixed {replayed} reference_file examples into the training data")
+            reporter.event(f"replay: mixed {replayed} examples of the {source} into the training data")
+        reporter.event(f"forgetting: measured on {len(reference)} examples of the {source}")
     n_val = len(data.validation) if data.validation else 0
     reporter.event(
         f"data: {len(data.train)} training and {n_val} validation examples, "
@@ -259,6 +262,7 @@ def train_job(
             "greater_is_better": stopping.get("greater_is_better"),
             "auto_reasons": auto_reasons(request),
             "n_reference": len(reference) if reference else 0,
+            "reference": source if reference else None,
             "n_replayed": replayed,  # reference examples inside n_train
         }
     )

@@ -179,3 +179,51 @@ def test_attach_checks_the_shape_and_applies_the_childs_dropout(tiny_causal_lm: 
     with pytest.raises(InvalidMethod) as e:
         attach(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), AdapterMethod(bottleneck_size=8), parent)
     assert e.value.param == "method.bottleneck_size"
+
+
+def test_a_child_measures_forgetting_on_the_parents_data_and_ewc_reduces_it(  # type: ignore[no-untyped-def]
+    redis, env, monkeypatch, tiny_causal_lm: Path
+) -> None:
+    """No reference_file: a continued job's reference is what its parent trained on (forgetting, EWC)."""
+    task_b = upload_rows(env, qa(24, {k: "purple" for k in COLOURS}))  # the same prompts, another answer
+
+    def request(training_file: str, **kw: Any) -> JobCreate:
+        hp = {"n_epochs": 4, "batch_size": 8, "learning_rate": 3e-3, "lr_scheduler": "constant", **kw.pop("hp", {})}
+        return JobCreate(
+            model=str(tiny_causal_lm),
+            training_file=training_file,
+            method={"type": "full"},
+            eval_generation_limit=0,
+            hyperparameters=Hyperparameters(validation_split=0.0, **hp),
+            **kw,
+        )
+
+    parent = run_job(redis, env, monkeypatch, request(upload_rows(env, qa(24, COLOURS)), hp={"n_epochs": 8}))
+    assert parent["status"] == "succeeded", parent
+    assert "forgetting" not in parent["results"]  # nothing to compare with: no reference, no parent
+
+    increases = {}
+    for ewc in (0.0, 10.0):
+        child = run_job(redis, env, monkeypatch, request(task_b, parent_job_id=parent["id"], hp={"ewc_lambda": ewc}))
+        assert child["status"] == "succeeded", child
+        resolved, forgetting = child["resolved"], child["results"]["forgetting"]
+        assert resolved["reference"] == f"parent {parent['id']}'s training data" and resolved["n_reference"] == 24
+        assert any(e["message"].startswith("forgetting: measured on 24 examples") for e in child["events"])
+        increases[ewc] = forgetting["increase"]
+    print(f"loss increase on the parent's data: without EWC {increases[0.0]:.3f}, with EWC {increases[10.0]:.3f}")
+    assert increases[0.0] > 0.5 and increases[10.0] < 0.6 * increases[0.0]
+
+
+def test_ewc_on_a_parent_whose_data_is_gone_names_reference_file(  # type: ignore[no-untyped-def]
+    env, tmp_path: Path
+) -> None:
+    from jobs.continuation import parent_rows
+    from jobs.safeguards import InvalidRequest
+    from jobs.storage import Store
+
+    store = Store(f"file://{tmp_path / 'store'}")
+    gone = Parent("ftjob-" + "e" * 20, tmp_path, None, training_file="file-" + "f" * 20)
+    assert parent_rows(store, "default", gone, Hyperparameters(), tmp_path) is None  # forgetting is just skipped
+    with pytest.raises(InvalidRequest) as e:
+        parent_rows(store, "default", gone, Hyperparameters(ewc_lambda=1.0), tmp_path)
+    assert e.value.param == "reference_file" and "no longer in the store" in e.value.message

@@ -151,6 +151,7 @@ def test_early_stopping_args_and_request_checks() -> None:
     JobCreate(**base, validation_file="file-" + "1" * 20, hyperparameters={"early_stopping": {}, "validation_split": 0})
     with pytest.raises(ValueError, match="need a reference_file"):
         JobCreate(**base, hyperparameters={"ewc_lambda": 1.0})
+    JobCreate(**base, parent_job_id="ftjob-" + "2" * 20, hyperparameters={"ewc_lambda": 1.0, "replay_ratio": 0.5})
     with pytest.raises(ValueError, match="lr_scheduler"):
         JobCreate(**base, hyperparameters={"lr_scheduler": "exotic"})
     with pytest.raises(ValueError, match="group_field"):
