@@ -375,6 +375,9 @@ class Hyperparameters(BaseModel):
         return v
 
 
+DEDUP_THRESHOLD = 0.8  # dedup minhash: Jaccard similarity from which a row is a near duplicate
+
+
 class DataOptions(BaseModel):
     """Data preparation before tokenization; the defaults change nothing. Each step is reported with rows in/out."""
 
@@ -385,10 +388,19 @@ class DataOptions(BaseModel):
     )
     min_chars: int | None = Field(default=None, ge=0, le=10_000_000, description="Drop shorter rows (characters).")
     max_chars: int | None = Field(default=None, ge=1, le=10_000_000, description="Drop longer rows (characters).")
-    dedup: Literal["none", "exact", "near"] = Field(
+    dedup: Literal["none", "exact", "near", "minhash"] = Field(
         default="none",
         description="exact: identical rows; near: also rows equal after lowercasing and removing punctuation, "
-        "digits and whitespace.",
+        "digits and whitespace; minhash: exact and near, then also rows whose estimated Jaccard similarity to an "
+        "earlier kept row (same label for classification) is at least dedup_threshold (MinHash LSH over "
+        "character 5-grams of the lowercased words; the first occurrence is kept).",
+    )
+    dedup_threshold: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=1.0,
+        description=f"dedup minhash only: the Jaccard similarity (0.5-1.0) from which a row counts as a near "
+        f"duplicate; null = {DEDUP_THRESHOLD}. A one-word change in a ten-word text is about 0.75-0.85.",
     )
     normalize_labels: bool = Field(
         default=False, description="classification: merge labels that differ only in case/whitespace."
@@ -443,6 +455,14 @@ class DataOptions(BaseModel):
     augment_temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="paraphrase/back_translate: 0 = greedy, else seeded sampling."
     )
+
+    @field_validator("dedup_threshold")
+    @classmethod
+    def _dedup_threshold_needs_minhash(cls, v: float | None, info: ValidationInfo) -> float | None:
+        dedup = info.data.get("dedup", "minhash")  # absent: dedup itself was invalid and is reported
+        if v is not None and dedup != "minhash":
+            raise ValueError(f"dedup_threshold is for dedup minhash only, not {dedup!r}")
+        return v
 
     @field_validator("augment_model", "augment_back_model")
     @classmethod

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from client.keys import artifact_path
 from client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
 from jobs.data import Row, split_rows
-from jobs.prepare import eda, near_key, normalize_text, prepare_data, swap_terms, token_report
+from jobs.prepare import dedup_minhash, eda, near_key, normalize_text, prepare_data, shingles, swap_terms, token_report
 from tests.jobs.helpers import events, store_root, submit, upload_rows, wait_for
 
 SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"
@@ -134,6 +136,89 @@ def test_sft_rows_augment_inputs_only() -> None:
     ]
 
 
+FOLDER = "Remember to bring the blue folder to the meeting tomorrow"  # ten words
+FOLDER_VARIANTS = (
+    "Remember to bring the blue folders to the meeting tomorrow",  # one word of ten differs: Jaccard 0.87
+    "remember to bring the blue folder to the meeting",  # one word fewer: 0.84
+    "Remember to bring the red folder to the meeting tomorrow",  # one word replaced: 0.73
+    "Remember to bring the blue cake and wine for dinner",  # half the words shared: 0.3
+)
+
+
+def test_minhash_removes_rows_that_differ_by_a_word() -> None:
+    data = [{"text": t, "label": "ham"} for t in (FOLDER, *FOLDER_VARIANTS)]
+    train = rows(*data, {"text": FOLDER_VARIANTS[0], "label": "spam"})  # the same text with another label
+    near = prepare_data(C, DataOptions(dedup="near"), train, [], 0.0, 0)
+    assert len(near.train) == 6  # no two rows are equal without case, digits and punctuation
+
+    prepared = prepare_data(C, DataOptions(dedup="minhash"), train, [], 0.0, 0)
+    assert [s["step"] for s in prepared.report["steps"]] == ["dedup_exact", "dedup_near", "dedup_minhash"]
+    minhash = step(prepared.report, "dedup_minhash")
+    assert (minhash["rows_in"], minhash["rows_out"], minhash["threshold"]) == (6, 4, 0.8)
+    assert minhash["examples"] == [[1, 2], [1, 3]]  # [kept line, dropped line]: the first occurrence stays
+    assert [r.line for r in prepared.train] == [1, 4, 5, 6]  # the label spam keeps its row
+
+    looser = prepare_data(C, DataOptions(dedup="minhash", dedup_threshold=0.7), train, [], 0.0, 0)
+    assert [r.line for r in looser.train] == [1, 5, 6]  # the replaced word goes too, half the words still stays
+    loosest = prepare_data(C, DataOptions(dedup="minhash", dedup_threshold=0.5), train, [], 0.0, 0)
+    assert [r.line for r in loosest.train] == [1, 5, 6]
+
+    # Without labels (causal_lm text rows) the spam row is a duplicate like any other.
+    texts = rows(*({"text": r.data["text"]} for r in train))
+    unlabelled = prepare_data(Task.causal_lm, DataOptions(dedup="minhash"), texts, [], 0.0, 0)
+    assert [r.line for r in unlabelled.train] == [1, 4, 5]
+
+
+def test_minhash_is_deterministic_and_handles_short_rows() -> None:
+    train = rows(*({"text": t, "label": "ham"} for t in (FOLDER, *FOLDER_VARIANTS, "ok", "ok", "hi", "...", "ok?")))
+    kept, pairs = dedup_minhash(train, 0.8, by_label=True)
+    assert [r.line for r in kept] == [1, 4, 5, 6, 8, 9]  # "..." has no words: kept, never compared
+    assert [(a.line, b.line) for a, b in pairs] == [(1, 2), (1, 3), (6, 7), (6, 10)]
+    assert shingles("ok?") == {"ok"} and shingles("...") == set()
+    assert shingles("Hi  there 42") == {"hi th", "i the", " ther", "there"}
+    # The same rows whatever the job's seed (MinHash has its own fixed seed), and the same twice.
+    reports = [prepare_data(C, DataOptions(dedup="minhash"), train, [], 0.0, seed).report for seed in (0, 0, 7)]
+    assert reports[0] == reports[1] == reports[2]
+
+
+def test_dedup_threshold_is_validated() -> None:
+    assert DataOptions(dedup="minhash").dedup_threshold is None  # the report says 0.8
+    assert DataOptions(dedup="minhash", dedup_threshold=0.95).active
+    for bad in ({"dedup": "near", "dedup_threshold": 0.9}, {"dedup_threshold": 0.9}):
+        with pytest.raises(ValidationError, match="dedup_threshold is for dedup minhash only") as e:
+            DataOptions.model_validate(bad)
+        assert e.value.errors()[0]["loc"] == ("dedup_threshold",)
+    for value in (0.4, 1.01, float("nan")):
+        with pytest.raises(ValidationError) as e:
+            DataOptions(dedup="minhash", dedup_threshold=value)
+        assert e.value.errors()[0]["loc"] == ("dedup_threshold",)
+    with pytest.raises(ValidationError) as e:  # a bad dedup is reported as such, not as the threshold's fault
+        DataOptions.model_validate({"dedup": "fuzzy", "dedup_threshold": 0.9})
+    assert [err["loc"] for err in e.value.errors()] == [("dedup",)]
+
+
+@pytest.mark.skipif(not SMS_SPAM.exists(), reason="../shared/data/sms_spam is not here")
+def test_sms_spam_minhash_removes_more_than_near() -> None:
+    data = [json.loads(line) for line in SMS_SPAM.read_text().splitlines() if line.strip()]
+    train = [Row(i, d, "training_file") for i, d in enumerate(data, start=1)]
+    near = prepare_data(C, DataOptions(dedup="near"), train, [], 0.0, 0)
+    removed = {}
+    for threshold in (0.8, 0.9):
+        start = time.perf_counter()
+        prepared = prepare_data(C, DataOptions(dedup="minhash", dedup_threshold=threshold), train, [], 0.0, 0)
+        seconds = time.perf_counter() - start
+        assert step(prepared.report, "dedup_near") == step(near.report, "dedup_near")  # minhash comes after near
+        minhash = step(prepared.report, "dedup_minhash")
+        assert minhash["rows_in"] == len(near.train) and len(prepared.train) == minhash["rows_out"]
+        removed[threshold] = minhash["rows_in"] - minhash["rows_out"]
+        assert len(minhash["examples"]) == 5
+        for kept, dropped in minhash["examples"]:
+            assert kept < dropped and data[kept - 1]["label"] == data[dropped - 1]["label"]
+        print(f"sms_spam: near keeps {len(near.train)}, minhash {threshold} removes {removed[threshold]} more")
+        print(f"sms_spam: minhash {threshold} took {seconds:.2f} s")
+    assert removed[0.8] > removed[0.9] > 0  # at least as many as near, and more at the lower threshold
+
+
 @pytest.mark.skipif(not SMS_SPAM.exists(), reason="../shared/data/sms_spam is not here")
 def test_sms_spam_dedup_and_oversampling() -> None:
     data = [json.loads(line) for line in SMS_SPAM.read_text().splitlines() if line.strip()]
@@ -172,8 +257,12 @@ def test_weighted_loss(minilm: Path, tmp_path: Path) -> None:
 
 
 def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, minilm: Path) -> None:  # type: ignore[no-untyped-def]
-    data = [{"text": f"win a prize number {i}", "label": "spam"} for i in range(8)]
-    data += [{"text": f"see you at {i} today", "label": "ham"} for i in range(24)]
+    data = [{"text": f"win a {w} prize", "label": "spam"} for w in "car cup hat pen bag mug toy kit".split()]
+    places = "park pub gym office station beach library market cinema church school bank museum garden zoo hotel"
+    data += [{"text": f"see you at the {w} later", "label": "ham"} for w in (places + " cafe bakery").split()]
+    data += [{"text": f"shall we meet at {n} then", "label": "ham"} for n in ("noon", "six", "eight", "ten")]
+    dinner = "thanks for the lovely dinner last night, we should do it again soon with{} the kids"
+    data += [{"text": dinner.format(""), "label": "ham"}, {"text": dinner.format(" all"), "label": "ham"}]
     data += data[:4]  # exact duplicates
     request = JobCreate(
         model=str(minilm),
@@ -181,25 +270,34 @@ def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, mi
         training_file=upload_rows(env, data),
         method=LoraMethod(r=4, alpha=8, dropout=0.0),
         hyperparameters=Hyperparameters(max_steps=2, batch_size=8, max_seq_length=16, validation_split=0.25),
-        data=DataOptions(dedup="exact", balance="oversample", augment=["eda"]),
+        data=DataOptions(dedup="minhash", balance="oversample", augment=["eda"]),
     )
     job_id = submit(redis, env, request, validate=True)
     job = wait_for(redis, job_id, worker=worker, timeout=180)
     assert job["status"] == "succeeded", (job, worker.output()[-3000:])
     report = job["results"]["data"]
-    assert [s["step"] for s in report["steps"]] == ["dedup_exact", "split", "augment", "balance_oversample"]
+    assert [s["step"] for s in report["steps"]] == [
+        "dedup_exact",
+        "dedup_near",
+        "dedup_minhash",
+        "split",
+        "augment",
+        "balance_oversample",
+    ]
     assert step(report, "dedup_exact")["rows_out"] == 32
+    assert step(report, "dedup_minhash")["examples"] == [[31, 32]]  # the dinner with all the kids
     after = step(report, "balance_oversample")["after"]
     assert after["spam"] == after["ham"] == job["resolved"]["n_train"] // 2
     messages = [e["message"] for e in events(redis, job_id)]
     assert messages.count("data: dedup_exact: 36 -> 32 rows") == 1  # by the validation, not again in training
     assert messages.index("data: dedup_exact: 36 -> 32 rows") < messages.index("files validated; queued")
+    assert messages.count("data: dedup_minhash: 32 -> 31 rows") == 1
     root = store_root(env)
     saved = json.loads((root / artifact_path("default", job_id, "data_report.json")).read_text())
     assert saved == report
     split_val = (root / artifact_path("default", job_id, "split/validation.jsonl")).read_text().splitlines()
     split_train = (root / artifact_path("default", job_id, "split/train.jsonl")).read_text().splitlines()
-    assert len(split_val) == 8 == job["resolved"]["n_validation"]
+    assert len(split_val) == 8 == job["resolved"]["n_validation"]  # round(31 * 0.25)
     assert {json.loads(x)["line"] for x in split_val}.isdisjoint(json.loads(x)["line"] for x in split_train)
     assert report["tokens"]["examples"] == job["resolved"]["n_train"] and report["tokens"]["truncated"] == 0
 
