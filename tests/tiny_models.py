@@ -130,3 +130,26 @@ def build_tiny_t5(path: Path) -> Path:
     model.save_pretrained(tmp)
     tmp.rename(path)
     return path
+
+
+def build_tiny_bert(path: Path) -> Path:
+    """A random 2-layer BERT classifier base (hidden 32) + the tiny BPE tokenizer, saved."""
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -14,8 +14,9 @@ from jobs.continuation import Parent, attach, check_labels
 from jobs.data import Row
 from jobs.errors import DataError, InvalidMethod
 from tests.jobs.helpers import create_job, upload_rows
-from tests.jobs.test_safeguards import COLOURS, qa, run_job, tiny_bert
+from tests.jobs.test_safeguards import COLOURS, qa, run_job
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
+from tests.tiny_models import build_tiny_bert
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_child_starts_from_the_parents_weights(redis, env, monkeypatch, tiny_cau
 
 
 def test_classification_reuses_the_parents_labels(redis, env, monkeypatch, model_root: Path) -> None:  # type: ignore[no-untyped-def]
-    bert = tiny_bert(model_root / "tiny-bert")
+    bert = build_tiny_bert(model_root / "tiny-bert")
     rows = [{"text": f"{t} {i}", "label": label} for i in range(12) for label, t in (("a", "bake"), ("b", "kick"))]
     rows += [{"text": f"stir {i}", "label": "c"} for i in range(12)]
 

@@ -13,7 +13,7 @@ from jobs import safeguards
 from jobs.data import Row, causal_examples
 from jobs.trainer import JobTrainer, PadCollator
 from tests.jobs.helpers import create_job, events, read_job, upload_rows
-from tests.tiny_models import build_tiny_tokenizer
+from tests.tiny_models import build_tiny_bert
 
 COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "the sun": "yellow", "a fox": "brown", "coal": "black"}
 
@@ -35,28 +35,6 @@ def run_job(redis, env, monkeypatch, request: JobCreate) -> dict:  # type: ignor
     job_id = create_job(redis, request)
     run({"job_id": job_id, "tenant": "default", "attempt": 1})
     return {**read_job(redis, job_id), "events": events(redis, job_id)}
-
-
-def tiny_bert(path: Path) -> Path:
-    """A random 2-layer BERT classifier base (hidden 32) + the tiny BPE tokenizer, saved."""
-    if (path / "config.json").is_file():
-        return path
-    from transformers import BertConfig, BertModel
-
-    tokenizer = build_tiny_tokenizer()
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def lm_trainer(model_path: Path, rows: list[dict], steps: int, lr: float, **kw) -> JobTrainer:  # type: ignore[no-untyped-def]
@@ -161,7 +139,7 @@ def test_early_stopping_args_and_request_checks() -> None:
 def test_dropout_overrides_reach_the_modules(tmp_path: Path, tiny_causal_lm: Path) -> None:
     from jobs.inputs import load_model as _load_model
 
-    bert = tiny_bert(tmp_path / "bert")
+    bert = build_tiny_bert(tmp_path / "bert")
     from transformers import AutoConfig
 
     overrides = safeguards.dropout_overrides(AutoConfig.from_pretrained(bert), 0.33, 0.22)
@@ -267,7 +245,7 @@ def test_early_stopping_keeps_the_best_weights(redis, env, monkeypatch, tiny_cau
 
 
 def test_classification_bias_report_and_forgetting(redis, env, monkeypatch, model_root: Path) -> None:  # type: ignore[no-untyped-def]
-    bert = tiny_bert(model_root / "tiny-bert")
+    bert = build_tiny_bert(model_root / "tiny-bert")
     texts = {"cooking": ["bake the bread", "stir the soup", "chop onions"], "sports": ["kick the ball", "run fast"]}
     rows = [
         {"text": f"{t} {i}", "label": label, "group": "ab"[i % 2]}
