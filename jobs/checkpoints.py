@@ -20,7 +20,6 @@ so the logged loss windows (each the mean over the steps since the previous log)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -35,9 +34,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from client.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_dir
 from client.models import EventLevel, EventType
+from jobs.artifacts import sha256_file
 from jobs.inputs import short
 from jobs.report import Reporter
-from jobs.storage import Store
+from jobs.storage import Store, remove_checkpoints
 
 log = logging.getLogger("ftjobs.checkpoints")
 
@@ -130,7 +130,7 @@ class CheckpointCallback(TrainerCallback):
         rel = checkpoint_path(r.tenant, r.job_id, r.attempt, state.global_step)
         files = _upload_files(self.store, folder, rel, folder.name)
         best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
-        best_step = _step(best.name) if best else None
+        best_step = checkpoint_step(str(best)) if best else None
         if best and best.resolve() != folder.resolve() and best.is_dir():
             files.update(_upload_files(self.store, best, rel, best.name, weights_only=True))
         if r.cancel_requested():  # lost the job during the upload: the upload is garbage, the pointer not ours
@@ -197,7 +197,7 @@ def fetch(store: Store, reporter: Reporter, output_dir: Path) -> Checkpoint | No
             if not local.resolve().is_relative_to(output_dir.resolve()):
                 raise ValueError(f"{name} is outside the checkpoint")
             store.download(f"{pointer['path']}/{name}", local)
-            if local.stat().st_size != meta["bytes"] or _sha256(local) != meta["sha256"]:
+            if local.stat().st_size != meta["bytes"] or sha256_file(local) != meta["sha256"]:
                 raise ValueError(f"{name} does not match latest.json (partial or corrupt upload)")
         path = output_dir / folder
         state = json.loads((path / JOB_STATE).read_text())
@@ -214,7 +214,7 @@ def fetch(store: Store, reporter: Reporter, output_dir: Path) -> Checkpoint | No
         )
         shutil.rmtree(output_dir, ignore_errors=True)
         if not reporter.cancel_requested():
-            remove(store, reporter.tenant, reporter.job_id)
+            remove_checkpoints(store, reporter.tenant, reporter.job_id)
         return None
     # The best checkpoint (early stopping) now lives in this scratch folder, not the lost attempt's.
     best_step = pointer.get("best_step")
@@ -224,9 +224,10 @@ def fetch(store: Store, reporter: Reporter, output_dir: Path) -> Checkpoint | No
     return Checkpoint(step=step, attempt=attempt, path=path, state=state)
 
 
-def remove(store: Store, tenant: str, job_id: str) -> None:
-    """Delete every checkpoint of a job (it finished: they are big and of no further use)."""
-    store.remove_tree(checkpoints_dir(tenant, job_id))
+def checkpoint_step(path: str | None) -> int | None:
+    """The step of a Trainer checkpoint folder (`.../checkpoint-120`)."""
+    tail = path.rstrip("/").rsplit("-", 1)[-1] if path else ""
+    return int(tail) if tail.isdigit() else None
 
 
 # ----------------------------------------------------------------------------- our state next to the Trainer's
@@ -289,7 +290,7 @@ def _upload_files(store: Store, folder: Path, rel: str, prefix: str, weights_onl
         if weights_only and local.name.startswith(TRAINING_STATE_FILES):
             continue
         name = f"{prefix}/{local.relative_to(folder).as_posix()}"
-        files[name] = {"bytes": local.stat().st_size, "sha256": _sha256(local)}
+        files[name] = {"bytes": local.stat().st_size, "sha256": sha256_file(local)}
         store.upload(local, f"{rel}/{name}")
     return files
 
@@ -305,13 +306,3 @@ def _remove_others(store: Store, tenant: str, job_id: str, keep: str) -> None:
 
 def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _step(name: str) -> int | None:
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else None

@@ -21,8 +21,9 @@ from typing import Any
 from client.keys import artifact_path, file_path, job_record_path
 from client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
 from jobs import adapters
-from jobs.data import Row, label_of, read_jsonl
+from jobs.data import Row, label_of
 from jobs.errors import DataError, InvalidMethod
+from jobs.inputs import fetch_rows
 from jobs.methods import ADAPTER_CONFIG_ATTR
 from jobs.safeguards import InvalidRequest
 from jobs.storage import Store
@@ -79,10 +80,7 @@ def parent_rows(store: Store, tenant: str, parent: Parent, hp: Hyperparameters, 
     continued job without a reference_file. None when the parent's data is gone; EWC/replay then cannot run."""
     rows = None
     if parent.training_file and store.exists(file_path(tenant, parent.training_file)):
-        rows = read_jsonl(
-            store.download(file_path(tenant, parent.training_file), work / "parent" / "training.jsonl"),
-            f"parent {parent.job_id}'s training_file",
-        )
+        rows = fetch_rows(store, tenant, parent.training_file, f"parent {parent.job_id}'s training_file", work)
     if not rows:
         if hp.ewc_lambda > 0 or hp.replay_ratio > 0:
             raise InvalidRequest(

@@ -53,11 +53,6 @@ def bias_report(
     return out
 
 
-def checkpoint_step(path: str | None) -> int | None:
-    """The step of a Trainer checkpoint folder (`.../checkpoint-120`)."""
-    return int(path.rsplit("-", 1)[1]) if path and path.rsplit("-", 1)[-1].isdigit() else None
-
-
 def save_outputs(
     store: Store,
     out: Path,

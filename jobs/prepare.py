@@ -398,21 +398,26 @@ def _augment(rows: list[Row], options: DataOptions, rng: random.Random) -> list[
     return out
 
 
+def augment_model_path(options: DataOptions, param: str, model_roots: tuple[Path, ...]) -> Path:
+    """The local folder of `data.augment_model` / `data.augment_back_model`; ModelNotFound naming that field."""
+    from jobs.errors import ModelNotFound
+    from jobs.inputs import resolve_model_path
+
+    try:
+        return resolve_model_path(str(getattr(options, param)), model_roots)
+    except ModelNotFound as e:
+        raise ModelNotFound(e.message.replace("at ", f"({param}) at ", 1), param=f"data.{param}") from None
+
+
 def _model_augment(
     method: str, rows: list[Row], options: DataOptions, seed: int, model_roots: tuple[Path, ...]
 ) -> tuple[list[Row], dict[str, Any]]:
     """paraphrase (augment_model) or back_translate (augment_model, then augment_back_model back)."""
-    from jobs.errors import InvalidModel, ModelNotFound
-    from jobs.inputs import resolve_model_path
+    from jobs.errors import InvalidModel
     from jobs.paraphrase import Generator, rewrite_rows
 
     params = ["augment_model"] + (["augment_back_model"] if method == "back_translate" else [])
-    paths = []
-    for param in params:
-        try:
-            paths.append(resolve_model_path(str(getattr(options, param)), model_roots))
-        except ModelNotFound as e:
-            raise ModelNotFound(e.message.replace("at ", f"({param}) at ", 1), param=f"data.{param}") from None
+    paths = [augment_model_path(options, param, model_roots) for param in params]
 
     def stage(path: Path) -> Callable[[Sequence[str]], list[str]]:
         def generate(batch: Sequence[str]) -> list[str]:  # one model at a time: loaded, run, freed

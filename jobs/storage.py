@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from client.keys import checkpoints_dir
+
+log = logging.getLogger("ftjobs.storage")
 
 
 class Store:
@@ -59,3 +64,11 @@ class Store:
     def _parent(self, rel: str) -> None:
         if self.is_local:  # object stores have no directories to make
             self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+
+
+def remove_checkpoints(store: Store, tenant: str, job_id: str) -> None:
+    """Delete a finished job's resumable checkpoints (jobs/checkpoints.py); a store error is logged, not raised."""
+    try:
+        store.remove_tree(checkpoints_dir(tenant, job_id))
+    except Exception:
+        log.exception("could not delete the checkpoints of %s", job_id)

@@ -54,7 +54,7 @@ from jobs.inputs import fetch_rows, hyperparameters, load, load_model, resolve_m
 from jobs.methods import apply_method, load_options, parameter_counts
 from jobs.prepare import MODEL_AUGMENT, prepare_data, step_messages, token_report, write_report
 from jobs.report import Heartbeat, Reporter
-from jobs.storage import Store
+from jobs.storage import Store, remove_checkpoints
 from jobs.trainer import Cancelled, JobTrainer, PadCollator, ReportCallback, training_arguments
 from jobs.worker import WorkerSettings
 
@@ -84,7 +84,7 @@ def _attempt(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[st
     store = Store(settings.storage_url)
     if not reporter.start(worker_name, queue=rq_job.origin if rq_job else None):
         if JobStatus((reporter.read() or {}).get(JobField.status, JobStatus.queued)).is_terminal:
-            _remove_checkpoints(store, reporter)  # cancelled while a lost attempt's requeue waited
+            remove_checkpoints(store, p.tenant, p.job_id)  # cancelled while a lost attempt's requeue waited
         return {**summary, "status": "skipped"}  # cancelled while queued, or a newer attempt owns the job
 
     status, error, outputs = JobStatus.failed, None, None
@@ -110,7 +110,7 @@ def _attempt(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[st
         status = JobStatus.failed
     if reporter.finish(status, error=error, results=results, artifacts=outputs):
         _save_record(store, reporter)
-        _remove_checkpoints(store, reporter)  # finished: its checkpoints are of no further use
+        remove_checkpoints(store, p.tenant, p.job_id)  # finished: its checkpoints are of no further use
     return {**summary, "status": status.value, "error": error.code if error else None}
 
 
@@ -364,7 +364,7 @@ def train_job(
         results["early_stopping"] = {
             "metric": stopping["metric_for_best_model"],
             "best_metric": trainer.state.best_metric,
-            "best_step": outcome.checkpoint_step(trainer.state.best_model_checkpoint),
+            "best_step": checkpoints.checkpoint_step(trainer.state.best_model_checkpoint),
             "stopped_at_step": trainer.state.global_step,
             "stopped_early": trainer.state.global_step < total_steps,
         }
@@ -401,13 +401,6 @@ def train_job(
 
 
 # ----------------------------------------------------------------------------- steps of the story
-
-
-def _remove_checkpoints(store: Store, reporter: Reporter) -> None:
-    try:
-        checkpoints.remove(store, reporter.tenant, reporter.job_id)
-    except Exception:
-        log.exception("could not delete the job's checkpoints from the store")
 
 
 def _save_record(store: Store, reporter: Reporter) -> None:

@@ -28,9 +28,9 @@ from transformers import AutoTokenizer
 from client.keys import file_tokens_dir
 from client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload
 from jobs.data import build_datasets
-from jobs.errors import JobFailed, ModelNotFound
+from jobs.errors import JobFailed
 from jobs.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
-from jobs.prepare import MODEL_AUGMENT, prepare_data, step_messages, token_report
+from jobs.prepare import MODEL_AUGMENT, augment_model_path, prepare_data, step_messages, token_report
 from jobs.report import Heartbeat, Reporter
 from jobs.storage import Store
 from jobs.worker import WorkerSettings, enqueue_attempt
@@ -101,10 +101,7 @@ def check_files(
     options = request.data
     for param in ("augment_model", "augment_back_model"):  # they load in the training run; they must exist now
         if getattr(options, param):
-            try:
-                resolve_model_path(str(getattr(options, param)), settings.model_roots)
-            except ModelNotFound as e:
-                raise ModelNotFound(e.message.replace("at ", f"({param}) at ", 1), param=f"data.{param}") from None
+            augment_model_path(options, param, settings.model_roots)
 
     train_rows = fetch_rows(store, tenant, request.training_file, "training_file", work)
     validation_rows = (

@@ -23,10 +23,10 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from client.keys import HEARTBEATS_KEY, JobField, checkpoints_dir, parse_heartbeat_member
+from client.keys import HEARTBEATS_KEY, JobField, parse_heartbeat_member
 from client.models import EventLevel, JobError, JobStatus
 from jobs.report import Reporter
-from jobs.storage import Store
+from jobs.storage import Store, remove_checkpoints
 
 log = logging.getLogger("ftjobs.worker")
 
@@ -155,7 +155,7 @@ class Janitor(threading.Thread):
             return
         if record.get(JobField.cancel_requested):  # the user wanted it stopped anyway: no new attempt
             if reporter.finish(JobStatus.cancelled):
-                self._remove_checkpoints(tenant, job_id)
+                remove_checkpoints(Store(self.settings.storage_url), tenant, job_id)
             return
         if attempt < self.settings.max_attempts:
             if reporter.requeue(silence):
@@ -172,15 +172,7 @@ class Janitor(threading.Thread):
         )
         if reporter.finish(JobStatus.failed, error=error):
             log.warning("janitor: %s attempt %d lost; no attempts left, failed", job_id, attempt)
-            self._remove_checkpoints(tenant, job_id)
-
-    def _remove_checkpoints(self, tenant: str, job_id: str) -> None:
-        """A job that ends here (its worker lost) leaves no checkpoints behind (jobs/checkpoints.py)."""
-        try:
-            Store(self.settings.storage_url).remove_tree(checkpoints_dir(tenant, job_id))
-        except Exception:
-            log.exception("janitor: could not delete the checkpoints of %s", job_id)
-
+            remove_checkpoints(Store(self.settings.storage_url), tenant, job_id)
 
     def _retry_validation(self, reporter: Reporter, record: dict, silence: str) -> None:
         """A lost file validation runs again (it is cheap and repeatable), up to max_attempts times."""

@@ -149,12 +149,7 @@ class ProfileBuilder:
 
 
 def save_profile(storage: Storage, file: FileObject, profile: FileProfile) -> None:
-    writer = storage.writer(file_profile_path(file.tenant, file.id))
-    try:
-        writer.write(profile.model_dump_json().encode())
-        writer.commit()
-    finally:
-        writer.abort()
+    storage.write_bytes(file_profile_path(file.tenant, file.id), profile.model_dump_json().encode())
 
 
 def load_profile(storage: Storage, file: FileObject) -> FileProfile:

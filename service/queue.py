@@ -1,4 +1,4 @@
-"""The only module that talks to RQ: enqueue one attempt of a job by dotted path, cancel it while queued."""
+"""The only module that talks to RQ: enqueue a job's file validation by dotted path, cancel it while queued."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from service.config import Settings
 
 log = logging.getLogger("ftjobs.service")
 
-TRAIN_FUNC = "jobs.train.run"  # imported by the worker only: the API never imports `jobs`
-VALIDATE_FUNC = "jobs.validate.run"  # the job's validating_files phase (attempt 0); it enqueues attempt 1
+VALIDATE_FUNC = "jobs.validate.run"  # the job's validating_files phase (attempt 0), imported by the worker only;
+# it enqueues the training attempt (jobs.train.run) itself: the API never imports `jobs`
 VALIDATE_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -28,30 +28,18 @@ def rq_job_id(job_id: str, attempt: int) -> str:
 
 
 class JobQueue:
-    """RQ queue of one hardware class (settings.queue); payloads cross it as JSON, never pickle."""
+    """Hands new jobs to the workers: validation on settings.validate_queue, which queues the training attempt on
+    settings.queue (the hardware class); payloads cross as JSON, never pickle."""
 
     def __init__(self, connection: Redis, settings: Settings) -> None:
         self.connection = connection
         self.settings = settings
-        self.queue = Queue(settings.queue, connection=connection, serializer=JSONSerializer)
-
-    def enqueue(self, payload: QueuePayload) -> str:
-        """Enqueue `jobs.train.run(payload=...)` for one attempt; returns the RQ job id."""
-        job = self.queue.enqueue_call(
-            TRAIN_FUNC,
-            kwargs={"payload": payload.model_dump()},
-            job_id=rq_job_id(payload.job_id, payload.attempt),
-            timeout=self.settings.job_timeout_s,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=FAILURE_TTL_S,
-            description=f"train {payload.job_id} (tenant {payload.tenant}, attempt {payload.attempt})",
-        )
-        return str(job.id)
+        self.validate_queue = Queue(settings.validate_queue, connection=connection, serializer=JSONSerializer)
 
     def enqueue_validation(self, tenant: str, job_id: str) -> str:
-        """Enqueue `jobs.validate.run` (attempt 0) on the validation queue; it hands the job to `self.queue`."""
+        """Enqueue `jobs.validate.run` (attempt 0); it hands the job to the training queue `settings.queue`."""
         payload = QueuePayload(job_id=job_id, tenant=tenant, attempt=0, queue=self.settings.queue)
-        job = Queue(self.settings.validate_queue, connection=self.connection, serializer=JSONSerializer).enqueue_call(
+        job = self.validate_queue.enqueue_call(
             VALIDATE_FUNC,
             kwargs={"payload": payload.model_dump()},
             job_id=rq_job_id(job_id, 0),

@@ -29,6 +29,15 @@ class Storage:
         """An atomic writer for `path`: `write()` chunks, then `commit()`; `abort()` leaves nothing."""
         return AtomicWriter(self, path)
 
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a small document whole (through the atomic writer): it appears complete or not at all."""
+        writer = self.writer(path)
+        try:
+            writer.write(data)
+            writer.commit()
+        finally:
+            writer.abort()  # no-op after the commit
+
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(self.full_path(path)))
 

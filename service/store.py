@@ -32,7 +32,7 @@ from client.models import (
     MetricPoint,
 )
 from service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
-from service.records import as_text, event_json, job_from_hash, new_id, new_record, status_event
+from service.records import as_text, event_json, job_from_hash, new_record, status_event
 
 S = JobStatus
 StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (stream id, {field: value}) as redis-py returns it
@@ -70,9 +70,9 @@ class Store:
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(self, tenant: str, req: JobCreate, job_id: str | None = None, queue: str = "ftjobs-default") -> Job:
-        """Write the whole record (status validating_files), index it and log its first event, atomically."""
-        job_id = job_id or new_id("ftjob-")
+    def create_job(self, tenant: str, req: JobCreate, job_id: str, queue: str) -> Job:
+        """Write the whole record (status validating_files; `queue`: where it trains once validated), index it and
+        log its first event, atomically."""
         record = new_record(tenant, job_id, req, queue)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): json.dumps(v) for k, v in record.items()})
@@ -136,17 +136,6 @@ class Store:
             ],
         )
         return bool(written), json.loads(status) if status else ""
-
-    def mark_queued(self, tenant: str, job_id: str) -> bool:
-        """validating_files -> queued as attempt 1; False if the job left validating_files meanwhile."""
-        written, _ = self.guarded_write(
-            tenant,
-            job_id,
-            statuses=[S.validating_files],
-            fields={JobField.status: S.queued.value, JobField.attempt: 1},
-            entry=status_event(S.queued, "Job queued.", attempt=1),
-        )
-        return written
 
     def mark_failed(self, tenant: str, job_id: str, error: JobError) -> None:
         """Fail a job the API could not hand to the queue (no-op once a worker owns it)."""

@@ -29,7 +29,6 @@ from service.parquet import ParquetReader, is_parquet
 from service.profile import load_profile, save_profile
 from service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
 from service.records import new_id
-from service.storage import Storage
 from service.upload import read_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -69,15 +68,6 @@ def open_reader(filename: str, content_type: str, head: bytes, settings: Setting
     if is_csv(filename, content_type):
         return CsvReader(settings.max_upload_bytes, sink)
     return JsonlReader(settings.max_upload_bytes, sink)
-
-
-def save_line_map(storage: Storage, path: str, line_map: dict[str, object]) -> None:
-    writer = storage.writer(path)
-    try:
-        writer.write(json.dumps(line_map, separators=(",", ":")).encode())
-        writer.commit()
-    finally:
-        writer.abort()
 
 
 @router.post(
@@ -143,7 +133,8 @@ async def upload_file(
     try:
         await run_in_threadpool(save_profile, storage, file, reader.rows.profile.build(file_id))
         if (line_map := reader.line_map()) is not None:  # the worker's errors cite the user's lines
-            await run_in_threadpool(save_line_map, storage, file_lines_path(tenant, file_id), line_map)
+            data = json.dumps(line_map, separators=(",", ":")).encode()
+            await run_in_threadpool(storage.write_bytes, file_lines_path(tenant, file_id), data)
         await run_in_threadpool(store.add_file, file)
     except BaseException:
         await run_in_threadpool(storage.delete, path)  # no record, no orphaned dataset
