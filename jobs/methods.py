@@ -106,7 +106,7 @@ def peft_config(method: Any, task: Task, model: Any = None) -> PeftConfig:
     raise TypeError(f"{type(method).__name__} is not a peft method")
 
 
-def load_options(method: Any) -> dict[str, Any]:
+def load_options(method: Any, task: Task = Task.causal_lm) -> dict[str, Any]:
     """Extra from_pretrained arguments the method needs (4-bit loading for QLoRA); fails where it cannot work.
 
     QLoRA runs where bitsandbytes can quantize: a CUDA GPU (bf16/fp16 compute), or the CPU with a bitsandbytes
@@ -124,9 +124,16 @@ def load_options(method: Any) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    # A classification head is trained whole (modules_to_save): it and its submodules stay in full precision.
+    # transformers reads each pattern as a regex from the start of a module's name (or as its suffix).
+    skip = [rf"(?:.*\.)?{name}(?:\..*)?" for name in CLASSIFICATION_HEAD] if task == Task.classification else None
     return {
         "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=skip,  # (bitsandbytes' name for it in 4-bit loading too)
         )
     }
 

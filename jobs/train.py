@@ -204,7 +204,7 @@ def train_job(
         request.task,
         data.labels,
         **dropout,
-        **load_options(request.method),
+        **load_options(request.method, request.task),
     )
     if tokenizer.pad_token_id is None:  # decoder tokenizers often lack one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -96,3 +96,41 @@ def test_a_qlora_job_trains_and_merges_into_a_full_precision_model(  # type: ign
         with_adapter = PeftModel.from_pretrained(base, str(adapter))(input_ids=ids).logits
     assert torch.allclose(merged_logits, with_adapter, atol=1e-4)  # the adapter folded in exactly
     assert not torch.allclose(merged_logits, base_logits, atol=1e-3)  # and it learned something
+
+
+def test_a_qlora_classification_job_keeps_its_head_in_full_precision(  # type: ignore[no-untyped-def]
+    redis, env, monkeypatch, model_root: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests.jobs.test_safeguards import run_job
+    from tests.tiny_models import build_tiny_bert
+
+    bert = build_tiny_bert(model_root / "tiny-bert")
+    quantized = load_model(bert, Task.classification, ["a", "b"], **load_options(QLORA, Task.classification))
+    kinds = {name: type(m).__name__ for name, m in quantized.named_modules()}
+    assert kinds["classifier"] == kinds["bert.pooler.dense"] == "Linear" and "Linear4bit" in kinds.values()
+
+    rows = [{"text": f"good fine great {i}", "label": "pos"} for i in range(12)]
+    rows += [{"text": f"bad awful poor {i}", "label": "neg"} for i in range(12)]
+    request = JobCreate(
+        model=str(bert),
+        task=Task.classification,
+        training_file=upload_rows(env, rows),
+        method=QLORA.model_copy(update={"merge": True}),
+        hyperparameters=Hyperparameters(n_epochs=2, batch_size=8, learning_rate=1e-2, max_seq_length=16),
+    )
+    job = run_job(redis, env, monkeypatch, request)
+    assert job["status"] == "succeeded", job["error"]
+
+    root = store_root(env)
+    merged = AutoModelForSequenceClassification.from_pretrained(root / artifact_path("default", job["id"], "model"))
+    assert merged.config.id2label == {0: "neg", 1: "pos"}
+    assert getattr(merged.config, "quantization_config", None) is None
+    base = AutoModelForSequenceClassification.from_pretrained(bert, num_labels=2, dtype=torch.float32)
+    adapter = PeftModel.from_pretrained(base, str(root / artifact_path("default", job["id"], "adapter")))
+    tokenizer = AutoTokenizer.from_pretrained(bert)
+    inputs = tokenizer(["good fine great", "bad awful poor"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.allclose(merged.eval()(**inputs).logits, adapter.eval()(**inputs).logits, atol=1e-4)
