@@ -89,6 +89,25 @@ def parse_heartbeat_member(member: str) -> tuple[str, str, int]:
     return tenant, job_id, int(attempt)
 
 
+# Set of every job not yet in a terminal status: members `active_member(tenant, job_id)`. The API adds a job when
+# it creates it; the reconciler (jobs/reconcile.py) walks it and drops the jobs it finds finished.
+ACTIVE_JOBS_KEY = f"{PREFIX}:active"
+
+
+def active_member(tenant: str, job_id: str) -> str:
+    return f"{tenant}|{job_id}"
+
+
+def recovery_claim_key(tenant: str, job_id: str, run: int) -> str:
+    """SET NX by the one process that re-enqueues a job's lost validation `run` (validations share attempt 0)."""
+    return f"{PREFIX}:claim:{tenant}|{job_id}|0|{run}"
+
+
+def suspect_key(tenant: str, job_id: str, attempt: int, status: str) -> str:
+    """When a reconciler first saw this (job, attempt, status) with no live lease and no waiting RQ job."""
+    return f"{PREFIX}:suspect:{tenant}|{job_id}|{attempt}|{status}"
+
+
 # --------------------------------------------------------------------------- artifact store layout
 # Paths relative to the storage root URL (FTJOBS_STORAGE_URL, default file://<data_dir>/store).
 

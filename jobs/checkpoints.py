@@ -36,6 +36,7 @@ from client.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_di
 from client.models import EventLevel, EventType
 from jobs.artifacts import sha256_file
 from jobs.inputs import short
+from jobs.interrupts import INTERRUPTER, Preempted
 from jobs.report import Reporter
 from jobs.storage import Store, remove_checkpoints
 
@@ -86,6 +87,8 @@ class CheckpointCallback(TrainerCallback):
             return False
         if state.max_steps and state.global_step >= state.max_steps:
             return False  # training is over: the job's own artifacts come next, a resume would train nothing
+        if INTERRUPTER.preempt.is_set():
+            return True  # the worker is stopping: save what this attempt trained, then hand the job back
         by_steps = self.every_steps > 0 and state.global_step % self.every_steps == 0
         by_time = self.every_s > 0 and time.monotonic() - self._last >= self.every_s
         return by_steps or by_time
@@ -93,10 +96,16 @@ class CheckpointCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self._last = time.monotonic()
         self._saved_step = state.global_step  # a resumed run already has this one
+        INTERRUPTER.checkpointable = True  # a preemption now waits for the step end (and this checkpoint)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        INTERRUPTER.checkpointable = False
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.due(state):
             control.should_save = control.should_log = True  # the log: the loss up to here is in job_state.json
+        elif INTERRUPTER.preempt.is_set() and not (state.max_steps and state.global_step >= state.max_steps):
+            self._hand_back(state)  # no checkpoints configured: stop at this step end all the same
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.due(state):
@@ -119,6 +128,18 @@ class CheckpointCallback(TrainerCallback):
             )
         self._last = time.monotonic()
         self._saved_step = state.global_step
+        if INTERRUPTER.preempt.is_set():
+            self._hand_back(state)
+
+    def _hand_back(self, state: TrainerState) -> None:
+        """Preempted: stop at this step end; the worker requeues the job, which resumes from the last checkpoint."""
+        INTERRUPTER.acknowledge()
+        self.reporter.event(
+            f"the worker is stopping: handing the job back at step {state.global_step}",
+            level=EventLevel.warning,
+            data={"step": state.global_step, "checkpoint_step": self._saved_step, "attempt": self.reporter.attempt},
+        )
+        raise Preempted(f"preempted at step {state.global_step}")
 
     def upload(self, folder: Path, state: TrainerState) -> None:
         """Upload `folder` (+ job_state.json, + the best weights), then latest.json, then drop older uploads."""

@@ -13,9 +13,10 @@ from client.models import Artifact, JobCreate
 from jobs import artifacts, integrations, report_files, safeguards
 from jobs.data import Datasets
 from jobs.generation import Evaluator
+from jobs.interrupts import Cancelled
 from jobs.report import Reporter
 from jobs.storage import Store
-from jobs.trainer import Cancelled, ReportCallback
+from jobs.trainer import ReportCallback
 
 
 def generation_eval(evaluator: Evaluator, trainer: Any, reporter: Reporter, stage: str) -> dict[str, float]:

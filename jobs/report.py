@@ -12,16 +12,18 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from redis import Redis
 
 from client.keys import (
+    ACTIVE_JOBS_KEY,
     GUARDED_WRITE,
     HEARTBEATS_KEY,
     STREAM_FIELD,
     JobField,
+    active_member,
     events_key,
     heartbeat_member,
     job_key,
@@ -195,18 +197,26 @@ class Reporter:
         event = self._event_json(message, level, EventType.status, data)
         ok = self._write(fields, event, statuses=statuses)
         self.redis.zrem(HEARTBEATS_KEY, self.member)
+        if ok:
+            self.redis.srem(ACTIVE_JOBS_KEY, active_member(self.tenant, self.job_id))
         return ok
 
-    def requeue(self, reason: str) -> bool:
-        """running -> queued as the next attempt (used by the janitor for an attempt whose worker is gone)."""
+    def requeue(self, reason: str, free: bool = False) -> bool:
+        """queued or running -> queued as the next attempt, for an attempt that stopped without finishing
+        (jobs/reconcile.py). `free`: a preemption, not counted against max_attempts (`resolved.free_attempts`)."""
         fields: dict[str, Any] = {JobField.status: JobStatus.queued, JobField.attempt: self.attempt + 1}
+        data: dict[str, Any] = {"status": JobStatus.queued, "attempt": self.attempt + 1}
+        data["previous_attempt"] = self.attempt
+        if free:
+            resolved = dict((self.read() or {}).get(JobField.resolved) or {})
+            resolved["free_attempts"] = int(resolved.get("free_attempts") or 0) + 1
+            fields[JobField.resolved] = resolved
+            data["counted"] = False
+        note = " (not counted against the attempt limit)" if free else ""
         event = self._event_json(
-            f"{reason}; requeued as attempt {self.attempt + 1}",
-            EventLevel.warning,
-            EventType.status,
-            {"status": JobStatus.queued, "attempt": self.attempt + 1, "previous_attempt": self.attempt},
+            f"{reason}; requeued as attempt {self.attempt + 1}{note}", EventLevel.warning, EventType.status, data
         )
-        ok = self._write(fields, event)
+        ok = self._write(fields, event, statuses=[JobStatus.queued, JobStatus.running])
         self.redis.zrem(HEARTBEATS_KEY, self.member)
         return ok
 
@@ -320,11 +330,22 @@ class Reporter:
 
 class Heartbeat:
     """Heartbeats from a daemon thread while the job runs, so long silent phases (loading a model,
-    evaluating, uploading) do not look like a lost worker; the training callback adds progress."""
+    evaluating, uploading) do not look like a lost worker; the training callback adds progress.
 
-    def __init__(self, reporter: Reporter, interval_s: float) -> None:
+    It also looks for a cancel (or the loss of the job to a newer attempt) every `poll_s` and then calls
+    `on_stop` once: the job's main thread may be deep in a step that takes minutes (jobs/interrupts.py)."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        interval_s: float,
+        on_stop: Callable[[], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
         self.reporter = reporter
         self.interval_s = interval_s
+        self.poll_s = min(poll_s, interval_s)
+        self.on_stop = on_stop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="ftjobs-heartbeat", daemon=True)
 
@@ -337,10 +358,17 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        last = time.monotonic()
+        while not self._stop.wait(self.poll_s):
             try:
-                if not self.reporter.heartbeat():
-                    return  # no longer running at our attempt: nothing left to keep alive
+                owned = True
+                if time.monotonic() - last >= self.interval_s:
+                    last = time.monotonic()
+                    owned = self.reporter.heartbeat()
+                if not owned or self.reporter.cancel_requested():
+                    if self.on_stop is not None:
+                        self.on_stop()
+                    return  # cancelled or no longer ours: nothing left to keep alive
             except Exception:  # a Redis blip: the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
 

@@ -51,25 +51,28 @@ from jobs.errors import JobFailed
 from jobs.evaluate import classification_compute_metrics, summary
 from jobs.generation import Evaluator
 from jobs.inputs import fetch_rows, hyperparameters, load, load_model, resolve_model_path, short
+from jobs.interrupts import INTERRUPTER, Cancelled, Preempted
 from jobs.methods import apply_method, load_options, parameter_counts
 from jobs.prepare import MODEL_AUGMENT, prepare_data, step_messages, token_report, write_report
 from jobs.report import Heartbeat, Reporter
 from jobs.storage import Store, remove_checkpoints
-from jobs.trainer import Cancelled, JobTrainer, PadCollator, ReportCallback, training_arguments
-from jobs.worker import WorkerSettings
+from jobs.trainer import JobTrainer, PadCollator, ReportCallback, training_arguments
+from jobs.worker import WorkerSettings, connect
 
 log = logging.getLogger("ftjobs.train")
 LOG_POINTS = 50  # train-loss points per run: enough for a curve, few enough for the stream
+CANCEL_GRACE_S = 3.0  # seconds a step may run on after a cancel was seen before it is interrupted
 
 
 def run(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ job function: one attempt of one job; returns a small summary, never raises for a job failure."""
     p = QueuePayload.model_validate(payload)
     settings = WorkerSettings.from_env()
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         return _attempt(p, settings, redis)
     finally:
+        INTERRUPTER.disarm()
         redis.close()
 
 
@@ -89,11 +92,16 @@ def _attempt(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[st
 
     status, error, outputs = JobStatus.failed, None, None
     results: dict[str, Any] = {}
-    with Heartbeat(reporter, settings.heartbeat_s), tempfile.TemporaryDirectory(prefix="ftjobs-") as tmp:
+    # A cancel noticed by the heartbeat thread stops a step that takes minutes within seconds (jobs/interrupts.py).
+    stop = Heartbeat(reporter, settings.heartbeat_s, on_stop=lambda: INTERRUPTER.request(Cancelled, CANCEL_GRACE_S))
+    with stop, tempfile.TemporaryDirectory(prefix="ftjobs-") as tmp:
         try:
             status, results, outputs = train_job(record, settings, store, reporter, Path(tmp))
         except Cancelled:
             status = JobStatus.cancelled
+        except Preempted:  # the worker is stopping: it requeues the job, which resumes from its checkpoint
+            integrations.end(JobStatus.cancelled)
+            return {**summary, "status": "preempted"}
         except JobFailed as e:
             error = e.to_error()
         except (torch.OutOfMemoryError, MemoryError) as e:
@@ -106,6 +114,7 @@ def _attempt(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[st
             traceback.print_exc()
             error = JobError(code="internal_error", message=f"{type(e).__name__}: {short(e)}")
         integrations.end(status)  # W&B/MLflow runs a failure or a cancel left open (a no-op after finish)
+    INTERRUPTER.disarm()  # from here on only our own guarded writes: nothing may interrupt them
     if error is not None:
         status = JobStatus.failed
     if reporter.finish(status, error=error, results=results, artifacts=outputs):
@@ -311,7 +320,7 @@ def train_job(
         samples=request.eval_samples,
         max_seq_length=hp.max_seq_length,
         labels=data.labels,
-        should_stop=reporter.cancel_requested,
+        should_stop=lambda: _stop_seen(reporter),
     )
     baseline_predictions = None
     # A lost attempt's checkpoint: its step, histories and baseline instead of step 0 and a new baseline.
@@ -401,6 +410,14 @@ def train_job(
 
 
 # ----------------------------------------------------------------------------- steps of the story
+
+
+def _stop_seen(reporter: Reporter) -> bool:
+    """The Evaluator's cancel check: it stops by itself, so no interrupt is needed."""
+    if reporter.cancel_requested():
+        INTERRUPTER.acknowledge()
+        return True
+    return False
 
 
 def _save_record(store: Store, reporter: Reporter) -> None:

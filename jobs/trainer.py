@@ -14,6 +14,7 @@ from client.models import EventType, Hyperparameters, Progress
 from jobs import methods
 from jobs.data import IGNORE_INDEX
 from jobs.evaluate import eval_values
+from jobs.interrupts import INTERRUPTER, Cancelled
 from jobs.report import Reporter, finite
 
 
@@ -77,10 +78,6 @@ class JobTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class Cancelled(Exception):
-    """The job was cancelled (or this attempt lost the job) in the middle of an evaluation."""
-
-
 class PadCollator:
     """Right-pads each list field of a batch: input_ids with the pad id, labels with -100, the rest with 0."""
 
@@ -134,6 +131,7 @@ class ReportCallback(TrainerCallback):
         if beat:
             self._last_beat = now
         if self.reporter.step(self._progress(state), heartbeat=beat):
+            INTERRUPTER.acknowledge()  # stopping here, at a step end: no interrupt needed
             self.cancelled = True
             control.should_training_stop = True
         if self.cancelled:
@@ -154,6 +152,7 @@ class ReportCallback(TrainerCallback):
         if now - self._last_cancel_check >= self.heartbeat_s:
             self._last_cancel_check = now
             if self.reporter.cancel_requested():
+                INTERRUPTER.acknowledge()
                 self.cancelled = True
                 raise Cancelled()
 

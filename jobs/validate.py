@@ -30,10 +30,12 @@ from client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePaylo
 from jobs.data import build_datasets
 from jobs.errors import JobFailed
 from jobs.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
+from jobs.interrupts import INTERRUPTER, Cancelled, Preempted
 from jobs.prepare import MODEL_AUGMENT, augment_model_path, prepare_data, step_messages, token_report
+from jobs.reconcile import enqueue_attempt
 from jobs.report import Heartbeat, Reporter
 from jobs.storage import Store
-from jobs.worker import WorkerSettings, enqueue_attempt
+from jobs.worker import WorkerSettings, connect
 
 TOKEN_PROFILES_KEPT = 5  # token statistics kept per file (newest jobs)
 
@@ -42,10 +44,11 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ job function for attempt 0; returns a small summary, never raises for a job's bad files."""
     p = QueuePayload.model_validate(payload)
     settings = WorkerSettings.from_env()
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         return _validate(p, settings, redis)
     finally:
+        INTERRUPTER.disarm()
         redis.close()
 
 
@@ -62,14 +65,18 @@ def _validate(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[s
 
     error: JobError | None = None
     started = time.monotonic()
-    with Heartbeat(reporter, settings.heartbeat_s), tempfile.TemporaryDirectory(prefix="ftjobs-validate-") as tmp:
+    stop = Heartbeat(reporter, settings.heartbeat_s, on_stop=lambda: INTERRUPTER.request(Cancelled, 0))
+    with stop, tempfile.TemporaryDirectory(prefix="ftjobs-validate-") as tmp:
         try:
             checked = check_files(record, settings, Store(settings.storage_url), reporter, Path(tmp))
+        except (Cancelled, Preempted) as e:  # cancelled: nothing to write; preempted: the worker re-enqueues it
+            return {**summary, "status": type(e).__name__.lower()}
         except JobFailed as e:
             error = e.to_error()
         except Exception as e:  # our fault: one line in the record, the traceback in the worker's log
             traceback.print_exc()
             error = JobError(code="internal_error", message=f"validating files: {type(e).__name__}: {short(e)}")
+    INTERRUPTER.disarm()  # from here on only our own guarded writes: nothing may interrupt them
     if error is not None:
         reporter.finish(JobStatus.failed, error=error)
         return {**summary, "status": "failed", "error": error.code}

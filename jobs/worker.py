@@ -1,37 +1,51 @@
-"""The worker process: `python -m jobs.worker [--queue Q] [--burst] [--name N]`.
+"""The worker process: `python -m jobs.worker [--queue Q] [--burst] [--name N] [--validate-only]`.
 
-An RQ forking `Worker` on one queue (JSON payloads, never pickle) plus a janitor thread that requeues
-attempts whose heartbeat went stale (a worker killed, a machine lost). The parent process never imports
-torch: RQ forks a work horse per job, and a fork after torch ran can hang, so torch lives in
-`jobs.train.run` only. SIGTERM/SIGINT ask for RQ's warm shutdown (finish the current job, then exit);
-a second signal is a cold shutdown.
+An RQ forking `Worker` (JSON payloads, never pickle) that holds a lease on the job it runs from the moment it
+takes it, plus a reconciler thread (jobs/reconcile.py) that moves on jobs whose attempt died anywhere. The
+parent process never imports torch: RQ forks a work horse per job, and a fork after torch ran can hang, so
+torch lives in `jobs.train.run` only. The horse dies with its worker (PR_SET_PDEATHSIG).
+
+- A horse that dies (OOM kill, segfault, SIGKILL), before or after the job's first write: the worker sees it at
+  once and recovers the job (the next attempt resumes from its checkpoint).
+- SIGTERM/SIGINT (a deploy, a spot preemption, `ftjobs up` stopping): the horse saves a checkpoint at its next
+  step end and hands the job back, which goes to the front of its queue without spending an attempt; after
+  FTJOBS_PREEMPT_S (default 30) the horse is killed and the job goes back from its last checkpoint. Then the
+  worker exits. A second signal is a cold shutdown (the same hand-back, at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import os
-import threading
+import signal
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq import Queue, Worker
+from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
-from client.keys import HEARTBEATS_KEY, JobField, parse_heartbeat_member
-from client.models import EventLevel, JobError, JobStatus
-from jobs.report import Reporter
-from jobs.storage import Store, remove_checkpoints
+from client.keys import HEARTBEATS_KEY, heartbeat_member
+from client.models import QueuePayload
+from jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
+from jobs.reconcile import Reconciler, recover
 
 log = logging.getLogger("ftjobs.worker")
-
-JOB_FUNCTION = "jobs.train.run"  # dotted path: the queue carries names, never code
-VALIDATE_FUNCTION = "jobs.validate.run"
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class WorkerSettings:
     job_timeout_s: int  # RQ's limit for one attempt (same variable as the API's enqueue)
     checkpoint_s: float = 600  # seconds between resumable checkpoints of a running job (0: none by time)
     checkpoint_steps: int = 0  # also one every this many optimizer steps (0: none by steps; tests use it)
+    preempt_s: float = 30  # seconds a stopping worker gives its job to checkpoint and hand itself back
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -69,6 +84,7 @@ class WorkerSettings:
             job_timeout_s=int(env.get("FTJOBS_JOB_TIMEOUT_S") or 7 * 24 * 3600),
             checkpoint_s=float(env.get("FTJOBS_CHECKPOINT_S") or 600),
             checkpoint_steps=int(env.get("FTJOBS_CHECKPOINT_STEPS") or 0),
+            preempt_s=float(env.get("FTJOBS_PREEMPT_S") or 30),
         )
 
 
@@ -81,113 +97,121 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def enqueue_attempt(redis: Redis, queue: str, tenant: str, job_id: str, attempt: int, timeout_s: int) -> None:
-    """Put one attempt of a job on an RQ queue, as the API does (JSON payload, RQ id `<job_id>-<attempt>`)."""
-    Queue(queue, connection=redis, serializer=JSONSerializer).enqueue_call(
-        JOB_FUNCTION,
-        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": attempt}},
-        job_id=f"{job_id}-{attempt}",
-        timeout=timeout_s,
-        result_ttl=24 * 3600,  # seconds; the ftjobs record, not RQ's, is the lasting one
-        failure_ttl=7 * 24 * 3600,
-        description=f"train {job_id} (tenant {tenant}, attempt {attempt})",
+def connect(url: str) -> Redis:
+    """A Redis client that rides out a short outage (a restart, a failover) instead of failing the job: commands
+    are retried on connection errors with backoff for about a minute."""
+    retry = Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=15)
+    return Redis.from_url(
+        url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError], socket_connect_timeout=5
     )
 
 
-def enqueue_validation(redis: Redis, validate_queue: str, tenant: str, job_id: str, queue: str) -> None:
-    """Put a job's file validation (attempt 0) on the validation queue; it hands the job on to `queue`."""
-    Queue(validate_queue, connection=redis, serializer=JSONSerializer).enqueue_call(
-        VALIDATE_FUNCTION,
-        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": 0, "queue": queue}},
-        job_id=f"{job_id}-0-{int(time.time() * 1000)}",  # a retried validation gets a fresh RQ id
-        timeout=3600,
-        result_ttl=24 * 3600,
-        failure_ttl=7 * 24 * 3600,
-        description=f"validate files of {job_id} (tenant {tenant})",
-    )
+class JobWorker(Worker):
+    """RQ's forking worker with ftjobs' lease, crash recovery and preemption around each job it runs."""
 
-
-class Janitor(threading.Thread):
-    """Finds attempts whose heartbeat is older than `stale_after_s`; requeues them or fails the job."""
-
-    def __init__(self, redis: Redis, settings: WorkerSettings, default_queue: str) -> None:
-        super().__init__(name="ftjobs-janitor", daemon=True)
-        self.redis = redis
+    def __init__(self, *args: Any, settings: WorkerSettings, **kw: Any) -> None:
+        super().__init__(*args, job_monitoring_interval=max(1, round(settings.heartbeat_s)), **kw)
         self.settings = settings
-        self.default_queue = default_queue
-        self.interval_s = max(0.2, settings.stale_after_s / 4)
-        self._stop_event = threading.Event()
+        self._payload: QueuePayload | None = None  # the ftjobs attempt the current horse runs
+        self._preempt_deadline: float | None = None  # monotonic; set when a stop was asked for mid-job
+        self._horse_status: int | None = None  # waitpid status of a horse that died
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            try:
-                self.sweep()
-            except Exception:  # a Redis blip must not kill the thread; the next sweep retries
-                log.exception("janitor sweep failed")
+    # ----------------------------------------------------------------- around one job (the worker process)
 
-    def stop(self) -> None:
-        self._stop_event.set()
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        self._payload = _payload(job)
+        self._horse_status = None
+        if self._payload is not None:
+            self._renew_lease()  # ours from now on, before the horse imports anything
+        try:
+            super().execute_job(job, queue)
+        finally:
+            payload, self._payload = self._payload, None
+            if payload is not None:
+                self._after_horse(payload)
 
-    def sweep(self, now: float | None = None) -> int:
-        """Handle every stale heartbeat once; returns how many were found."""
-        cutoff = (time.time() if now is None else now) - self.settings.stale_after_s
-        members: list[bytes] = self.redis.zrangebyscore(HEARTBEATS_KEY, "-inf", cutoff)  # type: ignore[assignment]
-        for raw in members:
-            score = self.redis.zscore(HEARTBEATS_KEY, raw)
-            if score is None or score > cutoff:
-                continue  # it beat again since we looked, or another janitor took it
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
-            try:
-                self._recover(*parse_heartbeat_member(member))
-            finally:
-                self.redis.zrem(HEARTBEATS_KEY, raw)
-        return len(members)
+    def maintain_heartbeats(self, job: RQJob, execution: Any) -> None:
+        super().maintain_heartbeats(job, execution)
+        if self._payload is not None:
+            self._renew_lease()
+        if self._preempt_deadline is not None and time.monotonic() > self._preempt_deadline and self.horse_pid:
+            log.warning("job did not hand itself back within %g s; killing its work horse", self.settings.preempt_s)
+            self.kill_horse(signal.SIGKILL)
 
-    def _recover(self, tenant: str, job_id: str, attempt: int) -> None:
-        reporter = Reporter(self.redis, tenant, job_id, attempt)
-        record = reporter.read()
-        phase = JobStatus.validating_files if attempt == 0 else JobStatus.running
-        if not record or record.get(JobField.status) != phase or record.get(JobField.attempt) != attempt:
-            return  # finished, cancelled or already requeued: only the heartbeat is left to clean up
-        silence = f"worker lost (no heartbeat for {self.settings.stale_after_s:g} s)"
-        if attempt == 0:
-            self._retry_validation(reporter, record, silence)
-            return
-        if record.get(JobField.cancel_requested):  # the user wanted it stopped anyway: no new attempt
-            if reporter.finish(JobStatus.cancelled):
-                remove_checkpoints(Store(self.settings.storage_url), tenant, job_id)
-            return
-        if attempt < self.settings.max_attempts:
-            if reporter.requeue(silence):
-                # The job's own queue (recorded by the worker that started it) keeps its hardware class.
-                queue = (record.get(JobField.resolved) or {}).get("queue") or self.default_queue
-                enqueue_attempt(self.redis, queue, tenant, job_id, attempt + 1, self.settings.job_timeout_s)
-                log.warning(
-                    "janitor: %s attempt %d lost; requeued as attempt %d", job_id, attempt, attempt + 1
-                )
-            return
-        error = JobError(
-            code="worker_lost",
-            message=f"{silence} on attempt {attempt}; no attempts left (max {self.settings.max_attempts})",
-        )
-        if reporter.finish(JobStatus.failed, error=error):
-            log.warning("janitor: %s attempt %d lost; no attempts left, failed", job_id, attempt)
-            remove_checkpoints(Store(self.settings.storage_url), tenant, job_id)
+    def handle_work_horse_killed(self, job: RQJob, retpid: int, ret_val: int, rusage: Any) -> None:
+        self._horse_status = ret_val
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
-    def _retry_validation(self, reporter: Reporter, record: dict, silence: str) -> None:
-        """A lost file validation runs again (it is cheap and repeatable), up to max_attempts times."""
-        resolved = dict(record.get(JobField.resolved) or {})
-        tries = int(resolved.get("validation_attempts") or 1)
-        if tries >= self.settings.max_attempts:
-            message = f"{silence} while validating files, {tries} times; no attempts left"
-            reporter.finish(JobStatus.failed, error=JobError(code="worker_lost", message=message))
-            log.warning("janitor: %s validation lost %d times, failed", reporter.job_id, tries)
-            return
-        if reporter.resolved({"validation_attempts": tries + 1}):
-            reporter.event(f"{silence} while validating files; validating again", level=EventLevel.warning)
-            queue = resolved.get("queue") or self.default_queue
-            enqueue_validation(self.redis, self.settings.validate_queue, reporter.tenant, reporter.job_id, queue)
-            log.warning("janitor: %s validation lost; enqueued again", reporter.job_id)
+    def _renew_lease(self) -> None:
+        p = self._payload
+        assert p is not None
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the reconciler waits for Redis too
+            self.connection.zadd(HEARTBEATS_KEY, {heartbeat_member(p.tenant, p.job_id, p.attempt): time.time()})
+
+    def _after_horse(self, p: QueuePayload) -> None:
+        """The horse is gone: if it left the job unfinished at its attempt, move the job on now."""
+        preempted = self._preempt_deadline is not None
+        if self._horse_status is not None and os.WIFSIGNALED(self._horse_status):
+            how = f"killed by signal {os.WTERMSIG(self._horse_status)}"
+        elif self._horse_status is not None:
+            how = f"exited with status {os.WEXITSTATUS(self._horse_status)}"
+        else:
+            how = "returned"
+        reason = "the worker is stopping" if preempted else f"the work horse {how}"
+        try:
+            done = recover(self.connection, self.settings, p.tenant, p.job_id, p.attempt, reason, free=preempted)
+            if done:
+                log.warning("%s attempt %d: %s -> %s", p.job_id, p.attempt, reason, done)
+        except Exception:  # Redis unreachable: the reconciler finds the stale lease later
+            log.warning("could not recover %s attempt %d", p.job_id, p.attempt, exc_info=True)
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+            self.connection.zrem(HEARTBEATS_KEY, heartbeat_member(p.tenant, p.job_id, p.attempt))
+
+    # ----------------------------------------------------------------- stopping
+
+    def _shutdown(self) -> None:
+        """First SIGTERM/SIGINT: ask the horse to checkpoint and hand its job back, then exit (RQ's warm stop)."""
+        if self.get_state() == WorkerStatus.BUSY and self.horse_pid and self._preempt_deadline is None:
+            self._preempt_deadline = time.monotonic() + self.settings.preempt_s
+            log.warning("stopping: the running job checkpoints and goes back to its queue (at most %g s)",
+                        self.settings.preempt_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.horse_pid, PREEMPT_SIGNAL)
+        super()._shutdown()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Second signal: kill the horse now; its job still goes back to the front of its queue (_after_horse)."""
+        if self._preempt_deadline is None:
+            self._preempt_deadline = time.monotonic()
+        super().request_force_stop(signum, frame)
+
+    # ----------------------------------------------------------------- the horse (a forked child)
+
+    def main_work_horse(self, job: RQJob, queue: Queue) -> None:
+        _die_with_parent()
+        INTERRUPTER.install(preempt_grace_s=self.settings.preempt_s / 2)  # half to end the step, half to save
+        super().main_work_horse(job, queue)
+
+
+def _payload(job: RQJob) -> QueuePayload | None:
+    """The ftjobs attempt an RQ job runs (None for anything else on the queue)."""
+    try:
+        return QueuePayload.model_validate((job.kwargs or {}).get("payload"))
+    except (ValidationError, TypeError, ValueError):
+        return None
+
+
+def _die_with_parent() -> None:
+    """In the horse: Linux kills it if its worker dies, so a job never runs on unsupervised (best effort)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os._exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,25 +228,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = WorkerSettings.from_env()
-    queue_name = args.queue or settings.queue
+    settings = dataclasses.replace(settings, queue=args.queue or settings.queue)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    connection = Redis.from_url(settings.redis_url)
+    connection = connect(settings.redis_url)
     # Validations first: they take seconds and tell a user early that a job cannot train.
-    names = [settings.validate_queue] + ([] if args.validate_only else [queue_name])
+    names = [settings.validate_queue] + ([] if args.validate_only else [settings.queue])
     queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    worker = Worker(queues, connection=connection, name=args.name, serializer=JSONSerializer)
-    # The janitor gets its own connection: the forked work horse never touches it.
-    janitor = Janitor(Redis.from_url(settings.redis_url), settings, queue_name)
-    janitor.start()
+    worker = JobWorker(queues, connection=connection, name=args.name, serializer=JSONSerializer, settings=settings)
+    # The reconciler gets its own connection: the forked work horse never touches it.
+    reconciler = Reconciler(connect(settings.redis_url), settings)
+    reconciler.start()
     print(
         f"worker {worker.name} listening on {', '.join(names)} (redis {redact_url(settings.redis_url)})", flush=True
     )
     try:
         worker.work(burst=args.burst, logging_level="INFO")
     finally:
-        janitor.stop()
+        reconciler.stop()
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

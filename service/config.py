@@ -30,6 +30,9 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(default=GIB, ge=1)
     job_timeout_s: int = Field(default=7 * DAY_S, ge=1)
     max_attempts: int = Field(default=3, ge=1)
+    # Temporary files (half-written datasets, Parquet spools) untouched this long are a killed API's
+    # leftovers and are swept; an upload still running on another replica keeps writing to its own.
+    temp_max_age_s: int = Field(default=3600, ge=0)
     # API key -> tenant; empty = no auth, every request is tenant `default`. Kept out of reprs (secrets).
     api_keys: dict[str, str] = Field(default_factory=dict, repr=False)
 
@@ -50,6 +53,7 @@ class Settings(BaseModel):
             max_upload_bytes=_int(env, "FTJOBS_MAX_UPLOAD_BYTES", GIB),
             job_timeout_s=_int(env, "FTJOBS_JOB_TIMEOUT_S", 7 * DAY_S),
             max_attempts=_int(env, "FTJOBS_MAX_ATTEMPTS", 3),
+            temp_max_age_s=_int(env, "FTJOBS_TEMP_MAX_AGE_S", 3600),
             api_keys=parse_api_keys(env.get("FTJOBS_API_KEYS") or ""),
         )
 

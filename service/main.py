@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -15,9 +17,12 @@ from service.handlers import DeclaredBodyLimit, install_error_handlers
 from service.queue import JobQueue
 from service.routes import artifacts, files, health, jobs
 from service.routes.jobs import MAX_JSON_BODY_BYTES
-from service.storage import Storage
+from service.storage import Storage, sweep_folder
 from service.store import Store
 from service.version import API_VERSION
+
+log = logging.getLogger("ftjobs.service")
+SWEEP_INTERVAL_S = 600  # stale temporary files are looked for at startup, then this often
 
 DESCRIPTION = (
     "Fine-tune language models as jobs. Every error is "
@@ -28,6 +33,24 @@ DESCRIPTION = (
 def operation_id(route: APIRoute) -> str:
     """Stable operationIds: `{tag}-{function name}`, e.g. `jobs-create_job`."""
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def sweep_temp_files(storage: Storage, settings: Settings) -> None:
+    """Delete what killed uploads left: AtomicWriter temporaries in the store, spools in the data folder."""
+    removed = storage.sweep_temp(settings.temp_max_age_s)
+    removed += sweep_folder(files.spool_dir(settings), settings.temp_max_age_s)
+    if removed:
+        log.info("removed %d stale temporary file(s): %s", len(removed), ", ".join(removed[:10]))
+
+
+async def sweep_forever(storage: Storage, settings: Settings) -> None:
+    """Sweep now, then every SWEEP_INTERVAL_S, off the event loop; a failed sweep is logged and retried."""
+    while True:
+        try:
+            await asyncio.to_thread(sweep_temp_files, storage, settings)
+        except Exception:
+            log.exception("sweeping stale temporary files failed; retrying in %d s", SWEEP_INTERVAL_S)
+        await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,9 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = Store(redis)
         app.state.queue = JobQueue(redis, settings)
         app.state.storage = Storage(settings.storage_url)
+        # In the background: a large store must not delay startup.
+        sweeper = asyncio.create_task(sweep_forever(app.state.storage, settings))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
             redis.close()
 
     app = FastAPI(

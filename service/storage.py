@@ -1,18 +1,23 @@
 """The artifact/dataset store behind an fsspec URL (file:// by default, s3:// at scale).
 
 Paths are the ones of `client/keys.py`, relative to the storage root. Writes are atomic: data goes to
-`<path>.tmp-<random>` and is moved into place only once complete, so no reader sees half a file.
+`<path>.tmp-<random>` and is moved into place only once complete, so no reader sees half a file. A
+process killed mid-write leaves its temporary file behind; `sweep_temp` deletes the stale ones.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
 import fsspec
 
 CHUNK_BYTES = 1024 * 1024
+TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{16}$")  # AtomicWriter's temporary siblings (token_hex(8))
 
 
 class Storage:
@@ -68,6 +73,31 @@ class Storage:
         if self.fs.exists(full):
             self.fs.rm(full)
 
+    def sweep_temp(self, max_age_s: float) -> list[str]:
+        """Delete AtomicWriter temporaries not modified for `max_age_s` seconds; returns their full paths.
+
+        A writer still in use keeps its file's modification time fresh, so only a dead one's file goes.
+        The whole store is listed: a local walk is cheap, and an object store rarely holds any (an
+        unfinished object upload is no object), so this runs only every few minutes.
+        """
+        if not self.fs.exists(self.root):
+            return []
+        cutoff = time.time() - max_age_s
+        removed = []
+        for full in self.fs.find(self.root):
+            if not TMP_NAME.search(str(full)):
+                continue
+            try:
+                if self.fs.modified(full).timestamp() > cutoff:
+                    continue
+                self.fs.rm(full)
+            except NotImplementedError:  # a store without modification times: age unknown, keep it
+                continue
+            except FileNotFoundError:  # committed or aborted meanwhile
+                continue
+            removed.append(str(full))
+        return removed
+
 
 class AtomicWriter:
     """Writes to a temporary sibling and renames it into place on commit."""
@@ -99,3 +129,22 @@ class AtomicWriter:
                 self.storage.fs.rm(self.tmp)
             except FileNotFoundError:
                 pass
+
+
+def sweep_folder(folder: str, max_age_s: float) -> list[str]:
+    """Delete the files directly in local `folder` not modified for `max_age_s` seconds; returns their paths."""
+    cutoff = time.time() - max_age_s
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat().st_mtime > cutoff:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:  # its upload finished (and removed it) meanwhile
+            continue
+        removed.append(entry.path)
+    return removed

@@ -36,6 +36,21 @@ from service.records import as_text, event_json, job_from_hash, new_record, stat
 
 S = JobStatus
 StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (stream id, {field: value}) as redis-py returns it
+MAX_STREAM_PART = 2**64 - 1  # each part of a Redis stream id `<ms>-<seq>` is an unsigned 64-bit integer
+LAST_STREAM_ID = f"{MAX_STREAM_PART}-{MAX_STREAM_PART}"
+_STREAM_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # ASCII digits only (`\d` also matches other scripts)
+
+
+def stream_cursor(after: str) -> str:
+    """A stream cursor `<ms>[-<seq>]` as Redis reads it (`<ms>-<seq>`); ValueError when it names no stream id."""
+    match = _STREAM_ID.fullmatch(after)
+    if match is None:
+        raise ValueError("must be a stream id `<ms>-<seq>` (e.g. `0-0`)")
+    # Leading zeros and the length first: int() refuses a string of over 4300 digits.
+    parts = [(part or "0").lstrip("0") or "0" for part in match.groups()]
+    if any(len(part) > len(str(MAX_STREAM_PART)) or int(part) > MAX_STREAM_PART for part in parts):
+        raise ValueError(f"each part of a stream id must be at most {MAX_STREAM_PART} (2^64-1)")
+    return "-".join(parts)
 
 
 class Store:
@@ -77,6 +92,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): json.dumps(v) for k, v in record.items()})
         pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})
+        pipe.sadd(keys.ACTIVE_JOBS_KEY, keys.active_member(tenant, job_id))  # watched by the workers' reconciler
         self._xadd(pipe, keys.events_key(tenant, job_id), status_event(S.validating_files, "Job created."))
         pipe.execute()
         return self.get_job(tenant, job_id)
@@ -249,7 +265,12 @@ class Store:
     def _stream_page(
         self, key: str, after: str | None, limit: int
     ) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
-        low = f"({after}" if after else "-"
+        low = "-"
+        if after:
+            cursor = stream_cursor(after)
+            if cursor == LAST_STREAM_ID:  # nothing can follow it (and Redis refuses the exclusive range)
+                return [], False
+            low = f"({cursor}"
         raw = cast(list[StreamEntry], self.redis.xrange(key, min=low, max="+", count=limit + 1))
         entries = [(as_text(sid), json.loads(body[keys.STREAM_FIELD.encode()])) for sid, body in raw[:limit]]
         return entries, len(raw) > limit

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
@@ -124,7 +124,14 @@ async def read_upload(
     except FormParserError as exc:
         raise MalformedBody(f"The multipart body cannot be parsed: {exc}") from None
     except ClientDisconnect:
-        raise MalformedBody("The upload was interrupted.") from None
+        raise MalformedBody("The upload was interrupted.", param=file_field) from None
+    if parser.state != MultipartState.END:
+        # finalize() does not check this: a body cut short (a client or proxy that gave up) would
+        # otherwise be stored as a shorter, valid-looking file. Bytes after the closing boundary
+        # (an epilogue, RFC 2046) are ignored by the parser and accepted.
+        raise MalformedBody(
+            "The multipart body ended before its closing boundary: the upload is incomplete.", param=file_field
+        )
     if parts.pending_bytes:
         await run_in_threadpool(consume, parts.take())
     if parts.filename is None:

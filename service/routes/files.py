@@ -61,10 +61,15 @@ AfterQuery = Annotated[
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size.")]
 
 
+def spool_dir(settings: Settings) -> str:
+    """The local folder of upload spools (Parquet); what a killed API leaves there is swept (service/main.py)."""
+    return os.path.join(settings.data_dir, "tmp")
+
+
 def open_reader(filename: str, content_type: str, head: bytes, settings: Settings, sink: Sink) -> Reader:
     """The reader for an upload, from its name, Content-Type and first bytes; all of them store JSONL."""
     if is_parquet(filename, content_type, head):
-        return ParquetReader(settings.max_upload_bytes, sink, tmp_dir=os.path.join(settings.data_dir, "tmp"))
+        return ParquetReader(settings.max_upload_bytes, sink, tmp_dir=spool_dir(settings))
     if is_csv(filename, content_type):
         return CsvReader(settings.max_upload_bytes, sink)
     return JsonlReader(settings.max_upload_bytes, sink)

@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import AfterValidator
 
 from client.models import (
     JOB_ID_PATTERN,
@@ -39,12 +40,12 @@ from service.errors import (
 from service.job_checks import check_files, check_model, check_parent
 from service.queue import JobQueue
 from service.records import new_id
-from service.store import Store
+from service.store import Store, stream_cursor
 
 log = logging.getLogger("ftjobs.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-STREAM_ID_PATTERN = r"^\d+(-\d+)?$"
+STREAM_ID_PATTERN = r"^[0-9]+(-[0-9]+)?$"
 MAX_JSON_BODY_BYTES = 1024 * 1024  # a JobCreate is a few KB; never buffer more than this
 IdempotencyKey = Annotated[
     str | None,
@@ -61,7 +62,11 @@ JobAfter = Annotated[
 ]
 StreamAfter = Annotated[
     str | None,
-    Query(pattern=STREAM_ID_PATTERN, description="Cursor: the last seen id (`0-0` = from the start)."),
+    Query(
+        pattern=STREAM_ID_PATTERN,
+        description="Cursor: the last seen id `<ms>-<seq>` (`0-0` = from the start); each part at most 2^64-1.",
+    ),
+    AfterValidator(stream_cursor),  # past 2^64-1: a 422 here, not Redis's refusal (a 500)
 ]
 REPLAYED = {
     "model": Job,

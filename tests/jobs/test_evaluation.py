@@ -159,7 +159,7 @@ def test_classification_samples_hold_the_predicted_label(tiny_causal_lm: Path) -
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from jobs.generation import Evaluator
-    from jobs.trainer import Cancelled
+    from jobs.interrupts import Cancelled
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_causal_lm, num_labels=2)

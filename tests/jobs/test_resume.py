@@ -165,7 +165,7 @@ def _attempt(redis, job_id: str, attempt: int) -> Reporter:  # type: ignore[no-u
 
 
 def _lose(reporter: Reporter) -> Reporter:
-    """What the janitor does for a lost attempt; returns the next attempt, started."""
+    """What the reconciler does for a lost attempt; returns the next attempt, started."""
     assert reporter.requeue("worker lost")
     return _attempt(reporter.redis, reporter.job_id, reporter.attempt + 1)
 
@@ -437,7 +437,8 @@ def test_a_lost_attempt_resumes_from_its_last_checkpoint(redis, env, tiny_causal
 
 
 def test_a_job_the_janitor_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm: Path) -> None:
-    from jobs.worker import Janitor, WorkerSettings
+    from jobs.reconcile import Reconciler
+    from jobs.worker import WorkerSettings
 
     settings = WorkerSettings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "1"})
     job_id = create_job(redis, JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20), status="running")
@@ -446,7 +447,7 @@ def test_a_job_the_janitor_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm
     saved.parent.mkdir(parents=True)
     saved.write_bytes(b"x")
 
-    assert Janitor(redis, settings, "q").sweep() == 1
+    assert Reconciler(redis, settings).sweep_leases(time.time()) == 1
     job = read_job(redis, job_id)
     assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
     assert not (store_root(env) / keys.checkpoints_dir("default", job_id)).exists()

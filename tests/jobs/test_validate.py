@@ -12,7 +12,8 @@ from rq.serializers import JSONSerializer
 from client.cli import describe_profile
 from client.keys import HEARTBEATS_KEY, heartbeat_member
 from client.models import JobCreate, JobStatus
-from jobs.worker import Janitor, WorkerSettings
+from jobs.reconcile import Reconciler
+from jobs.worker import WorkerSettings
 from tests.conftest import QUEUE
 from tests.jobs.helpers import VALIDATE_QUEUE, create_job, events, guarded_write, read_job, upload_rows
 
@@ -103,13 +104,13 @@ def test_the_janitor_validates_again_after_a_lost_validation_then_gives_up(  # t
     redis, env, tiny_causal_lm: Path
 ) -> None:
     settings = WorkerSettings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "2", "FTJOBS_STALE_AFTER_S": "5"})
-    janitor = Janitor(redis, settings, QUEUE)
+    reconciler = Reconciler(redis, settings)
     request = JobCreate(model=str(tiny_causal_lm), training_file=upload_rows(env, long_rows(8)))
     job_id = create_job(redis, request, status="validating_files", attempt=0)
     member = heartbeat_member("default", job_id, 0)
 
     redis.zadd(HEARTBEATS_KEY, {member: time.time() - 60})  # its validating worker died
-    assert janitor.sweep() == 1
+    assert reconciler.sweep_leases(time.time()) == 1
     record = read_job(redis, job_id)
     assert record["status"] == "validating_files" and record["resolved"]["validation_attempts"] == 2
     validations = Queue(VALIDATE_QUEUE, connection=redis, serializer=JSONSerializer).jobs
@@ -118,7 +119,7 @@ def test_the_janitor_validates_again_after_a_lost_validation_then_gives_up(  # t
     assert "validating again" in events(redis, job_id)[-1]["message"]
 
     redis.zadd(HEARTBEATS_KEY, {member: time.time() - 60})  # and the second one too
-    janitor.sweep()
+    reconciler.sweep_leases(time.time())
     record = read_job(redis, job_id)
     assert record["status"] == "failed" and record["error"]["code"] == "worker_lost"
     assert redis.zcard(HEARTBEATS_KEY) == 0

@@ -1,0 +1,280 @@
+"""Every accepted job reaches a terminal status without a person: leases, recovery and the reconciler.
+
+Ownership of a job between "enqueued" and "finished" never lives only in RQ:
+- the lease: the attempt's member in HEARTBEATS_KEY, written by the worker process the moment it takes the RQ job
+  (before the work horse imports anything) and renewed by the worker and the horse while it runs;
+- `recover()`: the one way a job whose attempt died goes on: a new validation, or the next training attempt (which
+  resumes from the job's checkpoint), or `worker_lost` once `max_attempts` crashes are spent; with an event saying
+  why. A preemption (`free=True`: the worker was asked to stop) is not counted and goes to the front of the queue;
+- `Reconciler`: a thread in every worker (safe to run in any number of processes at once: every transition is a
+  guarded write at the attempt it found, so only one of them wins) that finds what died without anyone noticing:
+  leases gone stale (a worker killed with its horse, a machine lost) and jobs in validating_files / queued /
+  running with neither a live lease nor a waiting RQ job (a horse killed between RQ's dequeue and the job's first
+  write, an RQ job lost with Redis). A job held by a live lease is never touched, so nothing runs to success twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from client.keys import (
+    ACTIVE_JOBS_KEY,
+    HEARTBEATS_KEY,
+    JobField,
+    active_member,
+    heartbeat_member,
+    parse_heartbeat_member,
+    recovery_claim_key,
+    suspect_key,
+)
+from client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
+from jobs.report import Reporter
+from jobs.storage import Store, remove_checkpoints
+
+if TYPE_CHECKING:
+    from jobs.worker import WorkerSettings
+
+log = logging.getLogger("ftjobs.reconcile")
+
+JOB_FUNCTION = "jobs.train.run"  # dotted paths: the queue carries names, never code
+VALIDATE_FUNCTION = "jobs.validate.run"
+WAITING = {"queued", "deferred", "scheduled"}  # RQ statuses of a job that a worker will still pick up
+CLAIM_TTL_S = 24 * 3600
+
+
+# ----------------------------------------------------------------------------- putting attempts on the queues
+
+
+def enqueue_attempt(
+    redis: Redis, queue: str, tenant: str, job_id: str, attempt: int, timeout_s: int, at_front: bool = False
+) -> None:
+    """Put one training attempt on an RQ queue (JSON payload, RQ id `<job_id>-<attempt>`)."""
+    Queue(queue, connection=redis, serializer=JSONSerializer).enqueue_call(
+        JOB_FUNCTION,
+        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": attempt}},
+        job_id=f"{job_id}-{attempt}",
+        timeout=timeout_s,
+        result_ttl=24 * 3600,  # seconds; the ftjobs record, not RQ's, is the lasting one
+        failure_ttl=7 * 24 * 3600,
+        description=f"train {job_id} (tenant {tenant}, attempt {attempt})",
+        at_front=at_front,
+    )
+
+
+def validation_rq_id(job_id: str, run: int) -> str:
+    """The RQ id of a job's `run`-th validation: `<job_id>-0` as the API enqueues it, then `<job_id>-0-<run>`."""
+    return f"{job_id}-0" if run <= 1 else f"{job_id}-0-{run}"
+
+
+def enqueue_validation(
+    redis: Redis, validate_queue: str, tenant: str, job_id: str, queue: str, run: int, at_front: bool = False
+) -> None:
+    """Put a job's file validation (attempt 0) on the validation queue again; it hands the job on to `queue`."""
+    Queue(validate_queue, connection=redis, serializer=JSONSerializer).enqueue_call(
+        VALIDATE_FUNCTION,
+        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": 0, "queue": queue}},
+        job_id=validation_rq_id(job_id, run),
+        timeout=3600,
+        result_ttl=24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"validate files of {job_id} (tenant {tenant}, run {run})",
+        at_front=at_front,
+    )
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+def recover(
+    redis: Redis,
+    settings: WorkerSettings,
+    tenant: str,
+    job_id: str,
+    attempt: int,
+    reason: str,
+    *,
+    free: bool = False,
+) -> str:
+    """Move on a job whose `attempt` stopped without finishing it; returns what was done ("" = nothing: the job
+    has moved on, or another process did it first). `free`: a preemption, not counted, to the front of the queue."""
+    reporter = Reporter(redis, tenant, job_id, attempt)
+    record = reporter.read()
+    if not record or record.get(JobField.attempt) != attempt:
+        return ""
+    status = record.get(JobField.status)
+    if attempt == 0:
+        return _validate_again(redis, settings, reporter, record, reason, free) if status == "validating_files" else ""
+    if status not in (JobStatus.queued, JobStatus.running):
+        return ""
+    alive = [JobStatus.queued, JobStatus.running]
+    store = Store(settings.storage_url)
+    if record.get(JobField.cancel_requested):  # the user wanted it stopped anyway: no new attempt
+        if reporter.finish(JobStatus.cancelled, statuses=alive):
+            remove_checkpoints(store, tenant, job_id)
+            return "cancelled"
+        return ""
+    resolved = record.get(JobField.resolved) or {}
+    spent = attempt - int(resolved.get("free_attempts") or 0)  # crashes so far, this one included
+    if free or spent < settings.max_attempts:
+        if not reporter.requeue(reason, free=free):
+            return ""
+        queue = resolved.get("queue") or settings.queue  # the queue it ran on keeps its hardware class
+        enqueue_attempt(redis, queue, tenant, job_id, attempt + 1, settings.job_timeout_s, at_front=free)
+        log.warning("%s attempt %d: %s; requeued as attempt %d", job_id, attempt, reason, attempt + 1)
+        return "requeued"
+    message = f"{reason} on attempt {attempt}; no attempts left (max {settings.max_attempts})"
+    if reporter.finish(JobStatus.failed, error=JobError(code="worker_lost", message=message), statuses=alive):
+        log.warning("%s attempt %d: %s; no attempts left, failed", job_id, attempt, reason)
+        remove_checkpoints(store, tenant, job_id)
+        return "failed"
+    return ""
+
+
+def _validate_again(
+    redis: Redis, settings: WorkerSettings, reporter: Reporter, record: dict[str, Any], reason: str, free: bool
+) -> str:
+    """A lost file validation runs again (it is cheap and repeatable), up to max_attempts crashes."""
+    resolved = record.get(JobField.resolved) or {}
+    tries = int(resolved.get("validation_attempts") or 1)  # crashed validations count, preempted ones do not
+    runs = int(resolved.get("validation_runs") or tries)  # every validation enqueued: the next RQ id
+    if not redis.set(recovery_claim_key(reporter.tenant, reporter.job_id, runs), "1", nx=True, ex=CLAIM_TTL_S):
+        return ""  # another process is recovering this same validation run
+    if not free and tries >= settings.max_attempts:
+        message = f"{reason} while validating files, {tries} times; no attempts left"
+        reporter.finish(JobStatus.failed, error=JobError(code="worker_lost", message=message))
+        log.warning("%s: validation lost %d times, failed", reporter.job_id, tries)
+        return "failed"
+    update = {"validation_runs": runs + 1, "validation_attempts": tries + (0 if free else 1)}
+    if not reporter.resolved(update):
+        return ""
+    again = "validating again (first in line)" if free else "validating again"
+    reporter.event(f"{reason} while validating files; {again}", level=EventLevel.warning)
+    queue = resolved.get("queue") or settings.queue
+    enqueue_validation(
+        redis, settings.validate_queue, reporter.tenant, reporter.job_id, queue, runs + 1, at_front=free
+    )
+    log.warning("%s: validation %s; enqueued again", reporter.job_id, reason)
+    return "validating_again"
+
+
+# ----------------------------------------------------------------------------- the reconciler
+
+
+class Reconciler(threading.Thread):
+    """Sweeps every `stale_after_s / 4` seconds: stale leases, then every active job against RQ (see the module)."""
+
+    def __init__(self, redis: Redis, settings: WorkerSettings) -> None:
+        super().__init__(name="ftjobs-reconciler", daemon=True)
+        self.redis = redis
+        self.settings = settings
+        self.interval_s = max(0.2, settings.stale_after_s / 4)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.sweep()
+            except Exception:  # a Redis blip must not kill the thread; the next sweep retries
+                log.warning("reconciler sweep failed", exc_info=True)
+            if self._stop_event.wait(self.interval_s):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def sweep(self, now: float | None = None) -> int:
+        """One pass; returns how many jobs it moved on."""
+        now = time.time() if now is None else now
+        if self._redis_just_restarted():
+            return 0  # nobody could beat while Redis was down: every lease looks stale, none is known dead
+        return self.sweep_leases(now) + self.sweep_active(now)
+
+    def sweep_leases(self, now: float) -> int:
+        """Leases older than stale_after_s: their worker is gone (with its horse: PR_SET_PDEATHSIG)."""
+        cutoff = now - self.settings.stale_after_s
+        members: list[bytes] = self.redis.zrangebyscore(HEARTBEATS_KEY, "-inf", cutoff)  # type: ignore[assignment]
+        moved = 0
+        for raw in members:
+            score = self.redis.zscore(HEARTBEATS_KEY, raw)
+            if score is None or score > cutoff:
+                continue  # it beat again since we looked, or another reconciler took it
+            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                tenant, job_id, attempt = parse_heartbeat_member(member)
+                reason = f"worker lost (no heartbeat for {now - score:.0f} s)"
+                moved += bool(recover(self.redis, self.settings, tenant, job_id, attempt, reason))
+            finally:
+                self.redis.zrem(HEARTBEATS_KEY, raw)
+        return moved
+
+    def sweep_active(self, now: float) -> int:
+        """Jobs not finished with neither a live lease nor a waiting RQ job, for longer than stale_after_s."""
+        moved = 0
+        for raw in self.redis.smembers(ACTIVE_JOBS_KEY):  # type: ignore[union-attr]
+            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            tenant, _, job_id = member.partition("|")
+            try:
+                moved += self._check(tenant, job_id, now)
+            except Exception:
+                log.warning("reconciling %s failed", job_id, exc_info=True)
+        return moved
+
+    def _check(self, tenant: str, job_id: str, now: float) -> int:
+        record = Reporter(self.redis, tenant, job_id, 0).read()
+        status = (record or {}).get(JobField.status)
+        if not record or status in TERMINAL_STATUSES:
+            self.redis.srem(ACTIVE_JOBS_KEY, active_member(tenant, job_id))
+            return 0
+        if status not in (JobStatus.validating_files, JobStatus.queued, JobStatus.running):
+            return 0  # e.g. paused: waits for a person, with no lease and no RQ job on purpose
+        attempt = int(record.get(JobField.attempt) or 0)
+        suspect = suspect_key(tenant, job_id, attempt, status)
+        score = self.redis.zscore(HEARTBEATS_KEY, heartbeat_member(tenant, job_id, attempt))
+        if score is not None and score > now - self.settings.stale_after_s:
+            self.redis.delete(suspect)
+            return 0  # a live lease: somebody is on it
+        resolved = record.get(JobField.resolved) or {}
+        rq_id = (
+            validation_rq_id(job_id, int(resolved.get("validation_runs") or resolved.get("validation_attempts") or 1))
+            if attempt == 0
+            else f"{job_id}-{attempt}"
+        )
+        state = self.rq_state(rq_id)
+        if state == "waiting":
+            self.redis.delete(suspect)
+            return 0
+        # Seen without a lease or a waiting RQ job: act only if that lasts (an enqueue may be a moment behind).
+        self.redis.set(suspect, json.dumps(now), nx=True, ex=CLAIM_TTL_S)
+        first = float(json.loads(self.redis.get(suspect) or json.dumps(now)))
+        if now - first < self.settings.stale_after_s:
+            return 0
+        self.redis.delete(suspect)
+        where = "while validating files" if attempt == 0 else f"attempt {attempt} ({status})"
+        reason = f"RQ job {rq_id} is {state} with no live worker {where}"
+        return bool(recover(self.redis, self.settings, tenant, job_id, attempt, reason))
+
+    def rq_state(self, rq_id: str) -> str:
+        """"waiting" (a worker will still take it), "missing", or RQ's status (started, failed, finished ...)."""
+        try:
+            job = RQJob.fetch(rq_id, connection=self.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return "missing"
+        status = str(job.get_status(refresh=False) or "missing")
+        if status == "queued":  # only if it is really on its queue's list (it may have been lost with Redis)
+            key = Queue(job.origin, connection=self.redis, serializer=JSONSerializer).key
+            return "waiting" if self.redis.lpos(key, rq_id) is not None else "queued but not on its queue"
+        return "waiting" if status in WAITING else status
+
+    def _redis_just_restarted(self) -> bool:
+        uptime = float(self.redis.info("server").get("uptime_in_seconds", 1e9))
+        return uptime < self.settings.stale_after_s + self.settings.heartbeat_s
