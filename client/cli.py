@@ -379,11 +379,12 @@ def cmd_cancel(args: argparse.Namespace, api: Client) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     Stack = importlib.import_module("service.stack").Stack  # needs the service extra; only `up` loads it
 
+    # A busy port or a part that fails to start raises StackError before anything says "up" (main prints it).
     with Stack(args.data_dir, port=args.port, host=args.host, workers=args.workers) as stack:
         _note(f"ftjobs is up at {stack.url}  (data in {stack.data_dir}; Ctrl-C to stop)")
         print(stack.url, flush=True)
-        code = stack.run_until_stopped()
-        _note("ftjobs: stopping")
+        code = stack.run_until_stopped()  # restarts what dies; returns on Ctrl-C or SIGTERM
+        _note(f"ftjobs: stopping (workers hand back running jobs, up to {stack.stop_timeout:g} s; Ctrl-C again: now)")
     return code
 
 
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cancel", "cancel a job")
     p.add_argument("job")
 
-    p = command("up", "run Redis (embedded), the API and workers on this machine until Ctrl-C")
+    p = command("up", "run Redis (embedded), the API and workers on this machine until Ctrl-C; restarts what dies")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--data-dir", default=".ftjobs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -33,6 +34,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def bind_error(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port now ("already in use", "not available (...)"), or None."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"not available ({exc.strerror})"
+    with socket.socket(family, kind, proto) as s:
+        # As uvicorn and redis-server do: a TIME_WAIT left behind by a killed server is no obstacle.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            return "already in use" if exc.errno == errno.EADDRINUSE else f"not available ({exc.strerror or exc})"
+    return None
 
 
 @dataclass
@@ -87,9 +104,14 @@ def start_redis(
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                answer = s.recv(16)
+                if answer.startswith(b"+PONG"):
                     return EmbeddedRedis(proc, port, data_dir)
+                if answer.startswith(b"-LOADING"):  # replaying a large AOF: alive, give it the time it needs
+                    deadline = max(deadline, time.monotonic() + 15)
+                    time.sleep(0.2)
         except OSError:
             time.sleep(0.05)
     proc.kill()
+    proc.wait()  # reaped: `ftjobs up` retries a restart, and must not collect zombies meanwhile
     raise RedisUnavailable(f"redis-server did not answer on port {port} within 15 s")

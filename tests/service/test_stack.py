@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -52,20 +55,25 @@ def test_stack_serves_the_api_and_stops_everything(tmp_path: Path, monkeypatch: 
     stack.stop()  # a second stop is harmless
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
-def test_ftjobs_up_stops_cleanly(tmp_path: Path, stop: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "FTJOBS_REDIS_URL"}
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
+def launch_up(data_dir: Path, port: int, stderr: int | IO[str] = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`ftjobs up` as a user runs it: its own process group, as in a terminal, with Ctrl-C enabled."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FTJOBS_REDIS_URL", "FTJOBS_API_KEYS")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
-        start_new_session=True,  # its own process group, as in a terminal
+        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_ftjobs_up_stops_cleanly(tmp_path: Path, stop: str) -> None:
+    port = free_port()
+    proc = launch_up(tmp_path, port)
     children: list[int] = []
     try:
         assert proc.stdout is not None
@@ -92,6 +100,39 @@ def test_ftjobs_up_stops_cleanly(tmp_path: Path, stop: str) -> None:
         for pid in children:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_ftjobs_up_on_a_busy_port_fails_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # another server on the port: it accepts connections, it is not ftjobs
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = launch_up(tmp_path, port)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 1
+    assert out == ""  # the URL is printed only once the stack is up
+    assert err.strip().splitlines() == [
+        f"error: stack_error: port {port} on 127.0.0.1 is already in use: stop what uses it or choose another port"
+    ]
+    assert not (tmp_path / "redis").exists()  # Redis was never started
+    assert redis_servers_in(tmp_path) == []
+
+
+def redis_servers_in(data_dir: Path) -> list[int]:
+    """Running redis-server processes with their data under `data_dir`."""
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            # redis-server rewrites its command line (`redis-server 127.0.0.1:PORT`) but works in its --dir.
+            if b"redis-server" in (proc_dir / "cmdline").read_bytes():
+                if Path(os.readlink(proc_dir / "cwd")).is_relative_to(data_dir):
+                    found.append(int(proc_dir.name))
+    return [pid for pid in found if alive(pid)]
 
 
 def _children(pid: int) -> list[int]:
