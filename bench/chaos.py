@@ -107,7 +107,7 @@ class Chaos:
     def _kill_horse(self) -> None:
         horses = self.horses()
         if not horses:
-            return self._kill_redis()  # no job is running: the one kill that still hurts
+            return self._kill_early_horse()  # no job is running: the next one to start
         pid, worker = self.rng.choice(sorted(horses.items()))
         rq_job = self.running_rq_job(self.stack.pid(worker) or 0)
         os.kill(pid, signal.SIGKILL)
@@ -128,13 +128,14 @@ class Chaos:
                 self._record("early_horse", rq_job)
                 return
             time.sleep(0.01)
-        self._kill_horse()  # nothing was dequeued meanwhile: a running horse instead
+        if self.horses():
+            self._kill_horse()  # nothing was dequeued meanwhile: a running horse instead
 
     def _kill_worker(self, sig: signal.Signals = signal.SIGKILL, kind: str = "worker") -> None:
         """A whole worker that is running a job (with its horse): the job's lease goes stale."""
         busy = sorted(set(self.horses().values()))
         if not busy:
-            return self._kill_redis()
+            return self._kill_early_horse()
         name = self.rng.choice(busy)
         pid = self.stack.pid(name) or 0
         rq_job = self.running_rq_job(pid)
@@ -237,7 +238,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the kills go on")
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per job")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per job")
     parser.add_argument("--wait-minutes", type=float, default=20.0, help="how long to wait for the jobs afterwards")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="keep the stack's data here (default: a temporary folder)")

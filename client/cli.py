@@ -371,7 +371,7 @@ def cmd_download(args: argparse.Namespace, api: Client) -> int:
 
 def cmd_cancel(args: argparse.Namespace, api: Client) -> int:
     job = api.jobs.cancel(args.job)
-    pending = " (cancel requested; it stops at its next step)" if not job.status.is_terminal else ""
+    pending = " (cancel requested; it stops within seconds)" if not job.status.is_terminal else ""
     _emit(args, job, lambda: f"{job.id}  {job.status.value}{pending}")
     return 0
 

@@ -179,7 +179,7 @@ class JobsPlans(Plans):
         return (yield from self._core._get("/v1/jobs", JobList, params))
 
     def cancel(self, job_id: str) -> Plan[Job]:
-        """Ask a job to stop; a queued job is cancelled at once, a running one at its next step."""
+        """Ask a job to stop; a queued job is cancelled at once, a running one within seconds."""
         return (yield from self._core._post(f"/v1/jobs/{_seg(job_id)}/cancel", Job))
 
     def events(self, job_id: str, *, after: str | None = None, limit: int = 100) -> Plan[EventList]:

@@ -198,7 +198,7 @@ class Store:
                 job_id,
                 statuses=[S.running],
                 fields={JobField.cancel_requested: True},
-                entry=event_json("Cancellation requested; the worker stops at the next step."),
+                entry=event_json("Cancellation requested; the worker stops within seconds."),
             )
             if written:
                 return self.get_job(tenant, job_id), False

@@ -179,7 +179,7 @@ def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
 
 @router.post("/{job_id}/cancel", responses=error_responses(JobNotFound, JobNotCancellable, ValidationError))
 def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep) -> Job:
-    """Cancel a job: at once if not started, at the worker's next step if running."""
+    """Cancel a job: at once if not started, within seconds if running (a long step is interrupted)."""
     job, cancelled_now = store.cancel_job(tenant, job_id)
     if cancelled_now:  # its validation (attempt 0) or its first training attempt, still in RQ's queue
         queue.cancel(job_id, job.attempt)

@@ -356,3 +356,51 @@ def test_ftjobs_up_restarts_a_worker_the_api_and_redis(tmp_path: Path) -> None:
         for pid in seen:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- with a job in flight
+
+
+def test_a_running_job_survives_a_redis_sigkill_and_a_worker_sigkill(
+    tmp_path: Path, clean_env: None, tiny_causal_lm: Path
+) -> None:
+    from client import Client
+
+    env = {
+        "FTJOBS_MODEL_ROOTS": str(tiny_causal_lm.parent),
+        "FTJOBS_HEARTBEAT_S": "1",
+        "FTJOBS_STALE_AFTER_S": "6",
+        "FTJOBS_CHECKPOINT_STEPS": "10",
+    }
+    rows = b"".join(b'{"prompt": "count to %d :", "completion": " %d"}\n' % (n, n + 1) for n in range(16))
+    with Stack(tmp_path / "data", port=None, workers=1, log_dir=tmp_path / "logs", env=env) as stack:
+        with Client(stack.url, max_retries=10) as ftjobs:
+            path = tmp_path / "train.jsonl"
+            path.write_bytes(rows)
+            job = ftjobs.jobs.create(
+                model=str(tiny_causal_lm),
+                training_file=ftjobs.files.upload(path).id,
+                method={"type": "lora", "r": 4, "alpha": 8},
+                hyperparameters={"max_steps": 120, "batch_size": 1, "max_seq_length": 32},
+            )
+
+            def at_step(n: int) -> Callable[[], bool]:
+                return lambda: ftjobs.jobs.get(job.id).progress.step >= n
+
+            supervise_until(stack, at_step(15), 300, "the job trains")
+            os.kill(stack.pid("redis") or 0, signal.SIGKILL)  # mid-training: every connection drops
+            supervise_until(stack, lambda: stack.restarts.get("redis") == 1 and ready(stack.url), 120, "redis back")
+            step = ftjobs.jobs.get(job.id).progress.step
+            supervise_until(stack, at_step(step + 10), 300, "the job trains on after the Redis restart")
+            os.kill(stack.pid("worker-1") or 0, signal.SIGKILL)  # the worker and (PR_SET_PDEATHSIG) its horse
+            done = supervise_until(
+                stack, lambda: (j := ftjobs.jobs.get(job.id)).status.is_terminal and j, 600, "the job ends"
+            )
+            assert stack.restarts["worker-1"] == 1
+            points = ftjobs.jobs.all_metrics(job.id)
+    assert done.status == "succeeded", done.error
+    assert done.progress.step == 120
+    assert done.attempt == 2  # the worker's SIGKILL cost one attempt; the Redis restart none
+    assert done.results["resumed_from_step"] >= 10
+    train = [p.step for p in points if p.split == "train"]
+    assert train == sorted(set(train)) and train[-1] == 120
