@@ -117,7 +117,12 @@ async def upload_file(
             )
         reader = await run_in_threadpool(reader_for)  # an empty file part still needs its reader
         summary = await run_in_threadpool(reader.finish, upload.filename)  # Parquet: the whole conversion
-        await run_in_threadpool(writer.commit)
+        try:
+            await run_in_threadpool(writer.commit)
+        except FileNotFoundError:  # the temp sweep took a partial file that nothing wrote to for too long
+            raise MalformedBody(
+                "The upload stalled for longer than the server keeps a partial upload; send it again.", param="file"
+            ) from None
     finally:
         for opened in readers:
             await run_in_threadpool(opened.close)

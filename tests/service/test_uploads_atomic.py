@@ -193,3 +193,28 @@ def test_a_killed_api_leaves_temporaries_the_next_one_sweeps(env, tmp_path):  # 
         stored = Storage(f"file://{data_dir}/store")
         assert stored.exists(file_path("default", done["id"]))  # committed files are not temporaries
         assert httpx.get(f"{url}/v1/files/{done['id']}/profile").status_code == 200
+
+
+def test_an_upload_whose_partial_file_was_swept_is_a_400(env, tmp_path):  # type: ignore[no-untyped-def]
+    # A client stalled longer than FTJOBS_TEMP_MAX_AGE_S: another replica's sweep took its partial file.
+    data_dir = Path(env["FTJOBS_DATA_DIR"])
+    files_dir = data_dir / "store" / "default" / "files"
+    with api_server(env, tmp_path / "api.log") as (_, url):
+        rows = ROWS_600 * 100
+        sock = start_upload(url, "train.jsonl", len(head()) + len(rows) + len(TAIL), rows[: 600 * 1024])
+        wait_for(lambda: any(p.stat().st_size for p in temporaries(files_dir)), what="the upload to be written")
+        for partial in temporaries(files_dir):
+            partial.unlink()
+        sock.sendall(rows[600 * 1024 :] + TAIL)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        sock.close()
+        status, _, body = reply.partition(b"\r\n\r\n")
+        assert status.split()[1] == b"400", reply[:500]
+        assert b'"malformed_body"' in body and b'"param":"file"' in body, body
+        assert httpx.get(f"{url}/v1/files").json()["data"] == []
+        assert not leftovers(data_dir / "store")
