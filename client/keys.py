@@ -98,6 +98,10 @@ def active_member(tenant: str, job_id: str) -> str:
     return f"{tenant}|{job_id}"
 
 
+# Set (SET NX) once a reconciler has added the jobs of a deployment older than ACTIVE_JOBS_KEY to it.
+ACTIVE_BACKFILLED_KEY = f"{PREFIX}:active:backfilled"
+
+
 def recovery_claim_key(tenant: str, job_id: str, run: int) -> str:
     """SET NX by the one process that re-enqueues a job's lost validation `run` (validations share attempt 0)."""
     return f"{PREFIX}:claim:{tenant}|{job_id}|0|{run}"

@@ -28,14 +28,17 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from client.keys import (
+    ACTIVE_BACKFILLED_KEY,
     ACTIVE_JOBS_KEY,
     HEARTBEATS_KEY,
     JobField,
     active_member,
     heartbeat_member,
+    job_key,
     parse_heartbeat_member,
     recovery_claim_key,
     suspect_key,
+    tenant_jobs_key,
 )
 from client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
 from jobs.report import Reporter
@@ -181,6 +184,10 @@ class Reconciler(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        try:
+            self.backfill_active()
+        except Exception:
+            log.warning("could not backfill the active jobs", exc_info=True)
         while True:
             try:
                 self.sweep()
@@ -191,6 +198,22 @@ class Reconciler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def backfill_active(self) -> int:
+        """Once per deployment: put the unfinished jobs created before ACTIVE_JOBS_KEY existed into it."""
+        if not self.redis.set(ACTIVE_BACKFILLED_KEY, json.dumps(time.time()), nx=True):
+            return 0
+        added = 0
+        for index in self.redis.scan_iter(match=tenant_jobs_key("*"), _type="ZSET"):
+            tenant = (index.decode() if isinstance(index, bytes) else str(index)).split(":")[2]
+            job_ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.redis.zrange(index, 0, -1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(job_key(tenant, job_id), JobField.status)
+            for job_id, status in zip(job_ids, pipe.execute(), strict=True):
+                if status is not None and json.loads(status) not in TERMINAL_STATUSES:
+                    added += self.redis.sadd(ACTIVE_JOBS_KEY, active_member(tenant, job_id))
+        return added
 
     def sweep(self, now: float | None = None) -> int:
         """One pass; returns how many jobs it moved on."""

@@ -290,3 +290,19 @@ def test_sigterm_inside_a_step_that_takes_minutes_hands_the_job_back_in_bounded_
     assert (job["status"], job["attempt"], job["resolved"]["free_attempts"]) == ("queued", 2, 1), job
     assert took < 8 + 10, took  # the bound, plus the worker's own exit
     print(f"SIGTERM inside a slow step: the worker exited after {took:.1f} s")
+
+
+def test_jobs_from_before_the_active_set_are_backfilled_once(redis, env, tiny_causal_lm: Path) -> None:
+    from jobs.reconcile import Reconciler
+    from jobs.worker import WorkerSettings
+
+    queued = create_job(redis, request(tiny_causal_lm, env))  # written as an older API did: no active entry
+    running = create_job(redis, request(tiny_causal_lm, env), tenant="acme", status="running")
+    finished = create_job(redis, request(tiny_causal_lm, env), status="succeeded")
+    reconciler = Reconciler(redis, WorkerSettings.from_env(env))
+    assert reconciler.backfill_active() == 2
+    members = {m.decode() for m in redis.smembers(keys.ACTIVE_JOBS_KEY)}
+    assert members == {keys.active_member("default", queued), keys.active_member("acme", running)}
+    assert finished not in str(members)
+    redis.delete(keys.ACTIVE_JOBS_KEY)
+    assert reconciler.backfill_active() == 0  # once per deployment: later jobs are added by the API
