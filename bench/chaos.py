@@ -248,9 +248,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2500, help="optimizer steps per job")
     parser.add_argument("--wait-minutes", type=float, default=20.0, help="how long to wait for the jobs afterwards")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--kinds",
+        help=f"kill weights, e.g. sigterm_worker=1,horse=1 (default {','.join(f'{k}={v}' for k, v in KINDS.items())})",
+    )
     parser.add_argument("--data-dir", help="keep the stack's data here (default: a temporary folder)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    if args.kinds:
+        KINDS.clear()
+        KINDS.update({k: float(v) for k, _, v in (item.partition("=") for item in args.kinds.split(","))})
 
     with tempfile.TemporaryDirectory(prefix="ftjobs-chaos-") as tmp:
         data = Path(args.data_dir or tmp).resolve()
