@@ -78,7 +78,7 @@ class Interrupter:
         with self._lock:
             if not self._armed or self._stopping or self._pending is None:
                 return
-        log.warning("the job did not stop within %s; interrupting its main thread", "its grace")
+        log.warning("the job did not stop within its grace; raising %s in its main thread", self._pending.__name__)
         signal.pthread_kill(threading.main_thread().ident or 0, INTERRUPT_SIGNAL)
 
     def _on_preempt(self, signum: int, frame: FrameType | None) -> None:

@@ -1,7 +1,7 @@
 """The one place that writes job progress to Redis (service/store.py is the one place that reads it).
 
 Every write is a GUARDED_WRITE: it lands only while this attempt is the job's current attempt and the job
-is in the status the transition expects. A stale attempt (requeued by the janitor, or a job cancelled
+is in the status the transition expects. A stale attempt (requeued by the reconciler, or a job cancelled
 while queued) therefore cannot overwrite the record of the attempt that replaced it.
 """
 
@@ -131,7 +131,7 @@ class Reporter:
             return False
         resolved = dict(record.get(JobField.resolved) or {})
         if queue:
-            resolved["queue"] = queue  # lets the janitor requeue a lost attempt onto the same hardware class
+            resolved["queue"] = queue  # lets the reconciler requeue a lost attempt onto the same hardware class
         fields: dict[str, Any] = {
             JobField.status: JobStatus.running,
             JobField.started_at: int(now),
@@ -153,7 +153,7 @@ class Reporter:
         return True
 
     def begin_validation(self, worker_name: str) -> bool:
-        """Attempt 0 takes the `validating_files` job: worker + heartbeat (the janitor watches it too)."""
+        """Attempt 0 takes the `validating_files` job: worker + heartbeat (the reconciler watches it too)."""
         now = time.time()
         event = self._event_json(f"validating files on {worker_name}", EventLevel.info, EventType.message, {})
         if not self._write({JobField.worker: worker_name, JobField.heartbeat_at: now}, event):
@@ -232,7 +232,7 @@ class Reporter:
         return self._write({}, self._event_json(message, level, type, dict(data or {})))
 
     def heartbeat(self) -> bool:
-        """HSET heartbeat_at + ZADD the attempt's heartbeat (the janitor's evidence that we are alive)."""
+        """HSET heartbeat_at + ZADD the attempt's heartbeat (the reconciler's evidence that we are alive)."""
         now = time.time()
         ok = self._write({JobField.heartbeat_at: now})
         if ok:

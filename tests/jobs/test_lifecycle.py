@@ -1,4 +1,4 @@
-"""Failures, cancellation, the attempt guard and the janitor: jobs that do not simply succeed."""
+"""Failures, cancellation, the attempt guard and the reconciler: jobs that do not simply succeed."""
 
 from __future__ import annotations
 
@@ -123,19 +123,19 @@ def test_cancelled_while_queued_is_never_started(redis, env, tiny_causal_lm: Pat
     assert read_job(redis, job_id)["status"] == "cancelled"
 
 
-def test_janitor_requeues_a_lost_attempt_then_fails_after_max_attempts(
+def test_the_reconciler_requeues_a_lost_attempt_then_fails_after_max_attempts(
     redis, env, tiny_causal_lm: Path, tmp_path: Path
 ) -> None:
     worker = WorkerProcess(
         {**env, "FTJOBS_STALE_AFTER_S": "3", "FTJOBS_HEARTBEAT_S": "0.5", "FTJOBS_MAX_ATTEMPTS": "2"},
-        tmp_path / "janitor-worker.log",
+        tmp_path / "reconciler-worker.log",
     )
     try:
         # Attempt 1 "ran" on a worker that died: running, with a heartbeat a minute old.
         lost = create_job(redis, tiny_request(str(tiny_causal_lm), env), status="running", attempt=1)
         redis.zadd(HEARTBEATS_KEY, {heartbeat_member("default", lost, 1): time.time() - 60})
 
-        # The janitor requeues it as attempt 2, which this worker then runs to the end.
+        # The reconciler requeues it as attempt 2, which this worker then runs to the end.
         job = wait_for(redis, lost, worker=worker, timeout=90)
         assert job["status"] == "succeeded" and job["attempt"] == 2, (job, worker.output()[-3000:])
         statuses = [

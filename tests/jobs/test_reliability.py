@@ -77,6 +77,14 @@ def new_horse(worker: WorkerProcess, seen: set[int], timeout: float = 120) -> in
     raise AssertionError(f"no new work horse after {timeout} s:\n{worker.output()[-3000:]}")
 
 
+def drain(worker: WorkerProcess) -> float:
+    """SIGTERM a worker as a deploy does; it must exit 0. Returns the seconds it took."""
+    stopped = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=120) == 0, worker.output()[-3000:]
+    return time.monotonic() - stopped
+
+
 def statuses(redis: Any, job_id: str) -> list[tuple[str, int]]:
     return [(e["data"]["status"], e["data"]["attempt"]) for e in events(redis, job_id) if e["type"] == "status"]
 
@@ -197,10 +205,7 @@ def test_sigterm_checkpoints_hands_the_job_back_and_it_resumes(
         wait_for(
             redis, job_id, ["running"], worker=first, timeout=300, until=lambda r: r["progress"].get("step", 0) >= 5
         )
-        stopped = time.monotonic()
-        first.proc.send_signal(signal.SIGTERM)
-        assert first.proc.wait(timeout=120) == 0, first.output()[-3000:]
-        stop_seconds = time.monotonic() - stopped
+        stop_seconds = drain(first)
     finally:
         first.stop()
     job = read_job(redis, job_id)
@@ -280,10 +285,7 @@ def test_sigterm_inside_a_step_that_takes_minutes_hands_the_job_back_in_bounded_
     try:
         job_id = submit(redis, env, slow_request(tiny_causal_lm, env))
         wait_in_first_step(redis, job_id, worker)
-        stopped = time.monotonic()
-        worker.proc.send_signal(signal.SIGTERM)
-        assert worker.proc.wait(timeout=120) == 0, worker.output()[-3000:]
-        took = time.monotonic() - stopped
+        took = drain(worker)
     finally:
         worker.stop()
     job = read_job(redis, job_id)

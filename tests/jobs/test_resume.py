@@ -436,7 +436,7 @@ def test_a_lost_attempt_resumes_from_its_last_checkpoint(redis, env, tiny_causal
     assert job["results"]["train_seconds"] >= carried + job["progress"]["elapsed_seconds"] > carried
 
 
-def test_a_job_the_janitor_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm: Path) -> None:
+def test_a_job_the_reconciler_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm: Path) -> None:
     from jobs.reconcile import Reconciler
     from jobs.worker import WorkerSettings
 

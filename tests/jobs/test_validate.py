@@ -100,7 +100,7 @@ def test_a_job_cancelled_while_validating_is_never_queued(redis, env, tiny_causa
     assert redis.zcard(HEARTBEATS_KEY) == 0
 
 
-def test_the_janitor_validates_again_after_a_lost_validation_then_gives_up(  # type: ignore[no-untyped-def]
+def test_the_reconciler_validates_again_after_a_lost_validation_then_gives_up(  # type: ignore[no-untyped-def]
     redis, env, tiny_causal_lm: Path
 ) -> None:
     settings = WorkerSettings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "2", "FTJOBS_STALE_AFTER_S": "5"})
