@@ -5,6 +5,7 @@ FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY ftjobs ./ftjobs
 COPY client ./client
 COPY service ./service
 COPY jobs ./jobs
@@ -15,7 +16,7 @@ RUN useradd --create-home ftjobs
 USER ftjobs
 EXPOSE 8000
 # FTJOBS_REDIS_URL, FTJOBS_STORAGE_URL and FTJOBS_MODEL_ROOTS come from the deployment.
-CMD ["uvicorn", "--factory", "service.main:app_from_env", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "ftjobs.service.main:app_from_env", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM base AS worker
 # torch first and pinned; pick the CUDA or CPU index for your hardware class with TORCH_INDEX_URL.
@@ -25,4 +26,4 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
 RUN useradd --create-home ftjobs
 USER ftjobs
 # One queue per hardware class: FTJOBS_QUEUE=gpu-h100, cpu, ...
-CMD ["python", "-m", "jobs.worker"]
+CMD ["python", "-m", "ftjobs.jobs.worker"]

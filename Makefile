@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m client.cli demo
+	$(PY) -m ftjobs.client.cli demo
 
 test: venv
 	$(PY) -m pytest -q
@@ -27,13 +27,13 @@ lint: venv
 	$(VENV)/bin/mypy client service
 
 openapi: venv
-	$(PY) -m service.openapi
+	$(PY) -m ftjobs.service.openapi
 
 bench: venv
 	$(PY) bench/job_overhead.py
 
 up: venv
-	$(PY) -m client.cli up
+	$(PY) -m ftjobs.client.cli up
 
 clean:
 	rm -rf $(VENV) .ftjobs .pytest_cache

@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from client.client import Client  # noqa: E402
-from service.stack import Stack, minilm_dir  # noqa: E402
+from ftjobs.client.client import Client  # noqa: E402
+from ftjobs.service.stack import Stack, minilm_dir  # noqa: E402
 
 TRAIN = REPO / "demo" / "data" / "sms_spam_train.jsonl"
 HELDOUT = REPO / "demo" / "data" / "sms_spam_heldout.jsonl"

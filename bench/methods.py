@@ -37,9 +37,9 @@ import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
-from client.models import JobCreate, Task
-from jobs.methods import apply_method, load_options, parameter_counts
-from jobs.trainer import PadCollator
+from ftjobs.client.models import JobCreate, Task
+from ftjobs.jobs.methods import apply_method, load_options, parameter_counts
+from ftjobs.jobs.trainer import PadCollator
 
 torch.set_num_threads({threads})
 spec, model_dir, steps, batch = json.loads({spec!r}), {model_dir!r}, {steps}, {batch}

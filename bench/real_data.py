@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from client.client import Client  # noqa: E402
-from service.stack import Stack, minilm_dir  # noqa: E402
+from ftjobs.client.client import Client  # noqa: E402
+from ftjobs.service.stack import Stack, minilm_dir  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 TARGETS = {"sms_spam": ("f1/spam", 0.90), "uci_sentiment": ("accuracy", 0.85)}

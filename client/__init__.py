@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["Client", "AsyncClient"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from client.client import AsyncClient, Client
+    from ftjobs.client.client import AsyncClient, Client
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from client import client as _client
+        from ftjobs.client import client as _client
 
         return getattr(_client, name)
     raise AttributeError(name)

@@ -26,7 +26,7 @@ from typing import IO, Any, Generic, TypeAlias, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from client import errors
+from ftjobs.client import errors
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

@@ -25,9 +25,9 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from client.client import Client
-from client.errors import APIError, FtjobsError
-from client.models import (
+from ftjobs.client.client import Client
+from ftjobs.client.errors import APIError, FtjobsError
+from ftjobs.client.models import (
     FILE_ID_PATTERN,
     Event,
     EventLevel,
@@ -377,7 +377,7 @@ def cmd_cancel(args: argparse.Namespace, api: Client) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    Stack = importlib.import_module("service.stack").Stack  # needs the service extra; only `up` loads it
+    Stack = importlib.import_module("ftjobs.service.stack").Stack  # needs the service extra; only `up` loads it
 
     # A busy port or a part that fails to start raises StackError before anything says "up" (main prints it).
     with Stack(args.data_dir, port=args.port, host=args.host, workers=args.workers) as stack:
@@ -389,12 +389,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
-    worker = importlib.import_module("jobs.worker")  # the worker side: torch & co. stay out of other commands
+    worker = importlib.import_module("ftjobs.jobs.worker")  # the worker side: torch & co. stay out of other commands
     return int(worker.main(rest) or 0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo = importlib.import_module("service.demo").run_demo  # starts a whole stack: service extra
+    run_demo = importlib.import_module("ftjobs.service.demo").run_demo  # starts a whole stack: service extra
 
     return run_demo(args.data_dir, epochs=args.epochs, learning_rate=args.learning_rate)
 

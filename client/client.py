@@ -1,6 +1,6 @@
 """The ftjobs Python client: `Client` (sync) and `AsyncClient`, with resources that mirror the API.
 
-    from client import Client
+    from ftjobs.client import Client
 
     with Client("http://127.0.0.1:8000") as ftjobs:
         train = ftjobs.files.upload("train.jsonl")
@@ -26,7 +26,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import httpx
 
-from client.base import (
+from ftjobs.client.base import (
     DEFAULT_BASE_URL,
     BaseClient,
     Digest,
@@ -39,8 +39,8 @@ from client.base import (
     Step,
     Stream,
 )
-from client.models import Health
-from client.resources import FilesPlans, JobsPlans, Plans, ServicePlans
+from ftjobs.client.models import Health
+from ftjobs.client.resources import FilesPlans, JobsPlans, Plans, ServicePlans
 
 __all__ = ["Client", "AsyncClient", "DEFAULT_BASE_URL"]
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from client.models import ErrorBody
+from ftjobs.client.models import ErrorBody
 
 if TYPE_CHECKING:  # pragma: no cover
-    from client.models import Job
+    from ftjobs.client.models import Job
 
 
 class FtjobsError(Exception):

@@ -19,9 +19,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from client import errors
-from client.base import BaseClient, Emit, Plan, Save, Sleep, Stream
-from client.models import (
+from ftjobs.client import errors
+from ftjobs.client.base import BaseClient, Emit, Plan, Save, Sleep, Stream
+from ftjobs.client.models import (
     Artifact,
     ArtifactList,
     DataOptions,

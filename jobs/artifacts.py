@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from client.keys import artifact_path, staging_dir
-from client.models import Artifact, Task
-from jobs.methods import save_weights
-from jobs.storage import Store
+from ftjobs.client.keys import artifact_path, staging_dir
+from ftjobs.client.models import Artifact, Task
+from ftjobs.jobs.methods import save_weights
+from ftjobs.jobs.storage import Store
 
 MANIFEST = "manifest.json"
 

@@ -32,13 +32,13 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from client.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_dir
-from client.models import EventLevel, EventType
-from jobs.artifacts import sha256_file
-from jobs.inputs import short
-from jobs.interrupts import INTERRUPTER, Preempted
-from jobs.report import Reporter
-from jobs.storage import Store, remove_checkpoints
+from ftjobs.client.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_dir
+from ftjobs.client.models import EventLevel, EventType
+from ftjobs.jobs.artifacts import sha256_file
+from ftjobs.jobs.inputs import short
+from ftjobs.jobs.interrupts import INTERRUPTER, Preempted
+from ftjobs.jobs.report import Reporter
+from ftjobs.jobs.storage import Store, remove_checkpoints
 
 log = logging.getLogger("ftjobs.checkpoints")
 

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.keys import artifact_path, file_path, job_record_path
-from client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
-from jobs import adapters
-from jobs.data import Row, label_of
-from jobs.errors import DataError, InvalidMethod
-from jobs.inputs import fetch_rows
-from jobs.methods import ADAPTER_CONFIG_ATTR
-from jobs.safeguards import InvalidRequest
-from jobs.storage import Store
+from ftjobs.client.keys import artifact_path, file_path, job_record_path
+from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.jobs import adapters
+from ftjobs.jobs.data import Row, label_of
+from ftjobs.jobs.errors import DataError, InvalidMethod
+from ftjobs.jobs.inputs import fetch_rows
+from ftjobs.jobs.methods import ADAPTER_CONFIG_ATTR
+from ftjobs.jobs.safeguards import InvalidRequest
+from ftjobs.jobs.storage import Store
 
 PARAM = "parent_job_id"
 MAX_PARENT_REFERENCE = 1000  # rows of the parent's data a child measures forgetting (and EWC) on

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from client.models import Task
-from jobs.errors import DataError
+from ftjobs.client.models import Task
+from ftjobs.jobs.errors import DataError
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
 MIN_TRAIN_ROWS = 2

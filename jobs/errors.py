@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.models import JobError
+from ftjobs.client.models import JobError
 
 
 class JobFailed(Exception):

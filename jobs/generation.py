@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from client.models import Task
-from jobs.data import Row, label_of, source_target
+from ftjobs.client.models import Task
+from ftjobs.jobs.data import Row, label_of, source_target
 
 MAX_NEW_TOKENS = 256  # cap on one generation, whatever the reference length
 EXTRA_NEW_TOKENS = 4  # room past the reference length (its EOS, a slightly longer answer)

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from client.keys import file_lines_path, file_path
-from client.models import Hyperparameters, JobCreate, Task, resolve_hyperparameters
-from jobs.data import LineMap, Row, read_jsonl
-from jobs.errors import DataError, InvalidModel, ModelNotFound
-from jobs.storage import Store
+from ftjobs.client.keys import file_lines_path, file_path
+from ftjobs.client.models import Hyperparameters, JobCreate, Task, resolve_hyperparameters
+from ftjobs.jobs.data import LineMap, Row, read_jsonl
+from ftjobs.jobs.errors import DataError, InvalidModel, ModelNotFound
+from ftjobs.jobs.storage import Store
 
 
 def resolve_model_path(model: str, roots: tuple[Path, ...]) -> Path:

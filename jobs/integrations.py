@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.models import JobStatus
-from jobs.errors import IntegrationUnavailable
+from ftjobs.client.models import JobStatus
+from ftjobs.jobs.errors import IntegrationUnavailable
 
 log = logging.getLogger("ftjobs.integrations")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}

@@ -34,7 +34,7 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 
-from client.models import (
+from ftjobs.client.models import (
     AdapterMethod,
     FullMethod,
     IA3Method,
@@ -44,8 +44,8 @@ from client.models import (
     PTuningMethod,
     Task,
 )
-from jobs import adapters
-from jobs.errors import InvalidMethod, UnsupportedMethod
+from ftjobs.jobs import adapters
+from ftjobs.jobs.errors import InvalidMethod, UnsupportedMethod
 
 # A classification head is fresh (or re-purposed) and small, so LoRA trains it in full and saves it with the
 # adapter: the classifier, plus what feeds it where the architecture has one (BERT's pooler, DistilBERT's

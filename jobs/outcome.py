@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from client.models import Artifact, JobCreate
-from jobs import artifacts, integrations, report_files, safeguards
-from jobs.data import Datasets
-from jobs.generation import Evaluator
-from jobs.interrupts import Cancelled
-from jobs.report import Reporter
-from jobs.storage import Store
-from jobs.trainer import ReportCallback
+from ftjobs.client.models import Artifact, JobCreate
+from ftjobs.jobs import artifacts, integrations, report_files, safeguards
+from ftjobs.jobs.data import Datasets
+from ftjobs.jobs.generation import Evaluator
+from ftjobs.jobs.interrupts import Cancelled
+from ftjobs.jobs.report import Reporter
+from ftjobs.jobs.storage import Store
+from ftjobs.jobs.trainer import ReportCallback
 
 
 def generation_eval(evaluator: Evaluator, trainer: Any, reporter: Reporter, stage: str) -> dict[str, float]:

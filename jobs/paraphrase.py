@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs.data import Row
+from ftjobs.jobs.data import Row
 
 BATCH_SIZE = 8
 MAX_INPUT_TOKENS = 256

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.models import DEDUP_THRESHOLD, DataOptions, Task
-from jobs.data import Row, split_rows
+from ftjobs.client.models import DEDUP_THRESHOLD, DataOptions, Task
+from ftjobs.jobs.data import Row, split_rows
 
 TEXT_FIELDS = ("text", "prompt", "completion", "source", "target")
 MODEL_AUGMENT = ("paraphrase", "back_translate")  # augmentation that generates with a model
@@ -400,8 +400,8 @@ def _augment(rows: list[Row], options: DataOptions, rng: random.Random) -> list[
 
 def augment_model_path(options: DataOptions, param: str, model_roots: tuple[Path, ...]) -> Path:
     """The local folder of `data.augment_model` / `data.augment_back_model`; ModelNotFound naming that field."""
-    from jobs.errors import ModelNotFound
-    from jobs.inputs import resolve_model_path
+    from ftjobs.jobs.errors import ModelNotFound
+    from ftjobs.jobs.inputs import resolve_model_path
 
     try:
         return resolve_model_path(str(getattr(options, param)), model_roots)
@@ -413,8 +413,8 @@ def _model_augment(
     method: str, rows: list[Row], options: DataOptions, seed: int, model_roots: tuple[Path, ...]
 ) -> tuple[list[Row], dict[str, Any]]:
     """paraphrase (augment_model) or back_translate (augment_model, then augment_back_model back)."""
-    from jobs.errors import InvalidModel
-    from jobs.paraphrase import Generator, rewrite_rows
+    from ftjobs.jobs.errors import InvalidModel
+    from ftjobs.jobs.paraphrase import Generator, rewrite_rows
 
     params = ["augment_model"] + (["augment_back_model"] if method == "back_translate" else [])
     paths = [augment_model_path(options, param, model_roots) for param in params]

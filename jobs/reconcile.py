@@ -27,7 +27,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from client.keys import (
+from ftjobs.client.keys import (
     ACTIVE_BACKFILLED_KEY,
     ACTIVE_JOBS_KEY,
     HEARTBEATS_KEY,
@@ -40,17 +40,17 @@ from client.keys import (
     suspect_key,
     tenant_jobs_key,
 )
-from client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
-from jobs.report import Reporter
-from jobs.storage import Store, remove_checkpoints
+from ftjobs.client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
+from ftjobs.jobs.report import Reporter
+from ftjobs.jobs.storage import Store, remove_checkpoints
 
 if TYPE_CHECKING:
-    from jobs.worker import WorkerSettings
+    from ftjobs.jobs.worker import WorkerSettings
 
 log = logging.getLogger("ftjobs.reconcile")
 
-JOB_FUNCTION = "jobs.train.run"  # dotted paths: the queue carries names, never code
-VALIDATE_FUNCTION = "jobs.validate.run"
+JOB_FUNCTION = "ftjobs.jobs.train.run"  # dotted paths: the queue carries names, never code
+VALIDATE_FUNCTION = "ftjobs.jobs.validate.run"
 WAITING = {"queued", "deferred", "scheduled"}  # RQ statuses of a job that a worker will still pick up
 CLAIM_TTL_S = 24 * 3600
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from client.keys import (
+from ftjobs.client.keys import (
     ACTIVE_JOBS_KEY,
     GUARDED_WRITE,
     HEARTBEATS_KEY,
@@ -29,7 +29,7 @@ from client.keys import (
     job_key,
     metrics_key,
 )
-from client.models import (
+from ftjobs.client.models import (
     Artifact,
     Event,
     EventLevel,

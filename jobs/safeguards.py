@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from client.models import EarlyStopping, Task
-from jobs.errors import JobFailed
+from ftjobs.client.models import EarlyStopping, Task
+from ftjobs.jobs.errors import JobFailed
 
 OVERFIT_RISE = 0.10  # validation loss 10% above its best, while the train loss kept falling: overfitting
 UNDERFIT_DROP = 0.05  # train loss fell by less than 5% over the run: underfitting
@@ -279,7 +279,7 @@ def reference_examples(
     task: Task, rows: list[Any], tokenizer: Any, max_seq_length: int, labels: list[str] | None, train_on_inputs: bool
 ) -> list[dict[str, Any]]:
     """reference_file rows tokenized exactly like training rows."""
-    from jobs.data import causal_examples, classification_examples, seq2seq_examples
+    from ftjobs.jobs.data import causal_examples, classification_examples, seq2seq_examples
 
     if task == Task.classification:
         assert labels is not None

@@ -34,8 +34,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from client.keys import JobField, job_record_path
-from client.models import (
+from ftjobs.client.keys import JobField, job_record_path
+from ftjobs.client.models import (
     Artifact,
     EventLevel,
     JobCreate,
@@ -45,19 +45,19 @@ from client.models import (
     Task,
     auto_reasons,
 )
-from jobs import checkpoints, continuation, integrations, outcome, safeguards
-from jobs.data import Datasets, build_datasets, steps_per_epoch
-from jobs.errors import JobFailed
-from jobs.evaluate import classification_compute_metrics, summary
-from jobs.generation import Evaluator
-from jobs.inputs import fetch_rows, hyperparameters, load, load_model, resolve_model_path, short
-from jobs.interrupts import INTERRUPTER, Cancelled, Preempted
-from jobs.methods import apply_method, load_options, parameter_counts
-from jobs.prepare import MODEL_AUGMENT, prepare_data, step_messages, token_report, write_report
-from jobs.report import Heartbeat, Reporter
-from jobs.storage import Store, remove_checkpoints
-from jobs.trainer import JobTrainer, PadCollator, ReportCallback, training_arguments
-from jobs.worker import WorkerSettings, connect
+from ftjobs.jobs import checkpoints, continuation, integrations, outcome, safeguards
+from ftjobs.jobs.data import Datasets, build_datasets, steps_per_epoch
+from ftjobs.jobs.errors import JobFailed
+from ftjobs.jobs.evaluate import classification_compute_metrics, summary
+from ftjobs.jobs.generation import Evaluator
+from ftjobs.jobs.inputs import fetch_rows, hyperparameters, load, load_model, resolve_model_path, short
+from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Preempted
+from ftjobs.jobs.methods import apply_method, load_options, parameter_counts
+from ftjobs.jobs.prepare import MODEL_AUGMENT, prepare_data, step_messages, token_report, write_report
+from ftjobs.jobs.report import Heartbeat, Reporter
+from ftjobs.jobs.storage import Store, remove_checkpoints
+from ftjobs.jobs.trainer import JobTrainer, PadCollator, ReportCallback, training_arguments
+from ftjobs.jobs.worker import WorkerSettings, connect
 
 log = logging.getLogger("ftjobs.train")
 LOG_POINTS = 50  # train-loss points per run: enough for a curve, few enough for the stream

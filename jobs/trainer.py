@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from client.models import EventType, Hyperparameters, Progress
-from jobs import methods
-from jobs.data import IGNORE_INDEX
-from jobs.evaluate import eval_values
-from jobs.interrupts import INTERRUPTER, Cancelled
-from jobs.report import Reporter, finite
+from ftjobs.client.models import EventType, Hyperparameters, Progress
+from ftjobs.jobs import methods
+from ftjobs.jobs.data import IGNORE_INDEX
+from ftjobs.jobs.evaluate import eval_values
+from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled
+from ftjobs.jobs.report import Reporter, finite
 
 
 class JobTrainer(Trainer):

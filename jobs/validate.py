@@ -25,17 +25,17 @@ from redis import Redis
 from rq import get_current_job
 from transformers import AutoTokenizer
 
-from client.keys import file_tokens_dir
-from client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload
-from jobs.data import build_datasets
-from jobs.errors import JobFailed
-from jobs.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
-from jobs.interrupts import INTERRUPTER, Cancelled, Preempted
-from jobs.prepare import MODEL_AUGMENT, augment_model_path, prepare_data, step_messages, token_report
-from jobs.reconcile import enqueue_attempt
-from jobs.report import Heartbeat, Reporter
-from jobs.storage import Store
-from jobs.worker import WorkerSettings, connect
+from ftjobs.client.keys import file_tokens_dir
+from ftjobs.client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload
+from ftjobs.jobs.data import build_datasets
+from ftjobs.jobs.errors import JobFailed
+from ftjobs.jobs.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
+from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Preempted
+from ftjobs.jobs.prepare import MODEL_AUGMENT, augment_model_path, prepare_data, step_messages, token_report
+from ftjobs.jobs.reconcile import enqueue_attempt
+from ftjobs.jobs.report import Heartbeat, Reporter
+from ftjobs.jobs.storage import Store
+from ftjobs.jobs.worker import WorkerSettings, connect
 
 TOKEN_PROFILES_KEPT = 5  # token statistics kept per file (newest jobs)
 

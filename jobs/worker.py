@@ -40,10 +40,10 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from client.keys import HEARTBEATS_KEY, heartbeat_member
-from client.models import QueuePayload
-from jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
-from jobs.reconcile import Reconciler, recover
+from ftjobs.client.keys import HEARTBEATS_KEY, heartbeat_member
+from ftjobs.client.models import QueuePayload
+from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
+from ftjobs.jobs.reconcile import Reconciler, recover
 
 log = logging.getLogger("ftjobs.worker")
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from client.models import TENANT_PATTERN
+from ftjobs.client.models import TENANT_PATTERN
 
 GIB = 1024**3
 DAY_S = 24 * 3600

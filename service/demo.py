@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from client.cli import follow_lines, results_table
-from client.client import Client
-from client.models import Hyperparameters, JobStatus, LoraMethod
-from service.stack import ROOT, Stack, minilm_dir
+from ftjobs.client.cli import follow_lines, results_table
+from ftjobs.client.client import Client
+from ftjobs.client.models import Hyperparameters, JobStatus, LoraMethod
+from ftjobs.service.stack import ROOT, Stack, minilm_dir
 
 DATA = ROOT / "demo" / "data"
 TRAIN = DATA / "sms_spam_train.jsonl"

@@ -9,12 +9,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
-from client.models import DEFAULT_TENANT
-from service.config import Settings
-from service.errors import Unauthorized
-from service.queue import JobQueue
-from service.storage import Storage
-from service.store import Store
+from ftjobs.client.models import DEFAULT_TENANT
+from ftjobs.service.config import Settings
+from ftjobs.service.errors import Unauthorized
+from ftjobs.service.queue import JobQueue
+from ftjobs.service.storage import Storage
+from ftjobs.service.store import Store
 
 
 def get_settings(request: Request) -> Settings:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from fastapi.responses import JSONResponse
 
-from client.models import ErrorBody, ErrorDetail, FileProblem
+from ftjobs.client.models import ErrorBody, ErrorDetail, FileProblem
 
 
 def snake_case(name: str) -> str:

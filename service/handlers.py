@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import (
+from ftjobs.service.errors import (
     InternalError,
     MalformedBody,
     MethodNotAllowed,

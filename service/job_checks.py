@@ -7,9 +7,9 @@ import json
 import os
 from collections.abc import Sequence
 
-from client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
-from service.errors import IncompatibleFile, IncompatibleParentJob, JobNotFound, ModelNotAllowed, ParentJobNotSucceeded
-from service.store import Store
+from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
+from ftjobs.service.errors import IncompatibleFile, IncompatibleParentJob, JobNotFound, ModelNotAllowed, ParentJobNotSucceeded
+from ftjobs.service.store import Store
 
 
 def check_model(model: str, roots: Sequence[str]) -> None:

@@ -11,15 +11,15 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from redis import Redis
 
-from service.config import Settings
-from service.errors import InternalError, RedisUnavailable, Unauthorized, error_responses
-from service.handlers import DeclaredBodyLimit, install_error_handlers
-from service.queue import JobQueue
-from service.routes import artifacts, files, health, jobs
-from service.routes.jobs import MAX_JSON_BODY_BYTES
-from service.storage import Storage, sweep_folder
-from service.store import Store
-from service.version import API_VERSION
+from ftjobs.service.config import Settings
+from ftjobs.service.errors import InternalError, RedisUnavailable, Unauthorized, error_responses
+from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
+from ftjobs.service.queue import JobQueue
+from ftjobs.service.routes import artifacts, files, health, jobs
+from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
+from ftjobs.service.storage import Storage, sweep_folder
+from ftjobs.service.store import Store
+from ftjobs.service.version import API_VERSION
 
 log = logging.getLogger("ftjobs.service")
 SWEEP_INTERVAL_S = 600  # stale temporary files are looked for at startup, then this often

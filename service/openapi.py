@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from service.config import Settings
-from service.main import create_app
+from ftjobs.service.config import Settings
+from ftjobs.service.main import create_app
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 

@@ -20,10 +20,10 @@ import os
 import tempfile
 from typing import IO, Any
 
-from client.models import FileProblem
-from service.errors import FileTooLarge, InvalidFile, UnsupportedFormat
-from service.readers import MAX_LINE_BYTES, Reader, Sink, media_type
-from service.validation import UploadSummary
+from ftjobs.client.models import FileProblem
+from ftjobs.service.errors import FileTooLarge, InvalidFile, UnsupportedFormat
+from ftjobs.service.readers import MAX_LINE_BYTES, Reader, Sink, media_type
+from ftjobs.service.validation import UploadSummary
 
 MAGIC = b"PAR1"  # the first (and last) 4 bytes of every Parquet file
 BATCH_ROWS = 256

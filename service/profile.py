@@ -13,9 +13,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from client.keys import file_path, file_profile_path, file_tokens_dir
-from client.models import FieldProfile, FileFormat, FileObject, FileProfile, LabelCount, LengthStats, TokenStats
-from service.storage import Storage
+from ftjobs.client.keys import file_path, file_profile_path, file_tokens_dir
+from ftjobs.client.models import FieldProfile, FileFormat, FileObject, FileProfile, LabelCount, LengthStats, TokenStats
+from ftjobs.service.storage import Storage
 
 MAX_TRACKED_ROWS = 1_000_000  # rows whose digests are kept for duplicate counting
 MAX_DISTINCT_LABELS = 10_000
@@ -174,7 +174,7 @@ def token_stats(storage: Storage, file: FileObject) -> list[TokenStats]:
 
 
 def _stored_profile(storage: Storage, file: FileObject) -> FileProfile:
-    from service.readers import JsonlReader  # the readers build on this module
+    from ftjobs.service.readers import JsonlReader  # the readers build on this module
 
     path = file_profile_path(file.tenant, file.id)
     if storage.exists(path):

@@ -11,12 +11,12 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
-from client.models import QueuePayload
-from service.config import Settings
+from ftjobs.client.models import QueuePayload
+from ftjobs.service.config import Settings
 
 log = logging.getLogger("ftjobs.service")
 
-VALIDATE_FUNC = "jobs.validate.run"  # the job's validating_files phase (attempt 0), imported by the worker only;
+VALIDATE_FUNC = "ftjobs.jobs.validate.run"  # the job's validating_files phase (attempt 0), imported by the worker only;
 # it enqueues the training attempt (jobs.train.run) itself: the API never imports `jobs`
 VALIDATE_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600

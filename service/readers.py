@@ -16,9 +16,9 @@ from array import array
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from client.models import SourceFormat
-from service.errors import FileTooLarge
-from service.validation import RowValidator, UploadSummary
+from ftjobs.client.models import SourceFormat
+from ftjobs.service.errors import FileTooLarge
+from ftjobs.service.validation import RowValidator, UploadSummary
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target")

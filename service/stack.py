@@ -32,8 +32,8 @@ from typing import IO, Self
 
 import httpx
 
-from client.errors import FtjobsError
-from service.embedded import EmbeddedRedis, RedisUnavailable, bind_error, free_port, start_redis
+from ftjobs.client.errors import FtjobsError
+from ftjobs.service.embedded import EmbeddedRedis, RedisUnavailable, bind_error, free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent  # holds the client/, service/ and jobs/ packages
 
@@ -180,7 +180,7 @@ class Stack:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "service.main:app_from_env",
+                "ftjobs.service.main:app_from_env",
                 "--host",
                 self.host,
                 "--port",
@@ -188,10 +188,10 @@ class Stack:
             ],
         )
         for n in range(1, self.workers + 1):
-            self._workers.append(self._spawn(f"worker-{n}", [sys.executable, "-m", "jobs.worker"]))
+            self._workers.append(self._spawn(f"worker-{n}", [sys.executable, "-m", "ftjobs.jobs.worker"]))
         # A light worker for file validation only: a job is checked (and can fail fast) while the training
         # workers are busy. It forks a work horse per validation; the model is never loaded there.
-        self._workers.append(self._spawn("validator", [sys.executable, "-m", "jobs.worker", "--validate-only"]))
+        self._workers.append(self._spawn("validator", [sys.executable, "-m", "ftjobs.jobs.worker", "--validate-only"]))
         self._wait_ready()
 
     def _watch(self, name: str) -> None:

@@ -14,9 +14,9 @@ from typing import Any, cast
 
 from redis import Redis
 
-from client import keys
-from client.keys import JobField
-from client.models import (
+from ftjobs.client import keys
+from ftjobs.client.keys import JobField
+from ftjobs.client.models import (
     FILE_ID_PATTERN,
     JOB_ID_PATTERN,
     Event,
@@ -31,8 +31,8 @@ from client.models import (
     MetricList,
     MetricPoint,
 )
-from service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
-from service.records import as_text, event_json, job_from_hash, new_record, status_event
+from ftjobs.service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
+from ftjobs.service.records import as_text, event_json, job_from_hash, new_record, status_event
 
 S = JobStatus
 StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (stream id, {field: value}) as redis-py returns it

@@ -16,7 +16,7 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import InvalidRequest, MalformedBody, UnsupportedMediaType
+from ftjobs.service.errors import InvalidRequest, MalformedBody, UnsupportedMediaType
 
 MAX_FIELD_BYTES = 1024  # the non-file form fields are short strings (`purpose`)
 BATCH_BYTES = 256 * 1024  # file bytes handed to the consumer (in a worker thread) at a time

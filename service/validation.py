@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.models import FileFormat, FileProblem, FileWarning
-from service.errors import InvalidFile
-from service.profile import ProfileBuilder
+from ftjobs.client.models import FileFormat, FileProblem, FileWarning
+from ftjobs.service.errors import InvalidFile
+from ftjobs.service.profile import ProfileBuilder
 
 MAX_REPORTED = 20  # problems listed in the error (the total is always given)
 MAX_LINES_PER_WARNING = 5

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from service.embedded import EmbeddedRedis, start_redis
-from service.stack import minilm_dir
+from ftjobs.service.embedded import EmbeddedRedis, start_redis
+from ftjobs.service.stack import minilm_dir
 
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "ftjobs-test"
@@ -78,14 +78,14 @@ def env(redis: redis_lib.Redis, redis_url: str, tmp_path: Path, model_root: Path
 
 @pytest.fixture
 def settings(env: dict[str, str]):  # type: ignore[no-untyped-def]
-    from service.config import Settings
+    from ftjobs.service.config import Settings
 
     return Settings.from_env(env)
 
 
 @pytest.fixture
 def app(settings):  # type: ignore[no-untyped-def]
-    from service.main import create_app
+    from ftjobs.service.main import create_app
 
     return create_app(settings)
 
@@ -102,7 +102,7 @@ def http(app) -> Iterator:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def client(http):  # type: ignore[no-untyped-def]
     """The real ftjobs Client over the in-process app."""
-    from client.client import Client
+    from ftjobs.client.client import Client
 
     return Client(http_client=http)
 
@@ -113,7 +113,7 @@ class WorkerProcess:
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.worker", "--queue", env["FTJOBS_QUEUE"]],
+            [sys.executable, "-m", "ftjobs.jobs.worker", "--queue", env["FTJOBS_QUEUE"]],
             cwd=REPO,
             env=full_env,
             stdout=self._fh,

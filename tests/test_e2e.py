@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from client.errors import NotFound, ValidationFailed
-from client.models import JobStatus
+from ftjobs.client.errors import NotFound, ValidationFailed
+from ftjobs.client.models import JobStatus
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree", "fish", "bird"]

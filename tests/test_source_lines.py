@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from client.models import JobStatus
-from jobs.data import LineMap, read_jsonl
-from service.readers import MAX_LINE_BREAKS, CsvReader
+from ftjobs.client.models import JobStatus
+from ftjobs.jobs.data import LineMap, read_jsonl
+from ftjobs.service.readers import MAX_LINE_BREAKS, CsvReader
 
 # CSV lines: 1 header, 2 row 1, 3-4 row 2 (a quoted cell over two lines), 5 blank, 6 row 3,
 # 7-9 row 4 (three lines), 10 row 5.

@@ -9,10 +9,10 @@ from urllib.parse import quote
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from client.keys import artifact_path
-from client.models import ArtifactList
-from service.deps import StorageDep, StoreDep, TenantDep
-from service.errors import ArtifactNotFound, JobNotFound, ValidationError, error_responses
+from ftjobs.client.keys import artifact_path
+from ftjobs.client.models import ArtifactList
+from ftjobs.service.deps import StorageDep, StoreDep, TenantDep
+from ftjobs.service.errors import ArtifactNotFound, JobNotFound, ValidationError, error_responses
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
 

@@ -10,11 +10,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from client.keys import file_lines_path, file_path, file_profile_path
-from client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
-from service.config import Settings
-from service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
-from service.errors import (
+from ftjobs.client.keys import file_lines_path, file_path, file_profile_path
+from ftjobs.client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
+from ftjobs.service.config import Settings
+from ftjobs.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
+from ftjobs.service.errors import (
     FileNotFound,
     FileTooLarge,
     InvalidFile,
@@ -25,11 +25,11 @@ from service.errors import (
     ValidationError,
     error_responses,
 )
-from service.parquet import ParquetReader, is_parquet
-from service.profile import load_profile, save_profile
-from service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
-from service.records import new_id
-from service.upload import read_upload
+from ftjobs.service.parquet import ParquetReader, is_parquet
+from ftjobs.service.profile import load_profile, save_profile
+from ftjobs.service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
+from ftjobs.service.records import new_id
+from ftjobs.service.upload import read_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

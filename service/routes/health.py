@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from client.models import Health
-from service.deps import RedisDep
-from service.errors import RedisUnavailable, error_responses
-from service.version import API_VERSION
+from ftjobs.client.models import Health
+from ftjobs.service.deps import RedisDep
+from ftjobs.service.errors import RedisUnavailable, error_responses
+from ftjobs.service.version import API_VERSION
 
 router = APIRouter(tags=["health"])
 

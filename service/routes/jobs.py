@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator
 
-from client.models import (
+from ftjobs.client.models import (
     JOB_ID_PATTERN,
     EventList,
     Job,
@@ -21,8 +21,8 @@ from client.models import (
     JobStatus,
     MetricList,
 )
-from service.deps import QueueDep, SettingsDep, StoreDep, TenantDep
-from service.errors import (
+from ftjobs.service.deps import QueueDep, SettingsDep, StoreDep, TenantDep
+from ftjobs.service.errors import (
     FileNotFound,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
@@ -37,10 +37,10 @@ from service.errors import (
     ValidationError,
     error_responses,
 )
-from service.job_checks import check_files, check_model, check_parent
-from service.queue import JobQueue
-from service.records import new_id
-from service.store import Store, stream_cursor
+from ftjobs.service.job_checks import check_files, check_model, check_parent
+from ftjobs.service.queue import JobQueue
+from ftjobs.service.records import new_id
+from ftjobs.service.store import Store, stream_cursor
 
 log = logging.getLogger("ftjobs.service")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from client.client import AsyncClient, Client
+from ftjobs.client.client import AsyncClient, Client
 
 BASE = "http://api.test"
 

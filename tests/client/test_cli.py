@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
+from ftjobs.client.cli import main
 from tests.client.fake_api import FakeAPI, error_json, job_json
 
 JOB = job_json()["id"]
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
-    monkeypatch.setattr("client.client.time.sleep", lambda s: None)
+    monkeypatch.setattr("ftjobs.client.client.time.sleep", lambda s: None)
     fake = FakeAPI()
     fake.add_job(
         progress={"step": 45, "total_steps": 113, "epoch": 1.2, "elapsed_seconds": 62.0, "eta_seconds": 95.0},
@@ -33,7 +33,7 @@ def run(api: FakeAPI, *argv: str) -> int:
 
 def ftjobs(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ftjobs.client.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
     )
 
 

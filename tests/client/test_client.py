@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import AsyncClient, Client, errors
-from client.models import Hyperparameters, JobCreate, LoraMethod
+from ftjobs.client import AsyncClient, Client, errors
+from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
 from tests.client.fake_api import FakeAPI, job_json
 
 JOB = job_json()["id"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import errors
-from client.models import EventType
+from ftjobs.client import errors
+from ftjobs.client.models import EventType
 from tests.client.fake_api import FakeAPI, error_json, job_json
 
 JOB = job_json()["id"]
@@ -27,7 +27,7 @@ def api() -> FakeAPI:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Backoff delays the client asked for, without waiting them out."""
     recorded: list[float] = []
-    monkeypatch.setattr("client.client.time.sleep", recorded.append)
+    monkeypatch.setattr("ftjobs.client.client.time.sleep", recorded.append)
     return recorded
 
 

@@ -13,9 +13,9 @@ import redis as redis_lib
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from client import keys
-from client.keys import JobField
-from client.models import JobCreate, resolve_hyperparameters
+from ftjobs.client import keys
+from ftjobs.client.keys import JobField
+from ftjobs.client.models import JobCreate, resolve_hyperparameters
 
 TENANT = "default"
 VALIDATE_QUEUE = "ftjobs-validate"  # the default of FTJOBS_VALIDATE_QUEUE
@@ -76,7 +76,7 @@ def create_job(
 
 def enqueue(redis: redis_lib.Redis, queue: str, job_id: str, tenant: str = TENANT, attempt: int = 1) -> None:
     Queue(queue, connection=redis, serializer=JSONSerializer).enqueue_call(
-        "jobs.train.run",
+        "ftjobs.jobs.train.run",
         kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": attempt}},
         job_id=f"{job_id}-{attempt}",
         timeout=600,
@@ -86,7 +86,7 @@ def enqueue(redis: redis_lib.Redis, queue: str, job_id: str, tenant: str = TENAN
 def enqueue_validation(redis: redis_lib.Redis, env: dict[str, str], job_id: str, tenant: str = TENANT) -> None:
     """As the API does on create: the job's validation (attempt 0) on the validation queue."""
     Queue(VALIDATE_QUEUE, connection=redis, serializer=JSONSerializer).enqueue_call(
-        "jobs.validate.run",
+        "ftjobs.jobs.validate.run",
         kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": 0, "queue": env["FTJOBS_QUEUE"]}},
         job_id=f"{job_id}-0",
         timeout=600,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from client.models import Task
-from jobs.data import IGNORE_INDEX, DataError, Row, build_datasets, read_jsonl, split_rows
+from ftjobs.client.models import Task
+from ftjobs.jobs.data import IGNORE_INDEX, DataError, Row, build_datasets, read_jsonl, split_rows
 from tests.tiny_models import build_tiny_tokenizer
 
 

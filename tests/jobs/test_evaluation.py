@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from client.models import Task
-from jobs.data import Row, build_datasets
-from jobs.errors import IntegrationUnavailable
-from jobs.generation import text_metrics
-from jobs.integrations import check
-from jobs.report_files import model_card, write_loss_curve
+from ftjobs.client.models import Task
+from ftjobs.jobs.data import Row, build_datasets
+from ftjobs.jobs.errors import IntegrationUnavailable
+from ftjobs.jobs.generation import text_metrics
+from ftjobs.jobs.integrations import check
+from ftjobs.jobs.report_files import model_card, write_loss_curve
 from tests.tiny_models import build_tiny_tokenizer
 
 LETTERS = string.ascii_lowercase
@@ -158,8 +158,8 @@ def test_job_asking_for_a_missing_integration_fails(client, worker, tiny_causal_
 def test_classification_samples_hold_the_predicted_label(tiny_causal_lm: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from jobs.generation import Evaluator
-    from jobs.interrupts import Cancelled
+    from ftjobs.jobs.generation import Evaluator
+    from ftjobs.jobs.interrupts import Cancelled
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_causal_lm, num_labels=2)

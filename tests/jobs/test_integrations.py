@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from client.keys import artifact_path
-from client.models import Hyperparameters, JobCreate, LoraMethod
-from jobs.errors import IntegrationUnavailable
-from jobs.integrations import check
+from ftjobs.client.keys import artifact_path
+from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
+from ftjobs.jobs.errors import IntegrationUnavailable
+from ftjobs.jobs.integrations import check
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import events, guarded_write, metric_points, store_root, submit, upload_rows, wait_for
 

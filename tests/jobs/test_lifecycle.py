@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from client import keys
-from client.keys import HEARTBEATS_KEY, artifact_path, heartbeat_member, job_dir
-from client.models import Hyperparameters, JobCreate, JobError, JobStatus, LoraMethod, Progress
-from jobs.report import Reporter
+from ftjobs.client import keys
+from ftjobs.client.keys import HEARTBEATS_KEY, artifact_path, heartbeat_member, job_dir
+from ftjobs.client.models import Hyperparameters, JobCreate, JobError, JobStatus, LoraMethod, Progress
+from ftjobs.jobs.report import Reporter
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import (
     create_job,

@@ -18,12 +18,12 @@ from transformers import (
     TrainingArguments,
 )
 
-from client.models import JobCreate, Task
-from jobs import adapters
-from jobs.artifacts import write_artifacts
-from jobs.errors import InvalidMethod, UnsupportedMethod
-from jobs.methods import apply_method, load_options, parameter_counts
-from jobs.trainer import PadCollator
+from ftjobs.client.models import JobCreate, Task
+from ftjobs.jobs import adapters
+from ftjobs.jobs.artifacts import write_artifacts
+from ftjobs.jobs.errors import InvalidMethod, UnsupportedMethod
+from ftjobs.jobs.methods import apply_method, load_options, parameter_counts
+from ftjobs.jobs.trainer import PadCollator
 from tests.jobs.helpers import submit, upload_rows, wait_for
 
 CAUSAL_METHODS: dict[str, dict[str, Any]] = {

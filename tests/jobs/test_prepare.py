@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from client.keys import artifact_path
-from client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
-from jobs.data import Row, split_rows
-from jobs.prepare import dedup_minhash, eda, near_key, normalize_text, prepare_data, shingles, swap_terms, token_report
+from ftjobs.client.keys import artifact_path
+from ftjobs.client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.jobs.data import Row, split_rows
+from ftjobs.jobs.prepare import dedup_minhash, eda, near_key, normalize_text, prepare_data, shingles, swap_terms, token_report
 from tests.jobs.helpers import events, store_root, submit, upload_rows, wait_for
 
 SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"
@@ -238,7 +238,7 @@ def test_weighted_loss(minilm: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
-    from jobs.trainer import JobTrainer
+    from ftjobs.jobs.trainer import JobTrainer
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)

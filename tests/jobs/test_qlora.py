@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.keys import artifact_path
-from client.models import Hyperparameters, JobCreate, LoraMethod, Task
-from jobs.inputs import load_model
-from jobs.methods import apply_method, load_options
+from ftjobs.client.keys import artifact_path
+from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.jobs.inputs import load_model
+from ftjobs.jobs.methods import apply_method, load_options
 from tests.jobs.helpers import store_root, submit, upload_rows, wait_for
 from tests.jobs.test_train import qa_rows
 

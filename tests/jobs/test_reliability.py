@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from client import keys
-from client.models import Hyperparameters, JobCreate, LoraMethod
+from ftjobs.client import keys
+from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import (
     create_job,
@@ -295,8 +295,8 @@ def test_sigterm_inside_a_step_that_takes_minutes_hands_the_job_back_in_bounded_
 
 
 def test_jobs_from_before_the_active_set_are_backfilled_once(redis, env, tiny_causal_lm: Path) -> None:
-    from jobs.reconcile import Reconciler
-    from jobs.worker import WorkerSettings
+    from ftjobs.jobs.reconcile import Reconciler
+    from ftjobs.jobs.worker import WorkerSettings
 
     queued = create_job(redis, request(tiny_causal_lm, env))  # written as an older API did: no active entry
     running = create_job(redis, request(tiny_causal_lm, env), tenant="acme", status="running")

@@ -26,15 +26,15 @@ from transformers import (
     set_seed,
 )
 
-from client import keys
-from client.models import JobCreate, Task
-from jobs import checkpoints
-from jobs.data import Row, build_datasets
-from jobs.generation import Evaluator
-from jobs.methods import apply_method
-from jobs.report import Reporter
-from jobs.storage import Store
-from jobs.trainer import JobTrainer, PadCollator, ReportCallback
+from ftjobs.client import keys
+from ftjobs.client.models import JobCreate, Task
+from ftjobs.jobs import checkpoints
+from ftjobs.jobs.data import Row, build_datasets
+from ftjobs.jobs.generation import Evaluator
+from ftjobs.jobs.methods import apply_method
+from ftjobs.jobs.report import Reporter
+from ftjobs.jobs.storage import Store
+from ftjobs.jobs.trainer import JobTrainer, PadCollator, ReportCallback
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import create_job, events, metric_points, read_job, store_root, submit, upload_rows, wait_for
 
@@ -329,7 +329,7 @@ def test_only_the_current_attempt_writes_a_checkpoint(redis, env, tiny_causal_lm
 
 
 def test_when_checkpoints_are_due(redis, env, tiny_causal_lm: Path, tmp_path: Path) -> None:
-    from jobs.worker import WorkerSettings
+    from ftjobs.jobs.worker import WorkerSettings
 
     assert (WorkerSettings.from_env({}).checkpoint_s, WorkerSettings.from_env({}).checkpoint_steps) == (600, 0)
     off = WorkerSettings.from_env({"FTJOBS_CHECKPOINT_S": "0"})
@@ -437,8 +437,8 @@ def test_a_lost_attempt_resumes_from_its_last_checkpoint(redis, env, tiny_causal
 
 
 def test_a_job_the_reconciler_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm: Path) -> None:
-    from jobs.reconcile import Reconciler
-    from jobs.worker import WorkerSettings
+    from ftjobs.jobs.reconcile import Reconciler
+    from ftjobs.jobs.worker import WorkerSettings
 
     settings = WorkerSettings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "1"})
     job_id = create_job(redis, JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20), status="running")

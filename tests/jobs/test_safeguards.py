@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.models import EarlyStopping, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
-from jobs import safeguards
-from jobs.data import Row, causal_examples
-from jobs.trainer import JobTrainer, PadCollator
+from ftjobs.client.models import EarlyStopping, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.jobs import safeguards
+from ftjobs.jobs.data import Row, causal_examples
+from ftjobs.jobs.trainer import JobTrainer, PadCollator
 from tests.jobs.helpers import create_job, events, read_job, upload_rows
 from tests.tiny_models import build_tiny_bert
 
@@ -28,7 +28,7 @@ def qa(n: int, colours: dict[str, str], offset: int = 0) -> list[dict]:
 
 def run_job(redis, env, monkeypatch, request: JobCreate) -> dict:  # type: ignore[no-untyped-def]
     """One attempt of a job, in this process (jobs.train.run as RQ would call it), without a worker."""
-    from jobs.train import run
+    from ftjobs.jobs.train import run
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -137,7 +137,7 @@ def test_early_stopping_args_and_request_checks() -> None:
 
 
 def test_dropout_overrides_reach_the_modules(tmp_path: Path, tiny_causal_lm: Path) -> None:
-    from jobs.inputs import load_model as _load_model
+    from ftjobs.jobs.inputs import load_model as _load_model
 
     bert = build_tiny_bert(tmp_path / "bert")
     from transformers import AutoConfig

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client.keys import artifact_path
-from client.models import TASK_FORMATS, FileFormat, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.client.keys import artifact_path
+from ftjobs.client.models import TASK_FORMATS, FileFormat, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
 from tests.jobs.helpers import store_root, submit, upload_rows, wait_for
 from tests.tiny_models import build_tiny_t5
 
@@ -39,7 +39,7 @@ def test_lora_wraps_an_encoder_decoder_as_seq2seq(tiny_t5: Path) -> None:
     from peft import PeftModelForSeq2SeqLM
     from transformers import AutoModelForSeq2SeqLM
 
-    from jobs.methods import apply_method, parameter_counts
+    from ftjobs.jobs.methods import apply_method, parameter_counts
 
     model = apply_method(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5), LoraMethod(r=4), Task.seq2seq)
     assert isinstance(model, PeftModelForSeq2SeqLM)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from client.models import JobStatus
-from jobs.generation import EXTRA_NEW_TOKENS
+from ftjobs.client.models import JobStatus
+from ftjobs.jobs.generation import EXTRA_NEW_TOKENS
 from tests.jobs.test_seq2seq import LETTERS, rows, tiny_t5  # noqa: F401 - tiny_t5 is a fixture
 
 

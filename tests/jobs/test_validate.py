@@ -9,11 +9,11 @@ from pathlib import Path
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from client.cli import describe_profile
-from client.keys import HEARTBEATS_KEY, heartbeat_member
-from client.models import JobCreate, JobStatus
-from jobs.reconcile import Reconciler
-from jobs.worker import WorkerSettings
+from ftjobs.client.cli import describe_profile
+from ftjobs.client.keys import HEARTBEATS_KEY, heartbeat_member
+from ftjobs.client.models import JobCreate, JobStatus
+from ftjobs.jobs.reconcile import Reconciler
+from ftjobs.jobs.worker import WorkerSettings
 from tests.conftest import QUEUE
 from tests.jobs.helpers import VALIDATE_QUEUE, create_job, events, guarded_write, read_job, upload_rows
 
@@ -78,7 +78,7 @@ def test_a_job_that_cannot_train_fails_while_validating(  # type: ignore[no-unty
 
 
 def test_a_job_cancelled_while_validating_is_never_queued(redis, env, tiny_causal_lm: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from jobs import validate
+    from ftjobs.jobs import validate
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -114,7 +114,7 @@ def test_the_reconciler_validates_again_after_a_lost_validation_then_gives_up(  
     record = read_job(redis, job_id)
     assert record["status"] == "validating_files" and record["resolved"]["validation_attempts"] == 2
     validations = Queue(VALIDATE_QUEUE, connection=redis, serializer=JSONSerializer).jobs
-    assert [j.func_name for j in validations] == ["jobs.validate.run"]
+    assert [j.func_name for j in validations] == ["ftjobs.jobs.validate.run"]
     assert validations[0].kwargs["payload"] == {"job_id": job_id, "tenant": "default", "attempt": 0, "queue": QUEUE}
     assert "validating again" in events(redis, job_id)[-1]["message"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.worker import WorkerSettings, redact_url
+from ftjobs.jobs.worker import WorkerSettings, redact_url
 
 
 def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
@@ -31,8 +31,8 @@ def test_redis_password_never_reaches_the_log() -> None:
 
 
 def test_model_paths_resolve_only_under_the_roots(tmp_path: Path) -> None:
-    from jobs.errors import ModelNotFound
-    from jobs.inputs import resolve_model_path
+    from ftjobs.jobs.errors import ModelNotFound
+    from ftjobs.jobs.inputs import resolve_model_path
 
     first, second, outside = tmp_path / "r1", tmp_path / "r2", tmp_path / "elsewhere"
     for folder in (second / "org" / "m", outside / "m"):

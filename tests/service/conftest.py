@@ -12,9 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from client import keys
-from service.config import Settings
-from service.main import create_app
+from ftjobs.client import keys
+from ftjobs.service.config import Settings
+from ftjobs.service.main import create_app
 
 ROWS: dict[str, list[dict[str, Any]]] = {
     "messages": [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.embedded import free_port
-from service.errors import (
+from ftjobs.service.embedded import free_port
+from ftjobs.service.errors import (
     FileNotFound,
     IdempotencyKeyReused,
     JobNotCancellable,
@@ -14,7 +14,7 @@ from service.errors import (
     ServiceError,
     error_responses,
 )
-from service.storage import Storage
+from ftjobs.service.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from client.keys import file_path
-from service.storage import Storage
+from ftjobs.client.keys import file_path
+from ftjobs.service.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 
 

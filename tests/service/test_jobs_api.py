@@ -12,7 +12,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
-from client import keys
+from ftjobs.client import keys
 from tests.conftest import QUEUE
 from tests.service.conftest import ROWS, assert_error, jsonl, upload, worker_write
 
@@ -42,7 +42,7 @@ def test_create_job_enqueues_its_validation_with_a_json_payload(create_job, redi
     queue = Queue("ftjobs-validate", connection=redis, serializer=JSONSerializer)
     assert queue.job_ids == [f"{job['id']}-0"]
     rq_job = queue.fetch_job(f"{job['id']}-0")
-    assert rq_job.func_name == "jobs.validate.run"
+    assert rq_job.func_name == "ftjobs.jobs.validate.run"
     payload = {"job_id": job["id"], "tenant": "default", "attempt": 0, "queue": QUEUE}
     assert rq_job.kwargs == {"payload": payload}
     raw = redis.hget(f"rq:job:{job['id']}-0", "data")

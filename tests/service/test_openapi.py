@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from service.openapi import render
+from ftjobs.service.openapi import render
 from tests.conftest import REPO
 
 
 def test_committed_spec_is_up_to_date():  # type: ignore[no-untyped-def]
     result = subprocess.run(
-        [sys.executable, "-m", "service.openapi", "--check"],
+        [sys.executable, "-m", "ftjobs.service.openapi", "--check"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -24,7 +24,7 @@ def test_check_fails_on_drift(tmp_path):  # type: ignore[no-untyped-def]
     stale = tmp_path / "openapi.json"
     stale.write_text("{}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "service.openapi", "--check", "--path", str(stale)],
+        [sys.executable, "-m", "ftjobs.service.openapi", "--check", "--path", str(stale)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from client.models import JobCreate
+from ftjobs.client.models import JobCreate
 from tests.jobs.helpers import create_job
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from client.keys import file_lines_path, file_path
-from client.models import JobStatus
-from service.storage import Storage
+from ftjobs.client.keys import file_lines_path, file_path
+from ftjobs.client.models import JobStatus
+from ftjobs.service.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 from tests.service.test_files import stored_files
 

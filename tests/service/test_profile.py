@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from client.keys import file_profile_path
-from service.storage import Storage
+from ftjobs.client.keys import file_profile_path
+from ftjobs.service.storage import Storage
 from tests.service.conftest import assert_error, jsonl, upload
 
 SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"

@@ -16,14 +16,14 @@ from typing import IO
 import httpx
 import pytest
 
-from client import Client
-from service.embedded import free_port
-from service.stack import Stack
+from ftjobs.client import Client
+from ftjobs.service.embedded import free_port
+from ftjobs.service.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("service.main") is None or importlib.util.find_spec("jobs.worker") is None,
+    importlib.util.find_spec("ftjobs.service.main") is None or importlib.util.find_spec("ftjobs.jobs.worker") is None,
     reason="service/ or jobs/ is not in the tree yet",
 )
 
@@ -59,7 +59,7 @@ def launch_up(data_dir: Path, port: int, stderr: int | IO[str] = subprocess.PIPE
     """`ftjobs up` as a user runs it: its own process group, as in a terminal, with Ctrl-C enabled."""
     env = {k: v for k, v in os.environ.items() if k not in ("FTJOBS_REDIS_URL", "FTJOBS_API_KEYS")}
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "ftjobs.client.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

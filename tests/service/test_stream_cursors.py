@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from client import keys
-from service.store import MAX_STREAM_PART, stream_cursor
+from ftjobs.client import keys
+from ftjobs.service.store import MAX_STREAM_PART, stream_cursor
 from tests.service.conftest import assert_error
 
 MAX = str(MAX_STREAM_PART)  # 18446744073709551615 = 2^64-1

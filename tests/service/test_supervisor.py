@@ -19,12 +19,12 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from service.embedded import free_port
-from service.stack import Stack, StackError, restart_delay
+from ftjobs.service.embedded import free_port
+from ftjobs.service.stack import Stack, StackError, restart_delay
 from tests.service.test_stack import alive, launch_up, redis_servers_in
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("service.main") is None or importlib.util.find_spec("jobs.worker") is None,
+    importlib.util.find_spec("ftjobs.service.main") is None or importlib.util.find_spec("ftjobs.jobs.worker") is None,
     reason="service/ or jobs/ is not in the tree yet",
 )
 
@@ -284,7 +284,7 @@ def _parts(pid: int) -> dict[str, tuple[int, str]]:
             "redis" if "redis-server" in args
             else "api" if "uvicorn" in args
             else "validator" if "--validate-only" in args
-            else "worker" if "jobs.worker" in args
+            else "worker" if "ftjobs.jobs.worker" in args
             else args
         )  # fmt: skip
         parts[kind] = (int(child), args)
@@ -364,7 +364,7 @@ def test_ftjobs_up_restarts_a_worker_the_api_and_redis(tmp_path: Path) -> None:
 def test_a_running_job_survives_a_redis_sigkill_and_a_worker_sigkill(
     tmp_path: Path, clean_env: None, tiny_causal_lm: Path
 ) -> None:
-    from client import Client
+    from ftjobs.client import Client
 
     env = {
         "FTJOBS_MODEL_ROOTS": str(tiny_causal_lm.parent),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from service.config import Settings
-from service.storage import Storage, sweep_folder
+from ftjobs.service.config import Settings
+from ftjobs.service.storage import Storage, sweep_folder
 
 HOUR = 3600
 

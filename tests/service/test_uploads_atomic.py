@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.keys import file_path
-from service.embedded import free_port
-from service.storage import Storage
+from ftjobs.client.keys import file_path
+from ftjobs.service.embedded import free_port
+from ftjobs.service.storage import Storage
 from tests.conftest import REPO
 from tests.service.conftest import assert_error, jsonl
 
@@ -113,7 +113,7 @@ def api_server(env: dict[str, str], log: Path, **extra: str) -> Iterator[tuple[s
     port = free_port()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.main:app_from_env", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "--factory", "ftjobs.service.main:app_from_env", "--port", str(port)],
             cwd=REPO,
             env={**os.environ, **env, **extra, "PYTHONUNBUFFERED": "1"},
             stdout=out,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from client.keys import file_path
-from service.storage import Storage
+from ftjobs.client.keys import file_path
+from ftjobs.service.storage import Storage
 from tests.conftest import REPO
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 
@@ -169,8 +169,8 @@ def measure_upload(settings_json: str, size: int) -> None:
     """In a fresh process: the API's peak RSS growth while it takes a `size`-byte upload (prints JSON)."""
     from fastapi.testclient import TestClient
 
-    from service.config import Settings
-    from service.main import create_app
+    from ftjobs.service.config import Settings
+    from ftjobs.service.main import create_app
 
     app = create_app(Settings.model_validate_json(settings_json))
     with TestClient(app):
