@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ftjobs.client.keys import artifact_path, staging_dir
 from ftjobs.client.models import Artifact, Task
+from ftjobs.core.keys import artifact_path, staging_dir
 from ftjobs.jobs.methods import save_weights
 from ftjobs.jobs.storage import Store
 

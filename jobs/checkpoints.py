@@ -32,8 +32,8 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ftjobs.client.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_dir
 from ftjobs.client.models import EventLevel, EventType
+from ftjobs.core.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_dir
 from ftjobs.jobs.artifacts import sha256_file
 from ftjobs.jobs.inputs import short
 from ftjobs.jobs.interrupts import INTERRUPTER, Preempted

@@ -18,8 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftjobs.client.keys import artifact_path, file_path, job_record_path
-from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, AdapterMethod, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.client.models import (
+    ADAPTER_SHAPE_FIELDS,
+    AdapterMethod,
+    FullMethod,
+    Hyperparameters,
+    JobCreate,
+    LoraMethod,
+    Task,
+)
+from ftjobs.core.keys import artifact_path, file_path, job_record_path
 from ftjobs.jobs import adapters
 from ftjobs.jobs.data import Row, label_of
 from ftjobs.jobs.errors import DataError, InvalidMethod

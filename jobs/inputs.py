@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ftjobs.client.keys import file_lines_path, file_path
 from ftjobs.client.models import Hyperparameters, JobCreate, Task, resolve_hyperparameters
+from ftjobs.core.keys import file_lines_path, file_path
 from ftjobs.jobs.data import LineMap, Row, read_jsonl
 from ftjobs.jobs.errors import DataError, InvalidModel, ModelNotFound
 from ftjobs.jobs.storage import Store

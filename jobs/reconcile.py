@@ -27,7 +27,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from ftjobs.client.keys import (
+from ftjobs.client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
+from ftjobs.core.keys import (
     ACTIVE_BACKFILLED_KEY,
     ACTIVE_JOBS_KEY,
     HEARTBEATS_KEY,
@@ -40,7 +41,6 @@ from ftjobs.client.keys import (
     suspect_key,
     tenant_jobs_key,
 )
-from ftjobs.client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
 from ftjobs.jobs.report import Reporter
 from ftjobs.jobs.storage import Store, remove_checkpoints
 

@@ -17,7 +17,17 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from ftjobs.client.keys import (
+from ftjobs.client.models import (
+    Artifact,
+    Event,
+    EventLevel,
+    EventType,
+    JobError,
+    JobStatus,
+    MetricPoint,
+    Progress,
+)
+from ftjobs.core.keys import (
     ACTIVE_JOBS_KEY,
     GUARDED_WRITE,
     HEARTBEATS_KEY,
@@ -28,16 +38,6 @@ from ftjobs.client.keys import (
     heartbeat_member,
     job_key,
     metrics_key,
-)
-from ftjobs.client.models import (
-    Artifact,
-    Event,
-    EventLevel,
-    EventType,
-    JobError,
-    JobStatus,
-    MetricPoint,
-    Progress,
 )
 
 log = logging.getLogger("ftjobs.report")

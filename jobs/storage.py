@@ -10,7 +10,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ftjobs.client.keys import checkpoints_dir
+from ftjobs.core.keys import checkpoints_dir
 
 log = logging.getLogger("ftjobs.storage")
 

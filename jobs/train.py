@@ -34,7 +34,6 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from ftjobs.client.keys import JobField, job_record_path
 from ftjobs.client.models import (
     Artifact,
     EventLevel,
@@ -45,6 +44,7 @@ from ftjobs.client.models import (
     Task,
     auto_reasons,
 )
+from ftjobs.core.keys import JobField, job_record_path
 from ftjobs.jobs import checkpoints, continuation, integrations, outcome, safeguards
 from ftjobs.jobs.data import Datasets, build_datasets, steps_per_epoch
 from ftjobs.jobs.errors import JobFailed

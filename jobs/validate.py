@@ -25,8 +25,8 @@ from redis import Redis
 from rq import get_current_job
 from transformers import AutoTokenizer
 
-from ftjobs.client.keys import file_tokens_dir
 from ftjobs.client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload
+from ftjobs.core.keys import file_tokens_dir
 from ftjobs.jobs.data import build_datasets
 from ftjobs.jobs.errors import JobFailed
 from ftjobs.jobs.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short

@@ -40,8 +40,8 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from ftjobs.client.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.client.models import QueuePayload
+from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
 from ftjobs.jobs.reconcile import Reconciler, recover
 

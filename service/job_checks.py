@@ -8,7 +8,13 @@ import os
 from collections.abc import Sequence
 
 from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
-from ftjobs.service.errors import IncompatibleFile, IncompatibleParentJob, JobNotFound, ModelNotAllowed, ParentJobNotSucceeded
+from ftjobs.service.errors import (
+    IncompatibleFile,
+    IncompatibleParentJob,
+    JobNotFound,
+    ModelNotAllowed,
+    ParentJobNotSucceeded,
+)
 from ftjobs.service.store import Store
 
 

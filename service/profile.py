@@ -13,8 +13,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from ftjobs.client.keys import file_path, file_profile_path, file_tokens_dir
 from ftjobs.client.models import FieldProfile, FileFormat, FileObject, FileProfile, LabelCount, LengthStats, TokenStats
+from ftjobs.core.keys import file_path, file_profile_path, file_tokens_dir
 from ftjobs.service.storage import Storage
 
 MAX_TRACKED_ROWS = 1_000_000  # rows whose digests are kept for duplicate counting

@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ftjobs.client.keys import JobField
 from ftjobs.client.models import EventLevel, EventType, Job, JobCreate, JobStatus, resolve_hyperparameters
+from ftjobs.core.keys import JobField
 
 _last_id = (0, 0)  # (ms, random part) of the last id made by this process
 _id_lock = threading.Lock()

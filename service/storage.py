@@ -1,6 +1,6 @@
 """The artifact/dataset store behind an fsspec URL (file:// by default, s3:// at scale).
 
-Paths are the ones of `client/keys.py`, relative to the storage root. Writes are atomic: data goes to
+Paths are the ones of `core/keys.py`, relative to the storage root. Writes are atomic: data goes to
 `<path>.tmp-<random>` and is moved into place only once complete, so no reader sees half a file. A
 process killed mid-write leaves its temporary file behind; `sweep_temp` deletes the stale ones.
 """

@@ -1,7 +1,7 @@
 """Job records, event/metric streams, files and idempotency keys in Redis.
 
 The only module of the API that reads job progress (the worker writes it with `jobs/report.py`), using
-the key names, hash fields and the GUARDED_WRITE script of `client/keys.py`. Every hash value is JSON.
+the key names, hash fields and the GUARDED_WRITE script of `core/keys.py`. Every hash value is JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, cast
 from redis import Redis
 
 from ftjobs.client import keys
-from ftjobs.client.keys import JobField
 from ftjobs.client.models import (
     FILE_ID_PATTERN,
     JOB_ID_PATTERN,
@@ -31,6 +30,7 @@ from ftjobs.client.models import (
     MetricList,
     MetricPoint,
 )
+from ftjobs.core.keys import JobField
 from ftjobs.service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
 from ftjobs.service.records import as_text, event_json, job_from_hash, new_record, status_event
 

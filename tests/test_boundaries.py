@@ -19,9 +19,7 @@ def loaded_after(code: str, watch: list[str]) -> list[str]:
         f"print(json.dumps(sorted({{w for w in {watch!r} for m in sys.modules if m == w or m.startswith(w + '.')}})))"
     )
     probe = f"{code}\nimport json, sys\n{report}"
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return list(json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -39,17 +37,23 @@ def test_app_and_its_spec_never_load_the_training_stack():  # type: ignore[no-un
     assert loaded_after(code, [*HEAVY, "ftjobs.jobs"]) == []
 
 
-@pytest.mark.parametrize("module", ["ftjobs", "ftjobs.client.models", "ftjobs.client.keys"])
+@pytest.mark.parametrize("module", ["ftjobs", "ftjobs.client.models", "ftjobs.core.keys"])
 def test_client_contract_is_light(module):  # type: ignore[no-untyped-def]
     assert (
-        loaded_after(f"import {module}", [*HEAVY, "fastapi", "starlette", "httpx", "rq", "redis", "ftjobs.service", "ftjobs.jobs"])
+        loaded_after(
+            f"import {module}",
+            [*HEAVY, "fastapi", "starlette", "httpx", "rq", "redis", "ftjobs.service", "ftjobs.jobs"],
+        )
         == []
     )
 
 
 def test_jobs_never_load_the_web_stack():  # type: ignore[no-untyped-def]
     assert (
-        loaded_after("import ftjobs.jobs, ftjobs.jobs.train, ftjobs.jobs.worker", ["fastapi", "starlette", "ftjobs.service", "httpx"])
+        loaded_after(
+            "import ftjobs.jobs, ftjobs.jobs.train, ftjobs.jobs.worker",
+            ["fastapi", "starlette", "ftjobs.service", "httpx"],
+        )
         == []
     )
 

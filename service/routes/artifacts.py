@@ -9,8 +9,8 @@ from urllib.parse import quote
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from ftjobs.client.keys import artifact_path
 from ftjobs.client.models import ArtifactList
+from ftjobs.core.keys import artifact_path
 from ftjobs.service.deps import StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import ArtifactNotFound, JobNotFound, ValidationError, error_responses
 

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ftjobs.client.keys import file_lines_path, file_path, file_profile_path
 from ftjobs.client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
+from ftjobs.core.keys import file_lines_path, file_path, file_profile_path
 from ftjobs.service.config import Settings
 from ftjobs.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (

@@ -14,8 +14,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from ftjobs.client import keys
-from ftjobs.client.keys import JobField
 from ftjobs.client.models import JobCreate, resolve_hyperparameters
+from ftjobs.core.keys import JobField
 
 TENANT = "default"
 VALIDATE_QUEUE = "ftjobs-validate"  # the default of FTJOBS_VALIDATE_QUEUE

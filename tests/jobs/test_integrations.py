@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftjobs.client.keys import artifact_path
 from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
+from ftjobs.core.keys import artifact_path
 from ftjobs.jobs.errors import IntegrationUnavailable
 from ftjobs.jobs.integrations import check
 from tests.conftest import WorkerProcess

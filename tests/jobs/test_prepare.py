@@ -11,10 +11,19 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ftjobs.client.keys import artifact_path
 from ftjobs.client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.core.keys import artifact_path
 from ftjobs.jobs.data import Row, split_rows
-from ftjobs.jobs.prepare import dedup_minhash, eda, near_key, normalize_text, prepare_data, shingles, swap_terms, token_report
+from ftjobs.jobs.prepare import (
+    dedup_minhash,
+    eda,
+    near_key,
+    normalize_text,
+    prepare_data,
+    shingles,
+    swap_terms,
+    token_report,
+)
 from tests.jobs.helpers import events, store_root, submit, upload_rows, wait_for
 
 SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"

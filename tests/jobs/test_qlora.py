@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftjobs.client.keys import artifact_path
 from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.core.keys import artifact_path
 from ftjobs.jobs.inputs import load_model
 from ftjobs.jobs.methods import apply_method, load_options
 from tests.jobs.helpers import store_root, submit, upload_rows, wait_for

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ftjobs.client.keys import artifact_path
 from ftjobs.client.models import TASK_FORMATS, FileFormat, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.core.keys import artifact_path
 from tests.jobs.helpers import store_root, submit, upload_rows, wait_for
 from tests.tiny_models import build_tiny_t5
 

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ftjobs.client.keys import artifact_path, job_record_path, staging_dir
 from ftjobs.client.models import FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
+from ftjobs.core.keys import artifact_path, job_record_path, staging_dir
 from tests.jobs.helpers import events, metric_points, store_root, submit, upload_rows, wait_for
 
 COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "the sun": "yellow", "a fox": "brown"}

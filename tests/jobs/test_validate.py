@@ -10,8 +10,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from ftjobs.client.cli import describe_profile
-from ftjobs.client.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.client.models import JobCreate, JobStatus
+from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.jobs.reconcile import Reconciler
 from ftjobs.jobs.worker import WorkerSettings
 from tests.conftest import QUEUE

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ftjobs.client.keys import file_path
+from ftjobs.core.keys import file_path
 from ftjobs.service.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ftjobs.client.keys import file_lines_path, file_path
 from ftjobs.client.models import JobStatus
+from ftjobs.core.keys import file_lines_path, file_path
 from ftjobs.service.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 from tests.service.test_files import stored_files

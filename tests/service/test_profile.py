@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftjobs.client.keys import file_profile_path
+from ftjobs.core.keys import file_profile_path
 from ftjobs.service.storage import Storage
 from tests.service.conftest import assert_error, jsonl, upload
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ftjobs.client.keys import file_path
+from ftjobs.core.keys import file_path
 from ftjobs.service.embedded import free_port
 from ftjobs.service.storage import Storage
 from tests.conftest import REPO

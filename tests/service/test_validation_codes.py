@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ftjobs.client.keys import file_path
+from ftjobs.core.keys import file_path
 from ftjobs.service.storage import Storage
 from tests.conftest import REPO
 from tests.service.conftest import ROWS, assert_error, jsonl, upload

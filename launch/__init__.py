@@ -1,0 +1,1 @@
+"""The only room that starts processes: `ftjobs up` (embedded Redis, the API, workers) and `ftjobs demo`."""
