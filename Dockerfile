@@ -7,8 +7,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ftjobs ./ftjobs
 COPY client ./client
+COPY core ./core
 COPY service ./service
 COPY jobs ./jobs
+COPY launch ./launch
 
 FROM base AS api
 RUN pip install ".[service,parquet]"

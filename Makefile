@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m ftjobs.client.cli demo
+	$(PY) -m ftjobs.launch.cli demo
 
 test: venv
 	$(PY) -m pytest -q
@@ -38,7 +38,7 @@ bench: venv
 	$(PY) bench/job_overhead.py
 
 up: venv
-	$(PY) -m ftjobs.client.cli up
+	$(PY) -m ftjobs.launch.cli up
 
 clean:
 	rm -rf $(VENV) .ftjobs .pytest_cache build

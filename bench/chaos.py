@@ -36,9 +36,9 @@ import httpx  # noqa: E402
 from redis import Redis  # noqa: E402
 from rq import Worker  # noqa: E402
 
-from ftjobs.client import keys  # noqa: E402
 from ftjobs.client.client import Client  # noqa: E402
-from ftjobs.service.stack import Stack  # noqa: E402
+from ftjobs.core import keys  # noqa: E402
+from ftjobs.launch.stack import Stack  # noqa: E402
 from tests.tiny_models import build_tiny_causal_lm  # noqa: E402
 
 ROWS = [{"prompt": f"count to {n} :", "completion": " ".join(str(i) for i in range(1, n % 9 + 2))} for n in range(64)]

@@ -1,7 +1,7 @@
 """Does balancing the training classes help the rare class? MiniLM + LoRA on SMS spam (13% spam), side by side.
 
 Three jobs on the embedded stack, identical but for `data.balance`: none, oversample, class_weights.
-Each trains on demo/data/sms_spam_train.jsonl and is scored on sms_spam_heldout.jsonl (the real ratio);
+Each trains on launch/demo_data/sms_spam_train.jsonl and is scored on sms_spam_heldout.jsonl (the real ratio);
 prints spam recall/precision/F1 and macro F1 for each.
 
     .venv/bin/python bench/data_balance.py [--epochs 1]
@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ftjobs.client.client import Client  # noqa: E402
-from ftjobs.service.stack import Stack, minilm_dir  # noqa: E402
+from ftjobs.launch.stack import Stack, minilm_dir  # noqa: E402
 
-TRAIN = REPO / "demo" / "data" / "sms_spam_train.jsonl"
-HELDOUT = REPO / "demo" / "data" / "sms_spam_heldout.jsonl"
+TRAIN = REPO / "launch" / "demo_data" / "sms_spam_train.jsonl"
+HELDOUT = REPO / "launch" / "demo_data" / "sms_spam_heldout.jsonl"
 BALANCES = ("none", "oversample", "class_weights")
 
 

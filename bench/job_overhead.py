@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ftjobs.client.client import Client  # noqa: E402
-from ftjobs.service.stack import Stack, minilm_dir  # noqa: E402
+from ftjobs.launch.stack import Stack, minilm_dir  # noqa: E402
 
-TRAIN = REPO / "demo" / "data" / "sms_spam_train.jsonl"
-HELDOUT = REPO / "demo" / "data" / "sms_spam_heldout.jsonl"
+TRAIN = REPO / "launch" / "demo_data" / "sms_spam_train.jsonl"
+HELDOUT = REPO / "launch" / "demo_data" / "sms_spam_heldout.jsonl"
 HP = {"n_epochs": 2, "batch_size": 16, "max_seq_length": 64, "learning_rate": 2e-3, "seed": 42}
 
 DIRECT = textwrap.dedent(

@@ -1,7 +1,7 @@
 """What does each fine-tuning method cost? Train speed and peak memory, side by side in one run.
 
 Each method runs in its own fresh interpreter (so peak RSS is that method's alone): the tiny causal LM of the
-test suite (or --hidden/--layers for a wider one), jobs.methods.apply_method, a Trainer run of --steps steps on
+test suite (or --hidden/--layers for a wider one), ftjobs.jobs.training.methods.apply_method, a Trainer run of --steps steps on
 fixed text, timed after one warm-up step. Prints, per method: trainable parameters, training tokens/s (non-pad
 input tokens per second; virtual tokens not counted), the base weights' memory (4-bit for qlora), peak RSS
 (ru_maxrss) and both as ratios to `full`.
@@ -38,8 +38,8 @@ sys.path.insert(0, {repo!r})
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 from ftjobs.client.models import JobCreate, Task
-from ftjobs.jobs.methods import apply_method, load_options, parameter_counts
-from ftjobs.jobs.trainer import PadCollator
+from ftjobs.jobs.training.methods import apply_method, load_options, parameter_counts
+from ftjobs.jobs.training.trainer import PadCollator
 
 torch.set_num_threads({threads})
 spec, model_dir, steps, batch = json.loads({spec!r}), {model_dir!r}, {steps}, {batch}

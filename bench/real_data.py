@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ftjobs.client.client import Client  # noqa: E402
-from ftjobs.service.stack import Stack, minilm_dir  # noqa: E402
+from ftjobs.launch.stack import Stack, minilm_dir  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 TARGETS = {"sms_spam": ("f1/spam", 0.90), "uci_sentiment": ("accuracy", 0.85)}

@@ -1,7 +1,8 @@
-"""ftjobs client: the wire contract (`client.models`) and a thin httpx client (`client.Client`).
+"""ftjobs client: the wire contract (`ftjobs.client.models`) and a thin httpx client (`ftjobs.client.Client`).
 
-Importing `client` loads neither httpx nor anything heavy: the worker imports `client.models` and
-`client.keys` only, and must never load httpx.
+Importing `ftjobs.client` loads neither httpx nor anything heavy: the worker imports `ftjobs.client.models`
+only, and must never load httpx. The CLI's commands are `ftjobs.client.cli`, what it prints `ftjobs.client.display`;
+the `ftjobs` console script is `ftjobs.launch.cli`, which adds the commands that start processes.
 """
 
 from typing import TYPE_CHECKING, Any

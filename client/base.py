@@ -4,7 +4,8 @@ Every API operation is written once, as a *plan*: a generator that yields small 
 request, `Sleep`, `Read` or `Save` a streamed body, `Emit` items to an iterator's caller) and is sent
 their results back (or has their exceptions thrown in). Retries, pagination, polling and checksum
 checks live in plans; `Client` and `AsyncClient` (client/client.py) only differ in how they execute a
-step — httpx.Client and time.sleep, or httpx.AsyncClient and asyncio.sleep.
+step — httpx.Client and time.sleep, or httpx.AsyncClient and asyncio.sleep. Every list that spans pages is
+walked by the one loop here, `paginate` (`jobs.follow`, `jobs.all_events`, `jobs.all_metrics`).
 
 Retries (`BaseClient._request`): connection errors, timeouts, 429, 502, 503 and 504 are retried with
 exponential backoff and jitter (a `Retry-After` header of up to 60 s wins) — GETs always, POSTs only
@@ -18,15 +19,16 @@ import builtins
 import hashlib
 import os
 import random
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, TypeAlias, TypeVar
+from typing import IO, Any, Generic, Protocol, TypeAlias, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from ftjobs.client import errors
+from ftjobs.client.models.common import Page
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -85,6 +87,30 @@ class Emit(Generic[T]):
 Step: TypeAlias = Send | Sleep | Read | Save
 Plan: TypeAlias = Generator[Step, Any, T]
 Stream: TypeAlias = Generator[Step | Emit[T], Any, None]
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=Identified)
+
+
+def paginate(
+    fetch: Callable[[str | None], Plan[Page[Item]]], after: str | None = None
+) -> Generator[Step | Emit[Item], Any, str | None]:
+    """The one pagination loop: fetch the pages after `after` until one says there is no more, emitting their items.
+
+    Returns the id of the last item seen (else `after`): the cursor to go on from once there are more (`jobs.follow`).
+    """
+    while True:
+        page = yield from fetch(after)
+        if page.data:
+            after = page.data[-1].id
+            yield Emit(page.data)
+        if not (page.has_more and page.data):
+            return after
 
 
 class Digest:

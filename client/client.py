@@ -40,7 +40,7 @@ from ftjobs.client.base import (
     Stream,
 )
 from ftjobs.client.models import Health
-from ftjobs.client.resources import FilesPlans, JobsPlans, Plans, ServicePlans
+from ftjobs.client.resources import FilesPlans, JobsPlans, ModelsPlans, Plans, ServicePlans
 
 __all__ = ["Client", "AsyncClient", "DEFAULT_BASE_URL"]
 
@@ -84,6 +84,16 @@ def _sync_iter(
     return method
 
 
+def _sync_list(
+    plan: Callable[Concatenate[Any, P], Stream[T]],
+) -> Callable[Concatenate[_SyncResource, P], builtins.list[T]]:
+    def method(self: _SyncResource, /, *args: P.args, **kwargs: P.kwargs) -> builtins.list[T]:
+        return builtins.list(self._client._iterate(plan(self._plans, *args, **kwargs)))
+
+    functools.update_wrapper(method, plan)
+    return method
+
+
 def _async(
     plan: Callable[Concatenate[Any, P], Plan[T]],
 ) -> Callable[Concatenate[_AsyncResource, P], Coroutine[Any, Any, T]]:
@@ -104,6 +114,16 @@ def _async_iter(
     return method
 
 
+def _async_list(
+    plan: Callable[Concatenate[Any, P], Stream[T]],
+) -> Callable[Concatenate[_AsyncResource, P], Coroutine[Any, Any, builtins.list[T]]]:
+    async def method(self: _AsyncResource, /, *args: P.args, **kwargs: P.kwargs) -> builtins.list[T]:
+        return [item async for item in self._client._iterate(plan(self._plans, *args, **kwargs))]
+
+    functools.update_wrapper(method, plan)
+    return method
+
+
 # --------------------------------------------------------------------------- resources
 
 
@@ -117,6 +137,13 @@ class Files(_SyncResource):
     profile = _sync(FilesPlans.profile)
 
 
+class Models(_SyncResource):
+    """`client.models`: the base models a job may start from."""
+
+    _plans_class = ModelsPlans
+    list = _sync(ModelsPlans.list)
+
+
 class Jobs(_SyncResource):
     """`client.jobs`: submit, inspect, follow, cancel fine-tuning jobs and fetch what they produce."""
 
@@ -127,8 +154,9 @@ class Jobs(_SyncResource):
     cancel = _sync(JobsPlans.cancel)
     events = _sync(JobsPlans.events)
     follow = _sync_iter(JobsPlans.follow)
+    all_events = _sync_list(JobsPlans.all_events)
     metrics = _sync(JobsPlans.metrics)
-    all_metrics = _sync(JobsPlans.all_metrics)
+    all_metrics = _sync_list(JobsPlans.all_metrics)
     artifacts = _sync(JobsPlans.artifacts)
     samples = _sync(JobsPlans.samples)
     download = _sync(JobsPlans.download)
@@ -146,6 +174,13 @@ class AsyncFiles(_AsyncResource):
     profile = _async(FilesPlans.profile)
 
 
+class AsyncModels(_AsyncResource):
+    """`AsyncClient.models`: as `Models`, awaitable."""
+
+    _plans_class = ModelsPlans
+    list = _async(ModelsPlans.list)
+
+
 class AsyncJobs(_AsyncResource):
     """`AsyncClient.jobs`: as `Jobs`, awaitable (`follow` is an async iterator)."""
 
@@ -156,8 +191,9 @@ class AsyncJobs(_AsyncResource):
     cancel = _async(JobsPlans.cancel)
     events = _async(JobsPlans.events)
     follow = _async_iter(JobsPlans.follow)
+    all_events = _async_list(JobsPlans.all_events)
     metrics = _async(JobsPlans.metrics)
-    all_metrics = _async(JobsPlans.all_metrics)
+    all_metrics = _async_list(JobsPlans.all_metrics)
     artifacts = _async(JobsPlans.artifacts)
     samples = _async(JobsPlans.samples)
     download = _async(JobsPlans.download)
@@ -191,6 +227,7 @@ class Client(BaseClient):
         self._service = ServicePlans(self)
         self.files = Files(self)
         self.jobs = Jobs(self)
+        self.models = Models(self)
 
     def health(self) -> Health:
         """`GET /healthz`: the API process is up."""
@@ -285,6 +322,7 @@ class AsyncClient(BaseClient):
         self._service = ServicePlans(self)
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
+        self.models = AsyncModels(self)
 
     async def health(self) -> Health:
         """`GET /healthz`: the API process is up."""

@@ -20,7 +20,7 @@ import httpx
 from pydantic import BaseModel
 
 from ftjobs.client import errors
-from ftjobs.client.base import BaseClient, Emit, Plan, Save, Sleep, Stream
+from ftjobs.client.base import BaseClient, Plan, Save, Sleep, Stream, paginate
 from ftjobs.client.models import (
     Artifact,
     ArtifactList,
@@ -39,6 +39,7 @@ from ftjobs.client.models import (
     Method,
     MetricList,
     MetricPoint,
+    ModelList,
     Task,
 )
 
@@ -78,6 +79,12 @@ class ServicePlans(Plans):
         return (yield from self._core._get("/readyz", Health))
 
 
+class ModelsPlans(Plans):
+    def list(self) -> Plan[ModelList]:
+        """The base models this deployment may fine-tune; pass an `id` as a job's `model`."""
+        return (yield from self._core._get("/v1/models", ModelList))
+
+
 class FilesPlans(Plans):
     def upload(
         self, file: str | os.PathLike[str] | IO[bytes], *, purpose: str = "fine-tune"
@@ -103,7 +110,7 @@ class FilesPlans(Plans):
         return (yield from self._core._get(f"/v1/files/{_seg(file_id)}", FileObject))
 
     def list(self, *, after: str | None = None, limit: int = 20) -> Plan[FileList]:
-        """One page of uploaded files, oldest first; pass the page's `last_id` as `after` for the next."""
+        """One page of uploaded files, newest first; pass the page's `last_id` as `after` for the next."""
         return (yield from self._core._get("/v1/files", FileList, {"after": after, "limit": limit}))
 
     def profile(self, file_id: str) -> Plan[FileProfile]:
@@ -174,7 +181,7 @@ class JobsPlans(Plans):
     def list(
         self, *, after: str | None = None, limit: int = 20, status: JobStatus | str | None = None
     ) -> Plan[JobList]:
-        """One page of jobs, oldest first, optionally only those in `status`."""
+        """One page of jobs, newest first, optionally only those in `status`."""
         params = {"after": after, "limit": limit, "status": status}
         return (yield from self._core._get("/v1/jobs", JobList, params))
 
@@ -191,12 +198,7 @@ class JobsPlans(Plans):
         """Yield a job's events as they arrive, oldest first, until the job is terminal and all are seen."""
         cursor, terminal_seen = after, False
         while True:
-            page = yield from self.events(job_id, after=cursor)
-            if page.data:
-                cursor = page.data[-1].id
-                yield Emit(page.data)
-                if page.has_more:
-                    continue
+            cursor = yield from paginate(lambda after: self.events(job_id, after=after), cursor)
             if terminal_seen:
                 return
             job = yield from self.get(job_id)
@@ -205,21 +207,18 @@ class JobsPlans(Plans):
             else:
                 yield Sleep(poll_interval)
 
+    def all_events(self, job_id: str, *, after: str | None = None) -> Stream[Event]:
+        """Every event of a job written so far (after `after`), oldest first: `follow` without the wait."""
+        yield from paginate(lambda after: self.events(job_id, after=after, limit=1000), after)
+
     def metrics(self, job_id: str, *, after: str | None = None, limit: int = 100) -> Plan[MetricList]:
         """One page of a job's metric points (train and eval), oldest first."""
         path = f"/v1/jobs/{_seg(job_id)}/metrics"
         return (yield from self._core._get(path, MetricList, {"after": after, "limit": limit}))
 
-    def all_metrics(self, job_id: str) -> Plan[builtins.list[MetricPoint]]:
+    def all_metrics(self, job_id: str) -> Stream[MetricPoint]:
         """Every metric point of a job (follows the pages)."""
-        points: builtins.list[MetricPoint] = []
-        after: str | None = None
-        while True:
-            page = yield from self.metrics(job_id, after=after, limit=1000)
-            points += page.data
-            if not (page.has_more and page.data):
-                return points
-            after = page.data[-1].id
+        yield from paginate(lambda after: self.metrics(job_id, after=after, limit=1000))
 
     def artifacts(self, job_id: str) -> Plan[builtins.list[Artifact]]:
         """The files a job produced (names, sizes, sha256)."""

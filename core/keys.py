@@ -3,13 +3,13 @@
 Defined once here and used by `service/store.py` (reads, API-side transitions) and `jobs/report.py`
 (worker-side writes). Pure Python: no redis import, so the client may ship it.
 
-Job record: a Redis hash at `job_key(tenant, id)`. Every value is a JSON document (strings too), so a
-reader does `{k: json.loads(v)}`. Fields (see `JobField`): id, tenant, status, created_at, started_at,
-finished_at, request (the JobCreate as submitted), resolved (resolved hyperparameters + derived values),
-progress, last_metrics, results, attempt, cancel_requested, error, artifacts, heartbeat_at, worker.
+Job record: a Redis hash at `job_key(tenant, id)`. Every value is a JSON document (strings too), encoded and
+decoded by `core/records.py`. Fields (see `JobField`): id, tenant, status, created_at, started_at, finished_at,
+request (the JobCreate as submitted), resolved (resolved hyperparameters + derived values), progress,
+last_metrics, results, attempt, cancel_requested, error, artifacts, heartbeat_at, worker.
 
 Event and metric streams: Redis Streams at `events_key` / `metrics_key`; each entry has a single field
-`json` holding the Event / MetricPoint without its `id` (the stream id is the id).
+`json` holding the Event / MetricPoint without its `id` (the stream id is the id; `core/records.py` again).
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ def checkpoint_pointer_path(tenant: str, job_id: str) -> str:
 #   ARGV[2] = comma-separated statuses the job must be in ("" = any status)
 #   ARGV[3] = number N of hash field/value pairs that follow
 #   ARGV[4 .. 3+2N] = field, value pairs (values JSON-encoded by the caller)
+#   (`core/records.py` `guarded_write_args` builds this ARGV)
 #   ARGV[4+2N] = stream entry JSON ("" = append nothing)
 # Returns {1, status_after} if written, {0, current_status_or_""} if the guard refused.
 # A missing job hash refuses with "" (nothing is ever half-created by a writer).

@@ -1,7 +1,9 @@
 """The worker side of ftjobs: RQ workers that run fine-tuning jobs and report them through Redis.
 
-Never imports fastapi, starlette, httpx or `service`. `jobs` and `jobs.worker` keep torch out of the
-worker's parent process (RQ forks a work horse per job; torch is imported there, in `jobs.train.run`).
+Never imports fastapi, starlette, httpx, `ftjobs.service` or `ftjobs.launch`. `ftjobs.jobs.worker` keeps torch out of
+the worker's parent process (RQ forks a work horse per job; torch is imported there, in `ftjobs.jobs.train.run`).
+Rooms: data/ (read, clean, split, augment, tokenize), training/ (methods, Trainer, checkpoints, safeguards),
+evaluation/ (metrics, generation, diagnostics, bias), outputs/ (artifacts, model card, trackers).
 """
 
 import logging as _logging

@@ -19,13 +19,9 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from redis import Redis
-from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job as RQJob
-from rq.serializers import JSONSerializer
 
 from ftjobs.client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
 from ftjobs.core.keys import (
@@ -41,58 +37,15 @@ from ftjobs.core.keys import (
     suspect_key,
     tenant_jobs_key,
 )
+from ftjobs.core.queue import JobQueue, rq_job_id
+from ftjobs.core.records import as_text
+from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage, remove_checkpoints
 from ftjobs.jobs.report import Reporter
-from ftjobs.jobs.storage import Store, remove_checkpoints
-
-if TYPE_CHECKING:
-    from ftjobs.jobs.worker import WorkerSettings
 
 log = logging.getLogger("ftjobs.reconcile")
 
-JOB_FUNCTION = "ftjobs.jobs.train.run"  # dotted paths: the queue carries names, never code
-VALIDATE_FUNCTION = "ftjobs.jobs.validate.run"
-WAITING = {"queued", "deferred", "scheduled"}  # RQ statuses of a job that a worker will still pick up
 CLAIM_TTL_S = 24 * 3600
-
-
-# ----------------------------------------------------------------------------- putting attempts on the queues
-
-
-def enqueue_attempt(
-    redis: Redis, queue: str, tenant: str, job_id: str, attempt: int, timeout_s: int, at_front: bool = False
-) -> None:
-    """Put one training attempt on an RQ queue (JSON payload, RQ id `<job_id>-<attempt>`)."""
-    Queue(queue, connection=redis, serializer=JSONSerializer).enqueue_call(
-        JOB_FUNCTION,
-        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": attempt}},
-        job_id=f"{job_id}-{attempt}",
-        timeout=timeout_s,
-        result_ttl=24 * 3600,  # seconds; the ftjobs record, not RQ's, is the lasting one
-        failure_ttl=7 * 24 * 3600,
-        description=f"train {job_id} (tenant {tenant}, attempt {attempt})",
-        at_front=at_front,
-    )
-
-
-def validation_rq_id(job_id: str, run: int) -> str:
-    """The RQ id of a job's `run`-th validation: `<job_id>-0` as the API enqueues it, then `<job_id>-0-<run>`."""
-    return f"{job_id}-0" if run <= 1 else f"{job_id}-0-{run}"
-
-
-def enqueue_validation(
-    redis: Redis, validate_queue: str, tenant: str, job_id: str, queue: str, run: int, at_front: bool = False
-) -> None:
-    """Put a job's file validation (attempt 0) on the validation queue again; it hands the job on to `queue`."""
-    Queue(validate_queue, connection=redis, serializer=JSONSerializer).enqueue_call(
-        VALIDATE_FUNCTION,
-        kwargs={"payload": {"job_id": job_id, "tenant": tenant, "attempt": 0, "queue": queue}},
-        job_id=validation_rq_id(job_id, run),
-        timeout=3600,
-        result_ttl=24 * 3600,
-        failure_ttl=7 * 24 * 3600,
-        description=f"validate files of {job_id} (tenant {tenant}, run {run})",
-        at_front=at_front,
-    )
 
 
 # ----------------------------------------------------------------------------- recovery
@@ -100,7 +53,7 @@ def enqueue_validation(
 
 def recover(
     redis: Redis,
-    settings: WorkerSettings,
+    settings: Settings,
     tenant: str,
     job_id: str,
     attempt: int,
@@ -120,10 +73,10 @@ def recover(
     if status not in (JobStatus.queued, JobStatus.running):
         return ""
     alive = [JobStatus.queued, JobStatus.running]
-    store = Store(settings.storage_url)
+    storage = Storage(settings.storage_url)
     if record.get(JobField.cancel_requested):  # the user wanted it stopped anyway: no new attempt
         if reporter.finish(JobStatus.cancelled, statuses=alive):
-            remove_checkpoints(store, tenant, job_id)
+            remove_checkpoints(storage, tenant, job_id)
             return "cancelled"
         return ""
     resolved = record.get(JobField.resolved) or {}
@@ -132,19 +85,19 @@ def recover(
         if not reporter.requeue(reason, free=free):
             return ""
         queue = resolved.get("queue") or settings.queue  # the queue it ran on keeps its hardware class
-        enqueue_attempt(redis, queue, tenant, job_id, attempt + 1, settings.job_timeout_s, at_front=free)
+        JobQueue(redis, settings).enqueue_attempt(tenant, job_id, attempt + 1, queue=queue, at_front=free)
         log.warning("%s attempt %d: %s; requeued as attempt %d", job_id, attempt, reason, attempt + 1)
         return "requeued"
     message = f"{reason} on attempt {attempt}; no attempts left (max {settings.max_attempts})"
     if reporter.finish(JobStatus.failed, error=JobError(code="worker_lost", message=message), statuses=alive):
         log.warning("%s attempt %d: %s; no attempts left, failed", job_id, attempt, reason)
-        remove_checkpoints(store, tenant, job_id)
+        remove_checkpoints(storage, tenant, job_id)
         return "failed"
     return ""
 
 
 def _validate_again(
-    redis: Redis, settings: WorkerSettings, reporter: Reporter, record: dict[str, Any], reason: str, free: bool
+    redis: Redis, settings: Settings, reporter: Reporter, record: dict[str, Any], reason: str, free: bool
 ) -> str:
     """A lost file validation runs again (it is cheap and repeatable), up to max_attempts crashes."""
     resolved = record.get(JobField.resolved) or {}
@@ -163,8 +116,8 @@ def _validate_again(
     again = "validating again (first in line)" if free else "validating again"
     reporter.event(f"{reason} while validating files; {again}", level=EventLevel.warning)
     queue = resolved.get("queue") or settings.queue
-    enqueue_validation(
-        redis, settings.validate_queue, reporter.tenant, reporter.job_id, queue, runs + 1, at_front=free
+    JobQueue(redis, settings).enqueue_validation(
+        reporter.tenant, reporter.job_id, queue=queue, run=runs + 1, at_front=free
     )
     log.warning("%s: validation %s; enqueued again", reporter.job_id, reason)
     return "validating_again"
@@ -176,10 +129,11 @@ def _validate_again(
 class Reconciler(threading.Thread):
     """Sweeps every `stale_after_s / 4` seconds: stale leases, then every active job against RQ (see the module)."""
 
-    def __init__(self, redis: Redis, settings: WorkerSettings) -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         super().__init__(name="ftjobs-reconciler", daemon=True)
         self.redis = redis
         self.settings = settings
+        self.queue = JobQueue(redis, settings)
         self.interval_s = max(0.2, settings.stale_after_s / 4)
         self._stop_event = threading.Event()
 
@@ -205,8 +159,8 @@ class Reconciler(threading.Thread):
             return 0
         added = 0
         for index in self.redis.scan_iter(match=tenant_jobs_key("*"), _type="ZSET"):
-            tenant = (index.decode() if isinstance(index, bytes) else str(index)).split(":")[2]
-            job_ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.redis.zrange(index, 0, -1)]
+            tenant = as_text(index).split(":")[2]
+            job_ids = [as_text(i) for i in cast(list[bytes], self.redis.zrange(index, 0, -1))]
             pipe = self.redis.pipeline(transaction=False)
             for job_id in job_ids:
                 pipe.hget(job_key(tenant, job_id), JobField.status)
@@ -231,7 +185,7 @@ class Reconciler(threading.Thread):
             score = self.redis.zscore(HEARTBEATS_KEY, raw)
             if score is None or score > cutoff:
                 continue  # it beat again since we looked, or another reconciler took it
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            member = as_text(raw)
             try:
                 tenant, job_id, attempt = parse_heartbeat_member(member)
                 reason = f"worker lost (no heartbeat for {now - score:.0f} s)"
@@ -243,8 +197,8 @@ class Reconciler(threading.Thread):
     def sweep_active(self, now: float) -> int:
         """Jobs not finished with neither a live lease nor a waiting RQ job, for longer than stale_after_s."""
         moved = 0
-        for raw in self.redis.smembers(ACTIVE_JOBS_KEY):  # type: ignore[union-attr]
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
+        for raw in self.redis.smembers(ACTIVE_JOBS_KEY):
+            member = as_text(raw)
             tenant, _, job_id = member.partition("|")
             try:
                 moved += self._check(tenant, job_id, now)
@@ -267,12 +221,9 @@ class Reconciler(threading.Thread):
             self.redis.delete(suspect)
             return 0  # a live lease: somebody is on it
         resolved = record.get(JobField.resolved) or {}
-        rq_id = (
-            validation_rq_id(job_id, int(resolved.get("validation_runs") or resolved.get("validation_attempts") or 1))
-            if attempt == 0
-            else f"{job_id}-{attempt}"
-        )
-        state = self.rq_state(rq_id)
+        run = int(resolved.get("validation_runs") or resolved.get("validation_attempts") or 1)  # attempt 0 only
+        rq_id = rq_job_id(job_id, attempt, run)
+        state = self.queue.state(rq_id)
         if state == "waiting":
             self.redis.delete(suspect)
             return 0
@@ -285,18 +236,6 @@ class Reconciler(threading.Thread):
         where = "while validating files" if attempt == 0 else f"attempt {attempt} ({status})"
         reason = f"RQ job {rq_id} is {state} with no live worker {where}"
         return bool(recover(self.redis, self.settings, tenant, job_id, attempt, reason))
-
-    def rq_state(self, rq_id: str) -> str:
-        """"waiting" (a worker will still take it), "missing", or RQ's status (started, failed, finished ...)."""
-        try:
-            job = RQJob.fetch(rq_id, connection=self.redis, serializer=JSONSerializer)
-        except NoSuchJobError:
-            return "missing"
-        status = str(job.get_status(refresh=False) or "missing")
-        if status == "queued":  # only if it is really on its queue's list (it may have been lost with Redis)
-            key = Queue(job.origin, connection=self.redis, serializer=JSONSerializer).key
-            return "waiting" if self.redis.lpos(key, rq_id) is not None else "queued but not on its queue"
-        return "waiting" if status in WAITING else status
 
     def _redis_just_restarted(self) -> bool:
         uptime = float(self.redis.info("server").get("uptime_in_seconds", 1e9))

@@ -1,5 +1,7 @@
 """The one place that writes job progress to Redis (service/store.py is the one place that reads it).
 
+Values and stream entries are encoded by `core/records.py`, into the layout of `core/keys.py`.
+
 Every write is a GUARDED_WRITE: it lands only while this attempt is the job's current attempt and the job
 is in the status the transition expects. A stale attempt (requeued by the reconciler, or a job cancelled
 while queued) therefore cannot overwrite the record of the attempt that replaced it.
@@ -17,21 +19,11 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from ftjobs.client.models import (
-    Artifact,
-    Event,
-    EventLevel,
-    EventType,
-    JobError,
-    JobStatus,
-    MetricPoint,
-    Progress,
-)
+from ftjobs.client.models import Artifact, EventLevel, EventType, JobError, JobStatus, MetricPoint, Progress
 from ftjobs.core.keys import (
     ACTIVE_JOBS_KEY,
     GUARDED_WRITE,
     HEARTBEATS_KEY,
-    STREAM_FIELD,
     JobField,
     active_member,
     events_key,
@@ -39,23 +31,16 @@ from ftjobs.core.keys import (
     job_key,
     metrics_key,
 )
+from ftjobs.core.records import (
+    decode_entry,
+    decode_hash,
+    event_entry,
+    guarded_write_args,
+    metric_entry,
+    status_entry,
+)
 
 log = logging.getLogger("ftjobs.report")
-
-
-def _json(value: Any) -> str:
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(mode="json")
-    elif isinstance(value, list):
-        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
-    return json.dumps(value, default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    """numpy/torch scalars (`.item()`) and anything else JSON lacks, as plain values."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def finite(values: Mapping[str, Any]) -> dict[str, float]:
@@ -90,9 +75,7 @@ class Reporter:
     def read(self) -> dict[str, Any] | None:
         """The job record, decoded; None when there is no such job."""
         raw = self.redis.hgetall(self.key)
-        if not raw:
-            return None
-        return {_text(k): json.loads(v) for k, v in raw.items()}
+        return decode_hash(raw) if raw else None
 
     def cancel_requested(self) -> bool:
         """True when the job should stop: a cancel was requested, or this attempt no longer owns it."""
@@ -120,18 +103,12 @@ class Reporter:
             # Cancelled while queued: end it here rather than leave it queued with no RQ job behind it.
             self._write(
                 {JobField.status: JobStatus.cancelled, JobField.finished_at: int(now)},
-                self._event_json(
-                    "cancelled before it started",
-                    EventLevel.info,
-                    EventType.status,
-                    {"status": JobStatus.cancelled, "attempt": self.attempt},
-                ),
+                status_entry(JobStatus.cancelled, "cancelled before it started", attempt=self.attempt),
                 statuses=[JobStatus.queued],
             )
             return False
-        resolved = dict(record.get(JobField.resolved) or {})
-        if queue:
-            resolved["queue"] = queue  # lets the reconciler requeue a lost attempt onto the same hardware class
+        # The queue lets the reconciler requeue a lost attempt onto the same hardware class.
+        resolved = self.with_resolved({"queue": queue} if queue else {}, record.get(JobField.resolved) or {})
         fields: dict[str, Any] = {
             JobField.status: JobStatus.running,
             JobField.started_at: int(now),
@@ -141,12 +118,8 @@ class Reporter:
             JobField.last_metrics: {},
             JobField.resolved: resolved,
         }
-        event = self._event_json(
-            f"running (attempt {self.attempt}) on {worker_name}",
-            EventLevel.info,
-            EventType.status,
-            {"status": JobStatus.running, "attempt": self.attempt, "worker": worker_name},
-        )
+        message = f"running (attempt {self.attempt}) on {worker_name}"
+        event = status_entry(JobStatus.running, message, attempt=self.attempt, worker=worker_name)
         if not self._write(fields, event, statuses=[JobStatus.queued]):
             return False
         self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
@@ -155,7 +128,7 @@ class Reporter:
     def begin_validation(self, worker_name: str) -> bool:
         """Attempt 0 takes the `validating_files` job: worker + heartbeat (the reconciler watches it too)."""
         now = time.time()
-        event = self._event_json(f"validating files on {worker_name}", EventLevel.info, EventType.message, {})
+        event = event_entry(f"validating files on {worker_name}")
         if not self._write({JobField.worker: worker_name, JobField.heartbeat_at: now}, event):
             return False
         self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
@@ -164,8 +137,7 @@ class Reporter:
     def validated(self, message: str, data: Mapping[str, Any]) -> bool:
         """validating_files -> queued as attempt 1, once the files passed the worker's checks."""
         fields: dict[str, Any] = {JobField.status: JobStatus.queued, JobField.attempt: 1}
-        data = {"status": JobStatus.queued, "attempt": 1, **data}
-        event = self._event_json(message, EventLevel.info, EventType.status, data)
+        event = status_entry(JobStatus.queued, message, **{"attempt": 1, **data})
         ok = self._write(fields, event)
         self.redis.zrem(HEARTBEATS_KEY, self.member)
         return ok
@@ -190,11 +162,11 @@ class Reporter:
         if artifacts is not None:
             fields[JobField.artifacts] = list(artifacts)
         message = f"{status}" + (f": {error.code}: {error.message}" if error else "")
-        data: dict[str, Any] = {"status": status, "attempt": self.attempt}
+        data: dict[str, Any] = {"attempt": self.attempt}
         if error is not None:
             data["error"] = error.model_dump()
         level = EventLevel.error if status == JobStatus.failed else EventLevel.info
-        event = self._event_json(message, level, EventType.status, data)
+        event = status_entry(status, message, level, **data)
         ok = self._write(fields, event, statuses=statuses)
         self.redis.zrem(HEARTBEATS_KEY, self.member)
         if ok:
@@ -205,16 +177,15 @@ class Reporter:
         """queued or running -> queued as the next attempt, for an attempt that stopped without finishing
         (jobs/reconcile.py). `free`: a preemption, not counted against max_attempts (`resolved.free_attempts`)."""
         fields: dict[str, Any] = {JobField.status: JobStatus.queued, JobField.attempt: self.attempt + 1}
-        data: dict[str, Any] = {"status": JobStatus.queued, "attempt": self.attempt + 1}
-        data["previous_attempt"] = self.attempt
+        data: dict[str, Any] = {"attempt": self.attempt + 1, "previous_attempt": self.attempt}
         if free:
-            resolved = dict((self.read() or {}).get(JobField.resolved) or {})
-            resolved["free_attempts"] = int(resolved.get("free_attempts") or 0) + 1
-            fields[JobField.resolved] = resolved
+            current = self.with_resolved({})
+            free_attempts = int(current.get("free_attempts") or 0) + 1
+            fields[JobField.resolved] = self.with_resolved({"free_attempts": free_attempts}, current)
             data["counted"] = False
         note = " (not counted against the attempt limit)" if free else ""
-        event = self._event_json(
-            f"{reason}; requeued as attempt {self.attempt + 1}{note}", EventLevel.warning, EventType.status, data
+        event = status_entry(
+            JobStatus.queued, f"{reason}; requeued as attempt {self.attempt + 1}{note}", EventLevel.warning, **data
         )
         ok = self._write(fields, event, statuses=[JobStatus.queued, JobStatus.running])
         self.redis.zrem(HEARTBEATS_KEY, self.member)
@@ -229,7 +200,7 @@ class Reporter:
         type: EventType = EventType.message,
         data: Mapping[str, Any] | None = None,
     ) -> bool:
-        return self._write({}, self._event_json(message, level, type, dict(data or {})))
+        return self._write({}, event_entry(message, type, level, data))
 
     def heartbeat(self) -> bool:
         """HSET heartbeat_at + ZADD the attempt's heartbeat (the reconciler's evidence that we are alive)."""
@@ -273,7 +244,7 @@ class Reporter:
         self._last_metrics.update({f"{split}_{k}": v for k, v in clean.items()})
         return self._write(
             {JobField.last_metrics: self._last_metrics},
-            point.model_dump_json(exclude={"id"}),
+            metric_entry(point),
             stream=metrics_key(self.tenant, self.job_id),
         )
 
@@ -285,7 +256,7 @@ class Reporter:
         key = metrics_key(self.tenant, self.job_id)
         dropped, last = [], {}
         for entry_id, fields in self.redis.xrange(key):
-            point = json.loads(fields.get(STREAM_FIELD.encode()) or fields[STREAM_FIELD])
+            point = decode_entry(fields)
             if point["step"] > step:
                 dropped.append(entry_id)
             else:
@@ -298,15 +269,18 @@ class Reporter:
 
     def resolved(self, values: Mapping[str, Any]) -> bool:
         """Merge derived values (steps, row counts, model path ...) into the record's `resolved`."""
-        raw = self.redis.hget(self.key, JobField.resolved)
-        merged = {**(json.loads(raw) if raw else {}), **values}
-        return self._write({JobField.resolved: merged})
+        return self._write({JobField.resolved: self.with_resolved(values)})
+
+    def with_resolved(self, values: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The record's `resolved` (`current`, else read now) with `values` added: every worker write of it is
+        built here. The API resolved the hyperparameters at create time; the worker only adds what it alone
+        knows (its queue, steps, row counts, attempts) and never resolves them again."""
+        if current is None:
+            raw = self.redis.hget(self.key, JobField.resolved)
+            current = json.loads(raw) if raw else {}
+        return {**current, **values}
 
     # ------------------------------------------------------------------ the one write
-
-    def _event_json(self, message: str, level: EventLevel, type: EventType, data: dict[str, Any]) -> str:
-        event = Event(id="", created_at=time.time(), level=level, type=type, message=message, data=data)
-        return event.model_dump_json(exclude={"id"})
 
     def _write(
         self,
@@ -319,10 +293,9 @@ class Reporter:
         """GUARDED_WRITE at this attempt (in this attempt's phase unless `statuses` says otherwise); with a
         pipeline as `client` it is queued there (returns False)."""
         statuses = (self.phase,) if statuses is None else statuses
-        pairs = [x for f, v in fields.items() for x in (str(f), _json(v))]
         result = self._write_script(
             keys=[self.key, stream or events_key(self.tenant, self.job_id)],
-            args=[str(self.attempt), ",".join(statuses), len(fields), *pairs, entry],
+            args=guarded_write_args(self.attempt, statuses, fields, entry),
             client=client,
         )
         return client is None and bool(result[0])
@@ -371,7 +344,3 @@ class Heartbeat:
                     return  # cancelled or no longer ours: nothing left to keep alive
             except Exception:  # a Redis blip: the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

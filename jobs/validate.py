@@ -1,7 +1,8 @@
 """The `validating_files` phase of a job, on a worker: the checks that need the model's tokenizer.
 
     run(payload) -> take the job (validating_files, attempt 0) -> fetch the files -> the job's data
-    preparation (without model-based augmentation) -> tokenize with the base model's tokenizer ->
+    preparation (without model-based augmentation; its first half is saved for the training run to reuse)
+    -> tokenize with the base model's tokenizer ->
     token lengths, truncation at max_seq_length, too few examples -> queued (attempt 1, enqueued on the
     job's training queue) or failed with the reason.
 
@@ -27,15 +28,22 @@ from transformers import AutoTokenizer
 
 from ftjobs.client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload
 from ftjobs.core.keys import file_tokens_dir
-from ftjobs.jobs.data import build_datasets
+from ftjobs.core.queue import JobQueue, connect
+from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage
+from ftjobs.jobs.data.augment import augment_model_path
+from ftjobs.jobs.data.examples import build_datasets
+from ftjobs.jobs.data.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
+from ftjobs.jobs.data.prepare import (
+    MODEL_AUGMENT,
+    discard_first_half,
+    prepare_job_data,
+    step_messages,
+    token_report,
+)
 from ftjobs.jobs.errors import JobFailed
-from ftjobs.jobs.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Preempted
-from ftjobs.jobs.prepare import MODEL_AUGMENT, augment_model_path, prepare_data, step_messages, token_report
-from ftjobs.jobs.reconcile import enqueue_attempt
 from ftjobs.jobs.report import Heartbeat, Reporter
-from ftjobs.jobs.storage import Store
-from ftjobs.jobs.worker import WorkerSettings, connect
 
 TOKEN_PROFILES_KEPT = 5  # token statistics kept per file (newest jobs)
 
@@ -43,7 +51,7 @@ TOKEN_PROFILES_KEPT = 5  # token statistics kept per file (newest jobs)
 def run(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ job function for attempt 0; returns a small summary, never raises for a job's bad files."""
     p = QueuePayload.model_validate(payload)
-    settings = WorkerSettings.from_env()
+    settings = Settings.from_env()
     redis = connect(settings.redis_url)
     try:
         return _validate(p, settings, redis)
@@ -52,7 +60,7 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
         redis.close()
 
 
-def _validate(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[str, Any]:
+def _validate(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any]:
     summary: dict[str, Any] = {"job_id": p.job_id, "tenant": p.tenant, "attempt": 0}
     reporter = Reporter(redis, p.tenant, p.job_id, 0)
     record = reporter.read()
@@ -66,10 +74,13 @@ def _validate(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[s
     error: JobError | None = None
     started = time.monotonic()
     stop = Heartbeat(reporter, settings.heartbeat_s, on_stop=lambda: INTERRUPTER.request(Cancelled, 0))
+    store = Storage(settings.storage_url)
     with stop, tempfile.TemporaryDirectory(prefix="ftjobs-validate-") as tmp:
         try:
-            checked = check_files(record, settings, Store(settings.storage_url), reporter, Path(tmp))
+            checked = check_files(record, settings, store, reporter, Path(tmp))
         except (Cancelled, Preempted) as e:  # cancelled: nothing to write; preempted: the worker re-enqueues it
+            if isinstance(e, Cancelled):
+                discard_first_half(store, p.tenant, p.job_id)
             return {**summary, "status": type(e).__name__.lower()}
         except JobFailed as e:
             error = e.to_error()
@@ -78,15 +89,17 @@ def _validate(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[s
             error = JobError(code="internal_error", message=f"validating files: {type(e).__name__}: {short(e)}")
     INTERRUPTER.disarm()  # from here on only our own guarded writes: nothing may interrupt them
     if error is not None:
+        discard_first_half(store, p.tenant, p.job_id)
         reporter.finish(JobStatus.failed, error=error)
         return {**summary, "status": "failed", "error": error.code}
 
     checked["seconds"] = round(time.monotonic() - started, 3)
     if not reporter.validated("files validated; queued", checked):
+        discard_first_half(store, p.tenant, p.job_id)
         return {**summary, "status": "skipped"}  # cancelled while we checked
     queue = p.queue or settings.queue
     try:
-        enqueue_attempt(redis, queue, p.tenant, p.job_id, 1, settings.job_timeout_s)
+        JobQueue(redis, settings).enqueue_attempt(p.tenant, p.job_id, 1, queue=queue)
     except Exception as e:
         traceback.print_exc()
         lost = Reporter(redis, p.tenant, p.job_id, 1)
@@ -98,7 +111,7 @@ def _validate(p: QueuePayload, settings: WorkerSettings, redis: Redis) -> dict[s
 
 
 def check_files(
-    record: dict[str, Any], settings: WorkerSettings, store: Store, reporter: Reporter, work: Path
+    record: dict[str, Any], settings: Settings, store: Storage, reporter: Reporter, work: Path
 ) -> dict[str, Any]:
     """Every check short of loading the model; raises a JobFailed naming the problem. Returns what it saw."""
     request = JobCreate.model_validate(record["request"])
@@ -110,19 +123,15 @@ def check_files(
         if getattr(options, param):
             augment_model_path(options, param, settings.model_roots)
 
-    train_rows = fetch_rows(store, tenant, request.training_file, "training_file", work)
-    validation_rows = (
-        fetch_rows(store, tenant, request.validation_file, "validation_file", work) if request.validation_file else None
-    )
+    # The first half (clean, dedup, split) is saved for the training run, which reuses it (jobs/data/prepare.py).
+    prepared = prepare_job_data(store, tenant, job_id, request, hp, work, model_augment=False, save=True)
     if request.reference_file:
         fetch_rows(store, tenant, request.reference_file, "reference_file", work)
-    quick = options.model_copy(update={"augment": [m for m in options.augment if m not in MODEL_AUGMENT]})
-    prepared = prepare_data(request.task, quick, train_rows, validation_rows, hp.validation_split, hp.seed)
     for note in prepared.notes:
         reporter.event(note)
     for message, step in step_messages(prepared.report):
         reporter.event(message, data=step)
-    if quick.augment != options.augment:
+    if any(m in MODEL_AUGMENT for m in options.augment):
         reporter.event("data: model-based augmentation runs at the start of training")
 
     tokenizer = load(AutoTokenizer.from_pretrained, model_path)
@@ -157,11 +166,11 @@ def check_files(
 
 
 def _save_token_profile(
-    store: Store, tenant: str, file_id: str, job_id: str, model: str, tokens: dict[str, Any]
+    store: Storage, tenant: str, file_id: str, job_id: str, model: str, tokens: dict[str, Any]
 ) -> None:
     """`<file>.tokens/<job_id>.json` (the file's profile lists them); only the newest few are kept."""
     folder = file_tokens_dir(tenant, file_id)
     store.write_json(f"{folder}/{job_id}.json", {"job_id": job_id, "model": model, "created_at": time.time(), **tokens})
     kept = sorted((n for n in store.names(folder) if n.endswith(".json")), reverse=True)  # ids sort by time
     for name in kept[TOKEN_PROFILES_KEPT:]:
-        store.remove_tree(f"{folder}/{name}")
+        store.delete(f"{folder}/{name}")

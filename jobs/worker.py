@@ -1,9 +1,9 @@
-"""The worker process: `python -m jobs.worker [--queue Q] [--burst] [--name N] [--validate-only]`.
+"""The worker process: `python -m ftjobs.jobs.worker [--queue Q] [--burst] [--name N] [--validate-only]`.
 
 An RQ forking `Worker` (JSON payloads, never pickle) that holds a lease on the job it runs from the moment it
 takes it, plus a reconciler thread (jobs/reconcile.py) that moves on jobs whose attempt died anywhere. The
 parent process never imports torch: RQ forks a work horse per job, and a fork after torch ran can hang, so
-torch lives in `jobs.train.run` only. The horse dies with its worker (PR_SET_PDEATHSIG).
+torch lives in `ftjobs.jobs.train.run` only. The horse dies with its worker (PR_SET_PDEATHSIG).
 
 - A horse that dies (OOM kill, segfault, SIGKILL), before or after the job's first write: the worker sees it at
   once and recovers the job (the next attempt resumes from its checkpoint).
@@ -17,24 +17,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
-from redis import Redis
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from rq import Queue, Worker
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
@@ -42,74 +35,18 @@ from rq.worker import WorkerStatus
 
 from ftjobs.client.models import QueuePayload
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
+from ftjobs.core.queue import JobQueue, connect, redact_url
+from ftjobs.core.settings import Settings
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
 from ftjobs.jobs.reconcile import Reconciler, recover
 
 log = logging.getLogger("ftjobs.worker")
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Worker configuration from FTJOBS_* environment variables (read when called, never at import)."""
-
-    redis_url: str
-    data_dir: Path
-    storage_url: str
-    model_roots: tuple[Path, ...]
-    queue: str
-    validate_queue: str  # file validation (attempt 0) of every job: served first by every worker
-    heartbeat_s: float  # seconds between heartbeats/progress writes of a running job
-    stale_after_s: float  # a heartbeat older than this means the attempt's worker is gone
-    max_attempts: int  # attempts per job before it fails with `worker_lost`
-    job_timeout_s: int  # RQ's limit for one attempt (same variable as the API's enqueue)
-    checkpoint_s: float = 600  # seconds between resumable checkpoints of a running job (0: none by time)
-    checkpoint_steps: int = 0  # also one every this many optimizer steps (0: none by steps; tests use it)
-    preempt_s: float = 30  # seconds a stopping worker gives its job to checkpoint and hand itself back
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
-        env = os.environ if environ is None else environ
-        data_dir = Path(env.get("FTJOBS_DATA_DIR") or "./.ftjobs").resolve()
-        roots = env.get("FTJOBS_MODEL_ROOTS") or str(data_dir / "models")
-        return cls(
-            redis_url=env.get("FTJOBS_REDIS_URL") or "redis://127.0.0.1:6379/0",
-            data_dir=data_dir,
-            storage_url=env.get("FTJOBS_STORAGE_URL") or f"file://{data_dir / 'store'}",
-            model_roots=tuple(Path(r).expanduser() for r in roots.split(os.pathsep) if r),
-            queue=env.get("FTJOBS_QUEUE") or "ftjobs-default",
-            validate_queue=env.get("FTJOBS_VALIDATE_QUEUE") or "ftjobs-validate",
-            heartbeat_s=float(env.get("FTJOBS_HEARTBEAT_S") or 5),
-            stale_after_s=float(env.get("FTJOBS_STALE_AFTER_S") or 60),
-            max_attempts=int(env.get("FTJOBS_MAX_ATTEMPTS") or 3),
-            job_timeout_s=int(env.get("FTJOBS_JOB_TIMEOUT_S") or 7 * 24 * 3600),
-            checkpoint_s=float(env.get("FTJOBS_CHECKPOINT_S") or 600),
-            checkpoint_steps=int(env.get("FTJOBS_CHECKPOINT_STEPS") or 0),
-            preempt_s=float(env.get("FTJOBS_PREEMPT_S") or 30),
-        )
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for log lines."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def connect(url: str) -> Redis:
-    """A Redis client that rides out a short outage (a restart, a failover) instead of failing the job: commands
-    are retried on connection errors with backoff for about a minute."""
-    retry = Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=15)
-    return Redis.from_url(
-        url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError], socket_connect_timeout=5
-    )
-
-
 class JobWorker(Worker):
     """RQ's forking worker with ftjobs' lease, crash recovery and preemption around each job it runs."""
 
-    def __init__(self, *args: Any, settings: WorkerSettings, **kw: Any) -> None:
+    def __init__(self, *args: Any, settings: Settings, **kw: Any) -> None:
         super().__init__(*args, job_monitoring_interval=max(1, round(settings.heartbeat_s)), **kw)
         self.settings = settings
         self._payload: QueuePayload | None = None  # the ftjobs attempt the current horse runs
@@ -227,13 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    settings = WorkerSettings.from_env()
-    settings = dataclasses.replace(settings, queue=args.queue or settings.queue)
+    settings = Settings.from_env()
+    settings = settings.model_copy(update={"queue": args.queue or settings.queue})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     connection = connect(settings.redis_url)
     # Validations first: they take seconds and tell a user early that a job cannot train.
     names = [settings.validate_queue] + ([] if args.validate_only else [settings.queue])
-    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
+    queues = [JobQueue(connection, settings).queue(name) for name in names]
     worker = JobWorker(queues, connection=connection, name=args.name, serializer=JSONSerializer, settings=settings)
     # The reconciler gets its own connection: the forked work horse never touches it.
     reconciler = Reconciler(connect(settings.redis_url), settings)
@@ -246,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         reconciler.stop()
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

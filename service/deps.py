@@ -10,10 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
 from ftjobs.client.models import DEFAULT_TENANT
-from ftjobs.service.config import Settings
+from ftjobs.core.queue import JobQueue
+from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage
 from ftjobs.service.errors import Unauthorized
-from ftjobs.service.queue import JobQueue
-from ftjobs.service.storage import Storage
 from ftjobs.service.store import Store
 
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
+from ftjobs.core.adapter_shape import shape_conflict
 from ftjobs.service.errors import (
     IncompatibleFile,
     IncompatibleParentJob,
@@ -82,27 +83,21 @@ def check_parent(store: Store, tenant: str, req: JobCreate) -> None:
     req.method = inherit_method(parent, req.method)
 
 
-PEFT_DEFAULT_FIELDS = ("target_modules", "feedforward_modules")  # null: whatever peft picks for the architecture
-
-
 def inherit_method(parent: Job, method: Method) -> Method:
     """The parent's method settings (as its worker resolved them, e.g. the target modules peft picked) overridden
     by those the child sets; a setting that shapes the adapter may only repeat the parent's value."""
     trained = {**parent.method.model_dump(), **(parent.resolved_hyperparameters.get("method") or {})}
     given = method.model_dump(include=method.model_fields_set - {"type"})
     given = {k: v for k, v in given.items() if v is not None}  # null (auto) inherits too
-    shape = ADAPTER_SHAPE_FIELDS.get(method.type, ())
-    for name in shape:
-        if name not in given or (trained.get(name) is None and name in PEFT_DEFAULT_FIELDS):
-            continue  # left out (inherited), or peft's default modules the parent's worker did not record
-        if not _same_setting(given[name], trained.get(name)):
-            raise IncompatibleParentJob(
-                f"method.{name}={json.dumps(given[name])} differs from the parent job {parent.id}'s "
-                f"{name}={json.dumps(trained.get(name))}: a continued {method.type} keeps the parent's "
-                f"{', '.join(shape)}. Leave method.{name} out to inherit it, or train a new job without "
-                "parent_job_id.",
-                param=f"method.{name}",
-            )
+    if conflict := shape_conflict(method.type, given, trained):
+        name, shape = conflict.name, ADAPTER_SHAPE_FIELDS.get(method.type, ())
+        raise IncompatibleParentJob(
+            f"method.{name}={json.dumps(conflict.wanted)} differs from the parent job {parent.id}'s "
+            f"{name}={json.dumps(conflict.trained)}: a continued {method.type} keeps the parent's "
+            f"{', '.join(shape)}. Leave method.{name} out to inherit it, or train a new job without "
+            "parent_job_id.",
+            param=f"method.{name}",
+        )
     cls = type(method)
     try:
         return cls.model_validate({k: v for k, v in {**trained, **given}.items() if k in cls.model_fields})
@@ -110,10 +105,3 @@ def inherit_method(parent: Job, method: Method) -> Method:
         raise IncompatibleParentJob(
             f"parent_job_id {parent.id}'s method settings cannot be continued: {e}", param="parent_job_id"
         ) from None
-
-
-def _same_setting(a: object, b: object) -> bool:
-    """Equal; module lists and adapter positions in any order."""
-    if isinstance(a, list) and isinstance(b, list):
-        return sorted(map(str, a)) == sorted(map(str, b))
-    return a == b

@@ -1,4 +1,4 @@
-"""The FastAPI app factory: `create_app(settings)`; `uvicorn --factory service.main:app_from_env`."""
+"""The FastAPI app factory: `create_app(settings)`; `uvicorn --factory ftjobs.service.main:app_from_env`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from redis import Redis
 
-from ftjobs.service.config import Settings
+from ftjobs.core.queue import JobQueue, connect
+from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage, sweep_folder
 from ftjobs.service.errors import InternalError, RedisUnavailable, Unauthorized, error_responses
 from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
-from ftjobs.service.queue import JobQueue
-from ftjobs.service.routes import artifacts, files, health, jobs
+from ftjobs.service.routes import artifacts, files, health, jobs, models
 from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
-from ftjobs.service.storage import Storage, sweep_folder
 from ftjobs.service.store import Store
 from ftjobs.service.version import API_VERSION
 
@@ -36,7 +35,7 @@ def operation_id(route: APIRoute) -> str:
 
 
 def sweep_temp_files(storage: Storage, settings: Settings) -> None:
-    """Delete what killed uploads left: AtomicWriter temporaries in the store, spools in the data folder."""
+    """Delete what killed uploads left: atomic-write temporaries in the store, spools in the data folder."""
     removed = storage.sweep_temp(settings.temp_max_age_s)
     removed += sweep_folder(files.spool_dir(settings), settings.temp_max_age_s)
     if removed:
@@ -59,8 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Short socket timeouts: an unreachable Redis becomes a quick 503, not a hung request.
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+        redis = connect(settings.redis_url, ride_out_outages=False)  # an unreachable Redis is a quick 503
         app.state.redis = redis
         app.state.store = Store(redis)
         app.state.queue = JobQueue(redis, settings)
@@ -87,11 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DeclaredBodyLimit, max_bytes=MAX_JSON_BODY_BYTES, exempt_paths=["/v1/files"])
     app.include_router(health.router)
     common = error_responses(Unauthorized, InternalError, RedisUnavailable)
-    for module in (files, jobs, artifacts):
+    for module in (files, jobs, artifacts, models):
         app.include_router(module.router, responses=common)
     return app
 
 
 def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory service.main:app_from_env`: settings from FTJOBS_* variables."""
+    """Factory for `uvicorn --factory ftjobs.service.main:app_from_env`: settings from FTJOBS_* variables."""
     return create_app(Settings.from_env())

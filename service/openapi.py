@@ -1,4 +1,4 @@
-"""Write (or `--check`) the committed OpenAPI spec: `python -m service.openapi [--check]`."""
+"""Write (or `--check`) the committed OpenAPI spec: `python -m ftjobs.service.openapi [--check]`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ftjobs.service.config import Settings
+from ftjobs.core.settings import Settings
 from ftjobs.service.main import create_app
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
@@ -20,7 +20,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.openapi", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ftjobs.service.openapi", description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed spec differs")
     parser.add_argument("--path", type=Path, default=SPEC_PATH, help="where the spec lives")
     args = parser.parse_args(argv)
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         current = args.path.read_text() if args.path.exists() else ""
         if current != text:
             print(
-                f"{args.path} is out of date: run `python -m service.openapi` (make openapi)", file=sys.stderr
+                f"{args.path} is out of date: run `python -m ftjobs.service.openapi` (make openapi)", file=sys.stderr
             )
             return 1
         print(f"{args.path} is up to date")

@@ -2,8 +2,8 @@
 
 Memory stays bounded by what is distinct, not by the file: lengths are histograms (one counter per
 distinct length), duplicates are 8-byte digests of the first MAX_TRACKED_ROWS rows. The profile is
-stored as JSON next to the dataset; files uploaded before profiles existed are profiled on first
-request by streaming them from storage.
+stored as JSON next to the dataset (`service/file_profiles.py` saves and loads it). Row validation builds
+on this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import json
 from collections import Counter
 from typing import Any
 
-from ftjobs.client.models import FieldProfile, FileFormat, FileObject, FileProfile, LabelCount, LengthStats, TokenStats
-from ftjobs.core.keys import file_path, file_profile_path, file_tokens_dir
-from ftjobs.service.storage import Storage
+from ftjobs.client.models import FieldProfile, FileFormat, FileProfile, LabelCount, LengthStats
+from ftjobs.core.rows import ROW_FIELDS
 
 MAX_TRACKED_ROWS = 1_000_000  # rows whose digests are kept for duplicate counting
 MAX_DISTINCT_LABELS = 10_000
 MAX_COLUMNS = 100
-ROW_FIELDS = frozenset({"messages", "prompt", "completion", "source", "target", "text", "label"})  # compared for dups
 PROFILE_FIELDS: dict[FileFormat, tuple[str, ...]] = {
     FileFormat.messages: ("messages",),
     FileFormat.prompt_completion: ("prompt", "completion"),
@@ -99,7 +97,7 @@ class ProfileBuilder:
                 self.label_counts[label] += 1
         if self.rows > MAX_TRACKED_ROWS:
             return False
-        known = {k: row[k] for k in row if k in ROW_FIELDS}
+        known = {k: row[k] for k in row if k in ROW_FIELDS}  # extra keys do not make a row distinct
         digest = _digest(known)
         duplicate = digest in self._rows_seen
         self._rows_seen.add(digest)
@@ -146,44 +144,3 @@ class ProfileBuilder:
             conflicting_labels=self.conflicting_labels if text_label else None,
             notes=notes,
         )
-
-
-def save_profile(storage: Storage, file: FileObject, profile: FileProfile) -> None:
-    storage.write_bytes(file_profile_path(file.tenant, file.id), profile.model_dump_json().encode())
-
-
-def load_profile(storage: Storage, file: FileObject) -> FileProfile:
-    """The stored profile, or (older files) one computed now by streaming the dataset, then stored;
-    with the token statistics jobs' validations wrote next to the file."""
-    profile = _stored_profile(storage, file)
-    profile.tokens = token_stats(storage, file)
-    return profile
-
-
-def token_stats(storage: Storage, file: FileObject) -> list[TokenStats]:
-    """`<file>.tokens/<job_id>.json`, newest job first (unreadable ones are skipped)."""
-    folder = file_tokens_dir(file.tenant, file.id)
-    out = []
-    for name in sorted((n for n in storage.names(folder) if n.endswith(".json")), reverse=True):
-        try:
-            with storage.open(f"{folder}/{name}") as fh:
-                out.append(TokenStats.model_validate_json(fh.read()))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _stored_profile(storage: Storage, file: FileObject) -> FileProfile:
-    from ftjobs.service.readers import JsonlReader  # the readers build on this module
-
-    path = file_profile_path(file.tenant, file.id)
-    if storage.exists(path):
-        with storage.open(path) as fh:
-            return FileProfile.model_validate_json(fh.read())
-    reader = JsonlReader(max_bytes=2**62)
-    for chunk in storage.iter_bytes(storage.open(file_path(file.tenant, file.id))):
-        reader.feed(chunk)
-    reader.finish(file.filename)
-    profile = reader.rows.profile.build(file.id)
-    save_profile(storage, file, profile)
-    return profile

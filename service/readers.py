@@ -69,7 +69,7 @@ class Reader:
             self._sink(data)
 
     def line_map(self) -> dict[str, Any] | None:
-        """For a converted upload: what `jobs/data.py` needs to cite the user's line of a stored row."""
+        """For a converted upload: what `jobs/data/read.py` needs to cite the user's line of a stored row."""
         return None
 
     def close(self) -> None:

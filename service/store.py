@@ -1,7 +1,8 @@
 """Job records, event/metric streams, files and idempotency keys in Redis.
 
 The only module of the API that reads job progress (the worker writes it with `jobs/report.py`), using
-the key names, hash fields and the GUARDED_WRITE script of `core/keys.py`. Every hash value is JSON.
+the key names, hash fields and the GUARDED_WRITE script of `core/keys.py` and the JSON encoding of
+`core/records.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any, cast
 
 from redis import Redis
 
-from ftjobs.client import keys
 from ftjobs.client.models import (
     FILE_ID_PATTERN,
     JOB_ID_PATTERN,
@@ -30,15 +30,46 @@ from ftjobs.client.models import (
     MetricList,
     MetricPoint,
 )
+from ftjobs.core import keys
 from ftjobs.core.keys import JobField
+from ftjobs.core.records import (
+    as_text,
+    decode_entry,
+    decode_hash,
+    encode,
+    event_entry,
+    guarded_write_args,
+    new_record,
+    status_entry,
+)
 from ftjobs.service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
-from ftjobs.service.records import as_text, event_json, job_from_hash, new_record, status_event
 
 S = JobStatus
 StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (stream id, {field: value}) as redis-py returns it
 MAX_STREAM_PART = 2**64 - 1  # each part of a Redis stream id `<ms>-<seq>` is an unsigned 64-bit integer
 LAST_STREAM_ID = f"{MAX_STREAM_PART}-{MAX_STREAM_PART}"
 _STREAM_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # ASCII digits only (`\d` also matches other scripts)
+
+
+# What the Job view takes from the request as submitted, and from the record as the worker keeps it.
+REQUEST_FIELDS = (
+    *("model", "task", "method", "training_file", "validation_file", "reference_file", "parent_job_id"),
+    *("group_field", "hyperparameters", "data", "suffix", "metadata"),
+)
+RECORD_FIELDS = (
+    *("id", "tenant", "status", "created_at", "started_at", "finished_at", "attempt", "cancel_requested"),
+    *("progress", "last_metrics", "results", "error", "artifacts"),
+)
+
+
+def job_from_hash(raw: Mapping[Any, Any]) -> Job:
+    """The API view of a job hash as Redis returns it (bytes keys, JSON values)."""
+    record = decode_hash(raw)
+    request = record.get(JobField.request) or {}
+    view = {k: request[k] for k in REQUEST_FIELDS if k in request}
+    view.update({k: record[k] for k in RECORD_FIELDS if record.get(k) is not None})
+    view["resolved_hyperparameters"] = record.get(JobField.resolved) or {}
+    return Job.model_validate(view)
 
 
 def stream_cursor(after: str) -> str:
@@ -90,10 +121,10 @@ class Store:
         log its first event, atomically."""
         record = new_record(tenant, job_id, req, queue)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): json.dumps(v) for k, v in record.items()})
+        pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): encode(v) for k, v in record.items()})
         pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})
         pipe.sadd(keys.ACTIVE_JOBS_KEY, keys.active_member(tenant, job_id))  # watched by the workers' reconciler
-        self._xadd(pipe, keys.events_key(tenant, job_id), status_event(S.validating_files, "Job created."))
+        self._xadd(pipe, keys.events_key(tenant, job_id), status_entry(S.validating_files, "Job created."))
         pipe.execute()
         return self.get_job(tenant, job_id)
 
@@ -140,16 +171,9 @@ class Store:
         stream: str | None = None,
     ) -> tuple[bool, str]:
         """Run GUARDED_WRITE: write `fields` (+ append `entry`) only in `statuses`; -> (written, status)."""
-        pairs = [x for k, v in (fields or {}).items() for x in (str(k), json.dumps(v))]
         written, status = self._guarded_write(
             keys=[keys.job_key(tenant, job_id), stream or keys.events_key(tenant, job_id)],
-            args=[
-                "" if attempt is None else str(attempt),
-                ",".join(s.value for s in statuses),
-                len(pairs) // 2,
-                *pairs,
-                entry or "",
-            ],
+            args=guarded_write_args(attempt, statuses, fields or {}, entry or ""),
         )
         return bool(written), json.loads(status) if status else ""
 
@@ -164,7 +188,7 @@ class Store:
                 JobField.finished_at: int(time.time()),
                 JobField.error: error.model_dump(mode="json"),
             },
-            entry=status_event(S.failed, f"Job failed: {error.message}", code=error.code),
+            entry=status_entry(S.failed, f"Job failed: {error.message}", code=error.code),
         )
 
     def cancel_job(self, tenant: str, job_id: str) -> tuple[Job, bool]:
@@ -180,7 +204,7 @@ class Store:
                     JobField.cancel_requested: True,
                     JobField.finished_at: int(time.time()),
                 },
-                entry=status_event(S.cancelled, "Job cancelled."),
+                entry=status_entry(S.cancelled, "Job cancelled."),
             )
             if written:
                 return self.get_job(tenant, job_id), True
@@ -198,7 +222,7 @@ class Store:
                 job_id,
                 statuses=[S.running],
                 fields={JobField.cancel_requested: True},
-                entry=event_json("Cancellation requested; the worker stops within seconds."),
+                entry=event_entry("Cancellation requested; the worker stops within seconds."),
             )
             if written:
                 return self.get_job(tenant, job_id), False
@@ -272,7 +296,7 @@ class Store:
                 return [], False
             low = f"({cursor}"
         raw = cast(list[StreamEntry], self.redis.xrange(key, min=low, max="+", count=limit + 1))
-        entries = [(as_text(sid), json.loads(body[keys.STREAM_FIELD.encode()])) for sid, body in raw[:limit]]
+        entries = [(as_text(sid), decode_entry(body)) for sid, body in raw[:limit]]
         return entries, len(raw) > limit
 
     @staticmethod

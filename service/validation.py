@@ -1,8 +1,9 @@
-"""Row checks of uploads: each row against its task's shape, problems numbered by line, warnings, profile.
+"""Row checks of uploads: each row against its shape, problems numbered by line, warnings, profile.
 
 The readers (`service/readers.py`: JSONL, CSV; `service/parquet.py`) feed every row to one `RowValidator`,
 which numbers each problem with its line (the user's own: a CSV line, a Parquet row), field and a stable
 code, counts the fixable issues (warnings) and feeds the profile (`service/profile.py`) in the same pass.
+The row rules themselves are `ftjobs.core.rows`, which the worker applies too.
 """
 
 from __future__ import annotations
@@ -11,79 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftjobs.client.models import FileFormat, FileProblem, FileWarning
+from ftjobs.core.rows import FIELDS, KNOWN_SHAPES, OPTIONAL_CONTENT, detect_format, json_type, row_problem
 from ftjobs.service.errors import InvalidFile
 from ftjobs.service.profile import ProfileBuilder
 
 MAX_REPORTED = 20  # problems listed in the error (the total is always given)
 MAX_LINES_PER_WARNING = 5
-ROLES = ("system", "user", "assistant", "tool")
-FIELDS: dict[FileFormat, tuple[str, ...]] = {
-    FileFormat.prompt_completion: ("prompt", "completion"),
-    FileFormat.source_target: ("source", "target"),
-    FileFormat.text_label: ("text", "label"),
-    FileFormat.text: ("text",),
-}
-# Fields that may be empty (a row without a prompt is still a completion to learn); the rest must not.
-OPTIONAL_CONTENT = frozenset({"prompt", "source"})
-KNOWN_SHAPES = '"messages", "prompt"+"completion", "text"+"label", "source"+"target" or "text"'
-
-
-def detect_format(row: dict[str, Any]) -> FileFormat | None:
-    """The row shape, from its keys (extra keys are ignored)."""
-    if "messages" in row:
-        return FileFormat.messages
-    if "prompt" in row or "completion" in row:
-        return FileFormat.prompt_completion
-    if "source" in row or "target" in row:
-        return FileFormat.source_target
-    if "label" in row:
-        return FileFormat.text_label
-    if "text" in row:
-        return FileFormat.text
-    return None
-
-
-def json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
-def row_problem(fmt: FileFormat, row: dict[str, Any]) -> tuple[str, str, str] | None:
-    """What is wrong with a row of format `fmt`, as (code, field, message), or None."""
-    if fmt == FileFormat.messages:
-        messages = row["messages"]
-        if not isinstance(messages, list):
-            return "invalid_type", "messages", f'"messages" must be a non-empty array, got {json_type(messages)}'
-        if not messages:
-            return "empty_content", "messages", '"messages" must be a non-empty array'
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
-                return "invalid_type", f"messages[{i}]", f"messages[{i}] must be an object, got {json_type(msg)}"
-            if msg.get("role") not in ROLES:
-                return "unknown_role", f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(ROLES)}"
-            if not isinstance(msg.get("content"), str):
-                return "invalid_type", f"messages[{i}].content", f"messages[{i}].content must be a string"
-        answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        if not answers:
-            return "no_assistant_turn", "messages", "no assistant message to learn from"
-        if not any(a.strip() for a in answers):
-            return "empty_content", "messages", "every assistant message is empty"
-        return None
-    for name in FIELDS[fmt]:
-        if name not in row:
-            if name == "label":
-                return "label_missing", "label", 'missing field "label"'
-            return "missing_field", name, f'missing field "{name}"'
-        value = row[name]
-        if name == "label" and (value is None or (isinstance(value, str) and not value.strip())):
-            return "label_missing", "label", '"label" is empty'
-        ok = isinstance(value, str) or (name == "label" and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
-            expected = "a string or an integer" if name == "label" else "a string"
-            return "invalid_type", name, f'"{name}" must be {expected}, got {json_type(value)}'
-        if name not in OPTIONAL_CONTENT and name != "label" and not value.strip():
-            return "empty_content", name, f'"{name}" is empty'
-    return None
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from ftjobs.service.embedded import EmbeddedRedis, start_redis
-from ftjobs.service.stack import minilm_dir
+from ftjobs.launch.embedded import EmbeddedRedis, start_redis
+from ftjobs.launch.stack import minilm_dir
 
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "ftjobs-test"
@@ -78,7 +78,7 @@ def env(redis: redis_lib.Redis, redis_url: str, tmp_path: Path, model_root: Path
 
 @pytest.fixture
 def settings(env: dict[str, str]):  # type: ignore[no-untyped-def]
-    from ftjobs.service.config import Settings
+    from ftjobs.core.settings import Settings
 
     return Settings.from_env(env)
 
@@ -136,7 +136,7 @@ class WorkerProcess:
 
 @pytest.fixture
 def worker(env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    """A real `python -m jobs.worker` process on the test queue."""
+    """A real `python -m ftjobs.jobs.worker` process on the test queue."""
     w = WorkerProcess(env, tmp_path / "worker.log")
     time.sleep(0.2)
     yield w

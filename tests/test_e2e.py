@@ -11,8 +11,8 @@ import pytest
 
 from ftjobs.client.errors import NotFound, ValidationFailed
 from ftjobs.client.models import JobStatus
+from ftjobs.launch.demo import DEMO_DATA
 
-REPO = Path(__file__).resolve().parent.parent
 WORDS = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree", "fish", "bird"]
 
 
@@ -32,7 +32,7 @@ def echo_rows(n: int, seed: int) -> list[dict]:
 
 
 def sms_rows(name: str, n: int) -> list[dict]:
-    rows = [json.loads(line) for line in (REPO / "demo" / "data" / name).read_text().splitlines()]
+    rows = [json.loads(line) for line in (DEMO_DATA / name).read_text().splitlines()]
     spam = [r for r in rows if r["label"] == "spam"]
     ham = [r for r in rows if r["label"] == "ham"]
     return spam[: n // 2] + ham[: n - n // 2]
@@ -89,8 +89,9 @@ def test_lora_causal_lm_end_to_end(client, worker, tiny_causal_lm, tmp_path):  #
 def test_lora_classification_on_minilm_improves_f1(client, worker, minilm, tmp_path):  # type: ignore[no-untyped-def]
     train = client.files.upload(write_jsonl(tmp_path / "train.jsonl", sms_rows("sms_spam_train.jsonl", 128)))
     valid = client.files.upload(write_jsonl(tmp_path / "valid.jsonl", sms_rows("sms_spam_heldout.jsonl", 64)))
+    assert "all-MiniLM-L6-v2" in [m.id for m in client.models.list().data]  # the README's `ftjobs models`
     job = client.jobs.create(
-        model=str(minilm),
+        model="all-MiniLM-L6-v2",
         task="classification",
         training_file=train.id,
         validation_file=valid.id,

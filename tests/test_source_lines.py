@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ftjobs.client.models import JobStatus
-from ftjobs.jobs.data import LineMap, read_jsonl
+from ftjobs.jobs.data.read import LineMap, read_jsonl
 from ftjobs.service.readers import MAX_LINE_BREAKS, CsvReader
 
 # CSV lines: 1 header, 2 row 1, 3-4 row 2 (a quoted cell over two lines), 5 blank, 6 row 3,

@@ -21,7 +21,7 @@ CORPUS = [
 ]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
-# Same shape as jobs.data's default template; {% generation %} marks the assistant's tokens.
+# Same shape as jobs/data/examples.py's default template; {% generation %} marks the assistant's tokens.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' }}"

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ftjobs.client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
 from ftjobs.core.keys import file_lines_path, file_path, file_profile_path
-from ftjobs.service.config import Settings
+from ftjobs.core.records import new_id
+from ftjobs.core.settings import Settings
 from ftjobs.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
@@ -25,10 +26,9 @@ from ftjobs.service.errors import (
     ValidationError,
     error_responses,
 )
+from ftjobs.service.file_profiles import load_profile, save_profile
 from ftjobs.service.parquet import ParquetReader, is_parquet
-from ftjobs.service.profile import load_profile, save_profile
 from ftjobs.service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
-from ftjobs.service.records import new_id
 from ftjobs.service.upload import read_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])

@@ -21,6 +21,8 @@ from ftjobs.client.models import (
     JobStatus,
     MetricList,
 )
+from ftjobs.core.queue import JobQueue
+from ftjobs.core.records import new_id
 from ftjobs.service.deps import QueueDep, SettingsDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
@@ -38,8 +40,6 @@ from ftjobs.service.errors import (
     error_responses,
 )
 from ftjobs.service.job_checks import check_files, check_model, check_parent
-from ftjobs.service.queue import JobQueue
-from ftjobs.service.records import new_id
 from ftjobs.service.store import Store, stream_cursor
 
 log = logging.getLogger("ftjobs.service")
@@ -136,7 +136,7 @@ def create_job(
 ) -> Job:
     """Create a fine-tuning job. It starts in `validating_files` (a worker checks the files with the model's
     tokenizer within seconds), then is `queued` for training, or `failed` with the reason."""
-    check_model(req.model, settings.model_roots)
+    check_model(req.model, [str(root) for root in settings.model_roots])
     check_files(store, tenant, req)
     check_parent(store, tenant, req)
     job_id = new_id("ftjob-")

@@ -33,7 +33,7 @@ def run(api: FakeAPI, *argv: str) -> int:
 
 def ftjobs(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ftjobs.client.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ftjobs.launch.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
     )
 
 

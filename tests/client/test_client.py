@@ -109,6 +109,27 @@ def test_lists_and_pages(api: FakeAPI) -> None:
     assert "after" not in api.requests[-1].url.params
 
 
+def test_all_events_and_all_metrics_page_through_without_waiting(api: FakeAPI) -> None:
+    for i in range(1500):
+        api.add_event(JOB, f"event {i}")
+        api.metrics.setdefault(JOB, []).append(
+            {"id": f"1-{i}", "step": i, "split": "train", "created_at": 1.0, "values": {"loss": 1.0}}
+        )
+    ftjobs = api.client()
+    events = ftjobs.jobs.all_events(JOB)  # the job is still running: all written so far, then return
+    assert [e.message for e in events] == [f"event {i}" for i in range(1500)]
+    assert [r.url.path for r in api.requests] == [f"/v1/jobs/{JOB}/events"] * 2  # two pages of 1000, no poll
+    assert [e.message for e in ftjobs.jobs.all_events(JOB, after=events[1497].id)] == ["event 1498", "event 1499"]
+
+    async def scenario() -> tuple[list[str], list[int]]:
+        async with api.async_client() as client:
+            messages = [e.message for e in await client.jobs.all_events(JOB)]
+            steps = [p.step for p in await client.jobs.all_metrics(JOB)]
+            return messages, steps
+
+    assert asyncio.run(scenario()) == ([e.message for e in events], list(range(1500)))
+
+
 def test_download_and_download_all(api: FakeAPI, tmp_path: Path) -> None:
     files = {
         "adapter/adapter_config.json": b'{"r": 8}',
@@ -178,11 +199,11 @@ def test_async_client_mirrors_the_sync_one(api: FakeAPI, tmp_path: Path) -> None
 
 def test_importing_the_client_loads_no_http_and_no_service_code() -> None:
     probe = (
-        "import sys, json, client, client.models, client.keys, client.errors;"
+        "import sys, json, ftjobs, ftjobs.client, ftjobs.client.models, ftjobs.client.errors;"
         "light = sorted(m for m in ('httpx',) if m in sys.modules);"
-        "import client.cli;"
-        "heavy = sorted(m for m in ('service', 'jobs', 'uvicorn', 'fastapi', 'torch', 'redis', 'rq')"
-        " if m in sys.modules);"
+        "import ftjobs.client.cli;"
+        "heavy = sorted(m for m in ('ftjobs.service', 'ftjobs.jobs', 'ftjobs.launch', 'uvicorn', 'fastapi', 'torch',"
+        " 'redis', 'rq') if m in sys.modules);"
         "print(json.dumps([light, heavy]))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from ftjobs.client.models import AdapterMethod, Hyperparameters, Job, JobCreate, JobStatus, LoraMethod, Task
-from ftjobs.jobs import adapters
-from ftjobs.jobs.continuation import Parent, attach, check_labels
-from ftjobs.jobs.data import Row
+from ftjobs.jobs.data.read import Row
 from ftjobs.jobs.errors import DataError, InvalidMethod
+from ftjobs.jobs.training import adapters
+from ftjobs.jobs.training.continuation import Parent, attach, check_labels
 from tests.jobs.helpers import create_job, upload_rows
 from tests.jobs.test_safeguards import COLOURS, qa, run_job
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
@@ -157,7 +157,7 @@ def test_child_changes_a_training_setting_and_keeps_the_parents_shape(  # type: 
 def test_attach_checks_the_shape_and_applies_the_childs_dropout(tiny_causal_lm: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from ftjobs.jobs.methods import apply_method
+    from ftjobs.jobs.training.methods import apply_method
 
     base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
     apply_method(base, LoraMethod(r=4, dropout=0.0), Task.causal_lm).save_pretrained(tmp_path / "lora")
@@ -218,11 +218,11 @@ def test_a_child_measures_forgetting_on_the_parents_data_and_ewc_reduces_it(  # 
 def test_ewc_on_a_parent_whose_data_is_gone_names_reference_file(  # type: ignore[no-untyped-def]
     env, tmp_path: Path
 ) -> None:
-    from ftjobs.jobs.continuation import parent_rows
-    from ftjobs.jobs.safeguards import InvalidRequest
-    from ftjobs.jobs.storage import Store
+    from ftjobs.core.storage import Storage
+    from ftjobs.jobs.training.continuation import parent_rows
+    from ftjobs.jobs.training.safeguards import InvalidRequest
 
-    store = Store(f"file://{tmp_path / 'store'}")
+    store = Storage(f"file://{tmp_path / 'store'}")
     gone = Parent("ftjob-" + "e" * 20, tmp_path, None, training_file="file-" + "f" * 20)
     assert parent_rows(store, "default", gone, Hyperparameters(), tmp_path) is None  # forgetting is just skipped
     with pytest.raises(InvalidRequest) as e:

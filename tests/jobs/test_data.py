@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ftjobs.client.models import Task
-from ftjobs.jobs.data import IGNORE_INDEX, DataError, Row, build_datasets, read_jsonl, split_rows
+from ftjobs.client.models import JobCreate, LoraMethod, Task, resolve_hyperparameters
+from ftjobs.jobs.data.examples import IGNORE_INDEX, build_datasets
+from ftjobs.jobs.data.inputs import hyperparameters
+from ftjobs.jobs.data.read import Row, read_jsonl
+from ftjobs.jobs.data.split import split_rows
+from ftjobs.jobs.errors import DataError, JobFailed
 from tests.tiny_models import build_tiny_tokenizer
 
 
@@ -109,3 +113,10 @@ def test_a_tokenizer_without_chat_template_gets_the_default(tokenizer) -> None: 
     data = build(tokenizer, rows(convo, convo))
     assert tokenizer.chat_template and learned(tokenizer, data.train[0]) == "hello</s>"
     assert any("default" in n for n in data.notes)
+
+
+def test_the_worker_reads_the_hyperparameters_the_api_resolved() -> None:
+    request = JobCreate(model="m", task=Task.causal_lm, training_file="file-" + "0" * 20, method=LoraMethod())
+    assert hyperparameters(request, {**resolve_hyperparameters(request), "learning_rate": 0.5}).learning_rate == 0.5
+    with pytest.raises(JobFailed, match="no resolved learning_rate"):  # never re-derived on the worker
+        hyperparameters(request, {})

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from ftjobs.client.models import Task
-from ftjobs.jobs.data import Row, build_datasets
+from ftjobs.jobs.data.examples import build_datasets
+from ftjobs.jobs.data.read import Row
 from ftjobs.jobs.errors import IntegrationUnavailable
-from ftjobs.jobs.generation import text_metrics
-from ftjobs.jobs.integrations import check
-from ftjobs.jobs.report_files import model_card, write_loss_curve
+from ftjobs.jobs.evaluation.generation import text_metrics
+from ftjobs.jobs.outputs.model_card import model_card
+from ftjobs.jobs.outputs.plots import write_loss_curve
+from ftjobs.jobs.outputs.trackers import check
 from tests.tiny_models import build_tiny_tokenizer
 
 LETTERS = string.ascii_lowercase
@@ -158,7 +160,7 @@ def test_job_asking_for_a_missing_integration_fails(client, worker, tiny_causal_
 def test_classification_samples_hold_the_predicted_label(tiny_causal_lm: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ftjobs.jobs.generation import Evaluator
+    from ftjobs.jobs.evaluation.generation import Evaluator
     from ftjobs.jobs.interrupts import Cancelled
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)

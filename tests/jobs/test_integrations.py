@@ -12,7 +12,7 @@ import pytest
 from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
 from ftjobs.core.keys import artifact_path
 from ftjobs.jobs.errors import IntegrationUnavailable
-from ftjobs.jobs.integrations import check
+from ftjobs.jobs.outputs.trackers import check
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import events, guarded_write, metric_points, store_root, submit, upload_rows, wait_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ftjobs.client import keys
 from ftjobs.client.models import Hyperparameters, JobCreate, JobError, JobStatus, LoraMethod, Progress
+from ftjobs.core import keys
 from ftjobs.core.keys import HEARTBEATS_KEY, artifact_path, heartbeat_member, job_dir
 from ftjobs.jobs.report import Reporter
 from tests.conftest import WorkerProcess

@@ -19,11 +19,11 @@ from transformers import (
 )
 
 from ftjobs.client.models import JobCreate, Task
-from ftjobs.jobs import adapters
-from ftjobs.jobs.artifacts import write_artifacts
 from ftjobs.jobs.errors import InvalidMethod, UnsupportedMethod
-from ftjobs.jobs.methods import apply_method, load_options, parameter_counts
-from ftjobs.jobs.trainer import PadCollator
+from ftjobs.jobs.outputs.artifacts import write_artifacts
+from ftjobs.jobs.training import adapters
+from ftjobs.jobs.training.methods import apply_method, load_options, parameter_counts
+from ftjobs.jobs.training.trainer import PadCollator
 from tests.jobs.helpers import submit, upload_rows, wait_for
 
 CAUSAL_METHODS: dict[str, dict[str, Any]] = {
@@ -196,7 +196,7 @@ def test_qlora_needs_bitsandbytes() -> None:
     assert load_options(method)["quantization_config"].load_in_4bit
 
 
-# ----------------------------------------------------------------------------- jobs/adapters.py
+# ----------------------------------------------------------------------------- jobs/training/adapters.py
 
 
 def _tiny(path: Path) -> Any:

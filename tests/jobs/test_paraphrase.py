@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from ftjobs.client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
-from ftjobs.jobs.data import Row
+from ftjobs.jobs.data.paraphrase import Generator, rewrite_rows
+from ftjobs.jobs.data.prepare import prepare_data
+from ftjobs.jobs.data.read import Row
 from ftjobs.jobs.errors import ModelNotFound
-from ftjobs.jobs.paraphrase import Generator, rewrite_rows
-from ftjobs.jobs.prepare import prepare_data
 from tests.jobs.helpers import submit, upload_rows, wait_for
 from tests.tiny_models import build_tiny_t5
 

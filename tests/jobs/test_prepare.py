@@ -1,4 +1,4 @@
-"""Data preparation (jobs/prepare.py): each step on hand-made rows, the real SMS spam file, and one job end to end."""
+"""Data preparation (jobs/data/): each step on hand-made rows, the real SMS spam file, and one job end to end."""
 
 from __future__ import annotations
 
@@ -12,18 +12,14 @@ import pytest
 from pydantic import ValidationError
 
 from ftjobs.client.models import DataOptions, Hyperparameters, JobCreate, LoraMethod, Task
-from ftjobs.core.keys import artifact_path
-from ftjobs.jobs.data import Row, split_rows
-from ftjobs.jobs.prepare import (
-    dedup_minhash,
-    eda,
-    near_key,
-    normalize_text,
-    prepare_data,
-    shingles,
-    swap_terms,
-    token_report,
-)
+from ftjobs.core.keys import artifact_path, file_path
+from ftjobs.core.storage import Storage
+from ftjobs.jobs.data.augment import eda, swap_terms
+from ftjobs.jobs.data.clean import dedup_minhash, near_key, normalize_text, shingles
+from ftjobs.jobs.data.prepare import first_half_key, prepare_data, prepare_job_data, prepared_dir, token_report
+from ftjobs.jobs.data.read import Row
+from ftjobs.jobs.data.split import split_rows
+from ftjobs.jobs.errors import DataError
 from tests.jobs.helpers import events, store_root, submit, upload_rows, wait_for
 
 SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"
@@ -247,7 +243,7 @@ def test_weighted_loss(minilm: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
-    from ftjobs.jobs.trainer import JobTrainer
+    from ftjobs.jobs.training.trainer import JobTrainer
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)
@@ -309,6 +305,7 @@ def test_a_job_reports_its_data_steps_and_saves_the_split(redis, env, worker, mi
     assert len(split_val) == 8 == job["resolved"]["n_validation"]  # round(31 * 0.25)
     assert {json.loads(x)["line"] for x in split_val}.isdisjoint(json.loads(x)["line"] for x in split_train)
     assert report["tokens"]["examples"] == job["resolved"]["n_train"] and report["tokens"]["truncated"] == 0
+    assert not (root / prepared_dir("default", job_id)).exists()  # the training run read what validation saved
 
     # Cleaning that leaves too little to train on fails the job before the model is loaded.
     request = request.model_copy(update={"data": DataOptions(min_chars=1000)})
@@ -325,3 +322,38 @@ def test_token_report() -> None:
     report = token_report(examples, 16)
     assert report["truncated"] == 2 and (report["min"], report["median"], report["max"]) == (3, 12, 16)
     assert report["histogram"] == {"<=8": 1, "<=16": 4}
+
+
+def test_training_reuses_the_first_half_its_validation_saved(tmp_path: Path) -> None:
+    store = Storage(f"file://{tmp_path / 'store'}")
+    file_id, job_id = "file-" + "0" * 20, "ftjob-" + "0" * 20
+    data = [{"text": f"row {i % 9}", "label": "ab"[i % 2]} for i in range(30)]  # duplicates: dedup has work
+    store.write_bytes(file_path("t", file_id), "".join(json.dumps(r) + "\n" for r in data).encode())
+    request = JobCreate(
+        model="m",
+        task=Task.classification,
+        training_file=file_id,
+        method=LoraMethod(),
+        hyperparameters=Hyperparameters(validation_split=0.25, seed=3),
+        data=DataOptions(dedup="exact", balance="oversample", augment=["eda"]),
+    )
+    hp = request.hyperparameters
+    validated = prepare_job_data(store, "t", job_id, request, hp, tmp_path / "v", save=True)
+    saved = f"{prepared_dir('t', job_id)}/{first_half_key(request, hp)}.json"
+    assert store.exists(saved)
+
+    store.delete(file_path("t", file_id))  # the training run must not need the file again
+    trained = prepare_job_data(store, "t", job_id, request, hp, tmp_path / "t")
+    for mine, theirs in ((trained.train, validated.train), (trained.validation, validated.validation)):
+        assert [(r.line, r.file, r.data) for r in mine or []] == [(r.line, r.file, r.data) for r in theirs or []]
+    assert trained.report == validated.report and trained.notes == validated.notes
+    assert not store.exists(prepared_dir("t", job_id))  # read once
+
+    # A saved first half of another request (another seed) is never reused: the run goes back to the file.
+    store.write_bytes(file_path("t", file_id), "".join(json.dumps(r) + "\n" for r in data).encode())
+    prepare_job_data(store, "t", job_id, request, hp, tmp_path / "v2", save=True)
+    store.delete(file_path("t", file_id))
+    reseeded = hp.model_copy(update={"seed": 4})
+    with pytest.raises(DataError, match="not in the store"):
+        prepare_job_data(store, "t", job_id, request, reseeded, tmp_path / "t2")
+    assert not store.exists(prepared_dir("t", job_id))  # the stale one is gone too

@@ -15,8 +15,8 @@ import torch
 
 from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod, Task
 from ftjobs.core.keys import artifact_path
-from ftjobs.jobs.inputs import load_model
-from ftjobs.jobs.methods import apply_method, load_options
+from ftjobs.jobs.data.inputs import load_model
+from ftjobs.jobs.training.methods import apply_method, load_options
 from tests.jobs.helpers import store_root, submit, upload_rows, wait_for
 from tests.jobs.test_train import qa_rows
 
@@ -50,9 +50,9 @@ def test_without_bitsandbytes_qlora_is_unsupported_naming_the_field() -> None:
     """A worker without the package (hidden from this subprocess) fails the job with a clear code and field."""
     script = (
         "import sys; sys.modules['bitsandbytes'] = None\n"
-        "from client.models import LoraMethod\n"
-        "from jobs.errors import UnsupportedMethod\n"
-        "from jobs.methods import load_options\n"
+        "from ftjobs.client.models import LoraMethod\n"
+        "from ftjobs.jobs.errors import UnsupportedMethod\n"
+        "from ftjobs.jobs.training.methods import load_options\n"
         "try:\n"
         "    load_options(LoraMethod(quantize='4bit'))\n"
         "except UnsupportedMethod as e:\n"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ftjobs.client import keys
 from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
+from ftjobs.core import keys
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import (
     create_job,
@@ -295,13 +295,13 @@ def test_sigterm_inside_a_step_that_takes_minutes_hands_the_job_back_in_bounded_
 
 
 def test_jobs_from_before_the_active_set_are_backfilled_once(redis, env, tiny_causal_lm: Path) -> None:
+    from ftjobs.core.settings import Settings
     from ftjobs.jobs.reconcile import Reconciler
-    from ftjobs.jobs.worker import WorkerSettings
 
     queued = create_job(redis, request(tiny_causal_lm, env))  # written as an older API did: no active entry
     running = create_job(redis, request(tiny_causal_lm, env), tenant="acme", status="running")
     finished = create_job(redis, request(tiny_causal_lm, env), status="succeeded")
-    reconciler = Reconciler(redis, WorkerSettings.from_env(env))
+    reconciler = Reconciler(redis, Settings.from_env(env))
     assert reconciler.backfill_active() == 2
     members = {m.decode() for m in redis.smembers(keys.ACTIVE_JOBS_KEY)}
     assert members == {keys.active_member("default", queued), keys.active_member("acme", running)}

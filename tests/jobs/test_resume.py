@@ -26,15 +26,16 @@ from transformers import (
     set_seed,
 )
 
-from ftjobs.client import keys
 from ftjobs.client.models import JobCreate, Task
-from ftjobs.jobs import checkpoints
-from ftjobs.jobs.data import Row, build_datasets
-from ftjobs.jobs.generation import Evaluator
-from ftjobs.jobs.methods import apply_method
+from ftjobs.core import keys
+from ftjobs.core.storage import Storage
+from ftjobs.jobs.data.examples import build_datasets
+from ftjobs.jobs.data.read import Row
+from ftjobs.jobs.evaluation.generation import Evaluator
 from ftjobs.jobs.report import Reporter
-from ftjobs.jobs.storage import Store
-from ftjobs.jobs.trainer import JobTrainer, PadCollator, ReportCallback
+from ftjobs.jobs.training import checkpoints
+from ftjobs.jobs.training.methods import apply_method
+from ftjobs.jobs.training.trainer import JobTrainer, PadCollator, ReportCallback
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import create_job, events, metric_points, read_job, store_root, submit, upload_rows, wait_for
 
@@ -91,7 +92,7 @@ def _run(
     method: str,
     work: Path,
     reporter: Reporter,
-    store: Store,
+    store: Storage,
     every_steps: int = 0,
     crash_at: int | None = None,
     resume: bool = False,
@@ -178,7 +179,7 @@ def _trainable(model: Any) -> dict[str, torch.Tensor]:
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     redis, env, tiny_causal_lm: Path, tmp_path: Path, method: str
 ) -> None:
-    store = Store(f"file://{tmp_path / 'store'}")
+    store = Storage(f"file://{tmp_path / 'store'}")
     request = JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20)
 
     whole = create_job(redis, request, status="queued")
@@ -233,7 +234,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
 def test_a_resumed_runs_train_loss_is_the_mean_over_all_its_steps(
     redis, env, tiny_causal_lm: Path, tmp_path: Path
 ) -> None:
-    store = Store(f"file://{tmp_path / 'store'}")
+    store = Storage(f"file://{tmp_path / 'store'}")
     request = JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20)
     whole = create_job(redis, request, status="queued")
     reference, _, _ = _run(tiny_causal_lm, "lora", tmp_path / "a", _attempt(redis, whole, 1), store)
@@ -261,7 +262,7 @@ def test_a_resumed_runs_train_loss_is_the_mean_over_all_its_steps(
 def test_early_stopping_resumes_with_its_best_checkpoint_and_patience(
     redis, env, tiny_causal_lm: Path, tmp_path: Path, method: str
 ) -> None:
-    store = Store(f"file://{tmp_path / 'store'}")
+    store = Storage(f"file://{tmp_path / 'store'}")
     request = JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20)
     whole = create_job(redis, request)
     first_run = _attempt(redis, whole, 1)
@@ -299,7 +300,7 @@ def test_early_stopping_resumes_with_its_best_checkpoint_and_patience(
 
 
 def test_a_corrupt_checkpoint_is_never_used(redis, env, tiny_causal_lm: Path, tmp_path: Path) -> None:
-    store = Store(f"file://{tmp_path / 'store'}")
+    store = Storage(f"file://{tmp_path / 'store'}")
     job_id = create_job(redis, JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20))
     first = _attempt(redis, job_id, 1)
     _run(tiny_causal_lm, "lora", tmp_path / "a", first, store, every_steps=2, crash_at=3)
@@ -319,7 +320,7 @@ def test_a_corrupt_checkpoint_is_never_used(redis, env, tiny_causal_lm: Path, tm
 
 
 def test_only_the_current_attempt_writes_a_checkpoint(redis, env, tiny_causal_lm: Path, tmp_path: Path) -> None:
-    store = Store(f"file://{tmp_path / 'store'}")
+    store = Storage(f"file://{tmp_path / 'store'}")
     job_id = create_job(redis, JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20))
     stale = _attempt(redis, job_id, 1)
     _lose(stale)  # attempt 2 owns the job; attempt 1 has not noticed yet
@@ -329,11 +330,11 @@ def test_only_the_current_attempt_writes_a_checkpoint(redis, env, tiny_causal_lm
 
 
 def test_when_checkpoints_are_due(redis, env, tiny_causal_lm: Path, tmp_path: Path) -> None:
-    from ftjobs.jobs.worker import WorkerSettings
+    from ftjobs.core.settings import Settings
 
-    assert (WorkerSettings.from_env({}).checkpoint_s, WorkerSettings.from_env({}).checkpoint_steps) == (600, 0)
-    off = WorkerSettings.from_env({"FTJOBS_CHECKPOINT_S": "0"})
-    reporter, store = Reporter(redis, "default", "j", 1), Store(f"file://{tmp_path}")
+    assert (Settings.from_env({}).checkpoint_s, Settings.from_env({}).checkpoint_steps) == (600, 0)
+    off = Settings.from_env({"FTJOBS_CHECKPOINT_S": "0"})
+    reporter, store = Reporter(redis, "default", "j", 1), Storage(f"file://{tmp_path}")
     assert not checkpoints.CheckpointCallback(store, reporter, off.checkpoint_s, off.checkpoint_steps, dict).enabled
 
     by_time = checkpoints.CheckpointCallback(store, reporter, 0.2, 0, dict)
@@ -437,10 +438,10 @@ def test_a_lost_attempt_resumes_from_its_last_checkpoint(redis, env, tiny_causal
 
 
 def test_a_job_the_reconciler_ends_leaves_no_checkpoints(redis, env, tiny_causal_lm: Path) -> None:
+    from ftjobs.core.settings import Settings
     from ftjobs.jobs.reconcile import Reconciler
-    from ftjobs.jobs.worker import WorkerSettings
 
-    settings = WorkerSettings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "1"})
+    settings = Settings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "1"})
     job_id = create_job(redis, JobCreate(model=str(tiny_causal_lm), training_file="file-" + "0" * 20), status="running")
     redis.zadd(keys.HEARTBEATS_KEY, {keys.heartbeat_member("default", job_id, 1): time.time() - 600})
     saved = store_root(env) / keys.checkpoint_path("default", job_id, 1, 10) / "checkpoint-10" / "optimizer.pt"

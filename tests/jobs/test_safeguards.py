@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from ftjobs.client.models import EarlyStopping, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
-from ftjobs.jobs import safeguards
-from ftjobs.jobs.data import Row, causal_examples
-from ftjobs.jobs.trainer import JobTrainer, PadCollator
+from ftjobs.jobs.data.examples import causal_examples
+from ftjobs.jobs.data.read import Row
+from ftjobs.jobs.evaluation import bias, diagnostics
+from ftjobs.jobs.training import safeguards
+from ftjobs.jobs.training.trainer import JobTrainer, PadCollator
 from tests.jobs.helpers import create_job, events, read_job, upload_rows
 from tests.tiny_models import build_tiny_bert
 
@@ -76,30 +78,30 @@ def hist(losses: list[float], every: int = 10) -> list[dict]:
 
 def test_diagnose_flags_overfitting_and_underfitting() -> None:
     falling = hist([2.0, 1.5, 1.0, 0.6, 0.3, 0.1])
-    overfit = safeguards.diagnose(falling, hist([1.8, 1.4, 1.3, 1.5, 1.8], every=12))
+    overfit = diagnostics.diagnose(falling, hist([1.8, 1.4, 1.3, 1.5, 1.8], every=12))
     assert [f["flag"] for f in overfit] == ["overfitting"]
     assert overfit[0]["numbers"]["best_step"] == 36 and overfit[0]["numbers"]["best_eval_loss"] == 1.3
     assert "early_stopping" in overfit[0]["message"]
     # a validation loss that keeps falling, or rises less than OVERFIT_RISE, is fine
-    assert safeguards.diagnose(falling, hist([1.8, 1.4, 1.3, 1.2])) == []
-    assert safeguards.diagnose(falling, hist([1.8, 1.4, 1.3, 1.35])) == []
-    flat = safeguards.diagnose(hist([2.0, 1.99, 2.01, 1.98]), hist([2.0, 2.0]))
+    assert diagnostics.diagnose(falling, hist([1.8, 1.4, 1.3, 1.2])) == []
+    assert diagnostics.diagnose(falling, hist([1.8, 1.4, 1.3, 1.35])) == []
+    flat = diagnostics.diagnose(hist([2.0, 1.99, 2.01, 1.98]), hist([2.0, 2.0]))
     assert [f["flag"] for f in flat] == ["underfitting"] and flat[0]["numbers"]["relative_drop"] == 0.01
     assert "barely moved" in flat[0]["message"]
-    rising = safeguards.diagnose(hist([1.0, 1.5, 2.0]), [])
+    rising = diagnostics.diagnose(hist([1.0, 1.5, 2.0]), [])
     assert [f["flag"] for f in rising] == ["underfitting"] and rising[0]["numbers"]["relative_drop"] == -1.0
     assert "rose (1 -> 2, 100.0% higher)" in rising[0]["message"] and "lower learning rate" in rising[0]["message"]
-    assert safeguards.diagnose([], []) == []
+    assert diagnostics.diagnose([], []) == []
 
 
 def test_confusion_and_group_metrics() -> None:
     y_true, y_pred = [0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 2]
-    assert safeguards.confusion(y_true, y_pred, 3) == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert bias.confusion(y_true, y_pred, 3) == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
     groups = ["a", "a", "a", "b", "b", "b"]
-    g = safeguards.group_metrics(y_true, y_pred, groups, 3)
+    g = bias.group_metrics(y_true, y_pred, groups, 3)
     assert g["per_group"]["a"]["accuracy"] == pytest.approx(2 / 3) and g["per_group"]["b"]["n"] == 3
     assert g["gap"]["accuracy"] == pytest.approx(0.0)
-    g = safeguards.group_metrics([0, 0, 1, 1], [0, 0, 0, 0], ["a", "a", "b", "b"], 2)
+    g = bias.group_metrics([0, 0, 1, 1], [0, 0, 0, 0], ["a", "a", "b", "b"], 2)
     assert g["per_group"]["a"]["accuracy"] == 1.0 and g["per_group"]["b"]["accuracy"] == 0.0
     assert g["gap"] == {"accuracy": 1.0, "f1": 1.0}
 
@@ -137,7 +139,7 @@ def test_early_stopping_args_and_request_checks() -> None:
 
 
 def test_dropout_overrides_reach_the_modules(tmp_path: Path, tiny_causal_lm: Path) -> None:
-    from ftjobs.jobs.inputs import load_model as _load_model
+    from ftjobs.jobs.data.inputs import load_model as _load_model
 
     bert = build_tiny_bert(tmp_path / "bert")
     from transformers import AutoConfig
@@ -189,7 +191,7 @@ def test_ewc_reduces_forgetting(tiny_causal_lm: Path) -> None:
         trainer = lm_trainer(tiny_causal_lm, task_b, steps=10, lr=1e-3, model=first.model)
         _, before = safeguards.attach_penalties(trainer, 0.0, ewc_lambda, lm_examples(tiny_causal_lm, task_a))
         trainer.train()
-        return safeguards.forgetting(before or 0.0, safeguards.mean_loss(trainer.model, ref))["increase"]
+        return diagnostics.forgetting(before or 0.0, safeguards.mean_loss(trainer.model, ref))["increase"]
 
     plain, ewc = forgetting(0.0), forgetting(10.0)
     print(f"loss increase on task A: without EWC {plain:.3f}, with EWC {ewc:.3f}")

@@ -39,7 +39,7 @@ def test_lora_wraps_an_encoder_decoder_as_seq2seq(tiny_t5: Path) -> None:
     from peft import PeftModelForSeq2SeqLM
     from transformers import AutoModelForSeq2SeqLM
 
-    from ftjobs.jobs.methods import apply_method, parameter_counts
+    from ftjobs.jobs.training.methods import apply_method, parameter_counts
 
     model = apply_method(AutoModelForSeq2SeqLM.from_pretrained(tiny_t5), LoraMethod(r=4), Task.seq2seq)
     assert isinstance(model, PeftModelForSeq2SeqLM)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ftjobs.client.models import JobStatus
-from ftjobs.jobs.generation import EXTRA_NEW_TOKENS
+from ftjobs.jobs.evaluation.generation import EXTRA_NEW_TOKENS
 from tests.jobs.test_seq2seq import LETTERS, rows, tiny_t5  # noqa: F401 - tiny_t5 is a fixture
 
 

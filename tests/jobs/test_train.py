@@ -1,4 +1,4 @@
-"""Jobs run end to end by a real `python -m jobs.worker` process on a real Redis, driven as the API would."""
+"""Jobs run end to end by a real `python -m ftjobs.jobs.worker` process on a real Redis, driven as the API would."""
 
 from __future__ import annotations
 

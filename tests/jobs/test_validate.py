@@ -9,11 +9,11 @@ from pathlib import Path
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from ftjobs.client.cli import describe_profile
+from ftjobs.client.display import describe_profile
 from ftjobs.client.models import JobCreate, JobStatus
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
+from ftjobs.core.settings import Settings
 from ftjobs.jobs.reconcile import Reconciler
-from ftjobs.jobs.worker import WorkerSettings
 from tests.conftest import QUEUE
 from tests.jobs.helpers import VALIDATE_QUEUE, create_job, events, guarded_write, read_job, upload_rows
 
@@ -103,7 +103,7 @@ def test_a_job_cancelled_while_validating_is_never_queued(redis, env, tiny_causa
 def test_the_reconciler_validates_again_after_a_lost_validation_then_gives_up(  # type: ignore[no-untyped-def]
     redis, env, tiny_causal_lm: Path
 ) -> None:
-    settings = WorkerSettings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "2", "FTJOBS_STALE_AFTER_S": "5"})
+    settings = Settings.from_env({**env, "FTJOBS_MAX_ATTEMPTS": "2", "FTJOBS_STALE_AFTER_S": "5"})
     reconciler = Reconciler(redis, settings)
     request = JobCreate(model=str(tiny_causal_lm), training_file=upload_rows(env, long_rows(8)))
     job_id = create_job(redis, request, status="validating_files", attempt=0)

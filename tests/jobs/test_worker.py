@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from ftjobs.jobs.worker import WorkerSettings, redact_url
+from ftjobs.core.queue import redact_url
+from ftjobs.core.settings import Settings
 
 
 def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
-    s = WorkerSettings.from_env({"FTJOBS_DATA_DIR": str(tmp_path)})
+    s = Settings.from_env({"FTJOBS_DATA_DIR": str(tmp_path)})
     assert s.redis_url == "redis://127.0.0.1:6379/0" and s.queue == "ftjobs-default"
     assert s.storage_url == f"file://{tmp_path}/store" and s.model_roots == (tmp_path / "models",)
     assert (s.heartbeat_s, s.stale_after_s, s.max_attempts) == (5, 60, 3)
 
     roots = os.pathsep.join(["/models/a", "/models/b"])
-    s = WorkerSettings.from_env(
+    s = Settings.from_env(
         {"FTJOBS_MODEL_ROOTS": roots, "FTJOBS_MAX_ATTEMPTS": "5", "FTJOBS_QUEUE": "q"}
     )
     assert s.model_roots == (Path("/models/a"), Path("/models/b"))
@@ -31,8 +32,8 @@ def test_redis_password_never_reaches_the_log() -> None:
 
 
 def test_model_paths_resolve_only_under_the_roots(tmp_path: Path) -> None:
+    from ftjobs.jobs.data.inputs import resolve_model_path
     from ftjobs.jobs.errors import ModelNotFound
-    from ftjobs.jobs.inputs import resolve_model_path
 
     first, second, outside = tmp_path / "r1", tmp_path / "r2", tmp_path / "elsewhere"
     for folder in (second / "org" / "m", outside / "m"):

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from ftjobs.client import keys
-from ftjobs.service.config import Settings
+from ftjobs.core import keys
+from ftjobs.core.records import guarded_write_args
+from ftjobs.core.settings import Settings
 from ftjobs.service.main import create_app
 
 ROWS: dict[str, list[dict[str, Any]]] = {
@@ -106,6 +107,5 @@ def worker_write(
     script = redis.register_script(keys.GUARDED_WRITE)
     tenant, job_id = job["tenant"], job["id"]
     stream_key = keys.events_key(tenant, job_id) if stream == "events" else keys.metrics_key(tenant, job_id)
-    pairs = [x for k, v in fields.items() for x in (k, json.dumps(v))]
-    args = [str(job["attempt"]), statuses, len(pairs) // 2, *pairs, json.dumps(entry) if entry else ""]
+    args = guarded_write_args(job["attempt"], [statuses], fields, json.dumps(entry) if entry else "")
     return script(keys=[keys.job_key(tenant, job_id), stream_key], args=args)

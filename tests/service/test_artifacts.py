@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from ftjobs.client import keys
-from ftjobs.service.storage import Storage
+from ftjobs.core import keys
+from ftjobs.core.storage import Storage
 from tests.service.conftest import assert_error, worker_write
 
 

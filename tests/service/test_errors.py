@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftjobs.service.embedded import free_port
+from ftjobs.core.storage import Storage
+from ftjobs.launch.embedded import free_port
 from ftjobs.service.errors import (
     FileNotFound,
     IdempotencyKeyReused,
@@ -14,7 +15,6 @@ from ftjobs.service.errors import (
     ServiceError,
     error_responses,
 )
-from ftjobs.service.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftjobs.core.keys import file_path
-from ftjobs.service.storage import Storage
+from ftjobs.core.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 
 
@@ -63,7 +63,7 @@ def test_every_problem_is_listed_with_its_line(http):  # type: ignore[no-untyped
     assert 'line 2: missing field "completion"' in message
     assert "line 3: expected a JSON object, got array" in message
     assert 'line 4: "completion" must be a string, got number' in message
-    assert "line 5: messages[0].role must be one of system, user, assistant, tool" in message
+    assert "line 5: messages[0].role must be one of system, user, assistant" in message
     assert "line 6: unknown row shape" in message
 
 

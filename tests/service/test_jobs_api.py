@@ -12,7 +12,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 
-from ftjobs.client import keys
+from ftjobs.core import keys
 from tests.conftest import QUEUE
 from tests.service.conftest import ROWS, assert_error, jsonl, upload, worker_write
 

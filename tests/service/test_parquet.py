@@ -14,7 +14,7 @@ import pytest
 
 from ftjobs.client.models import JobStatus
 from ftjobs.core.keys import file_lines_path, file_path
-from ftjobs.service.storage import Storage
+from ftjobs.core.storage import Storage
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 from tests.service.test_files import stored_files
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftjobs.core.keys import file_profile_path
-from ftjobs.service.storage import Storage
+from ftjobs.core.storage import Storage
 from tests.service.conftest import assert_error, jsonl, upload
 
 SMS_SPAM = Path(__file__).resolve().parents[3] / "shared" / "data" / "sms_spam" / "sms_spam.jsonl"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ftjobs.client import keys
+from ftjobs.core import keys
 from ftjobs.service.store import MAX_STREAM_PART, stream_cursor
 from tests.service.conftest import assert_error
 

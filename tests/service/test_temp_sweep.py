@@ -9,8 +9,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from ftjobs.service.config import Settings
-from ftjobs.service.storage import Storage, sweep_folder
+from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage, sweep_folder
 
 HOUR = 3600
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from ftjobs.core.keys import file_path
-from ftjobs.service.embedded import free_port
-from ftjobs.service.storage import Storage
+from ftjobs.core.storage import Storage
+from ftjobs.launch.embedded import free_port
 from tests.conftest import REPO
 from tests.service.conftest import assert_error, jsonl
 

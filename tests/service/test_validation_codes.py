@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ftjobs.core.keys import file_path
-from ftjobs.service.storage import Storage
+from ftjobs.core.storage import Storage
 from tests.conftest import REPO
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
 
@@ -169,7 +169,7 @@ def measure_upload(settings_json: str, size: int) -> None:
     """In a fresh process: the API's peak RSS growth while it takes a `size`-byte upload (prints JSON)."""
     from fastapi.testclient import TestClient
 
-    from ftjobs.service.config import Settings
+    from ftjobs.core.settings import Settings
     from ftjobs.service.main import create_app
 
     app = create_app(Settings.model_validate_json(settings_json))

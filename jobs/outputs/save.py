@@ -1,0 +1,81 @@
+"""Saving a finished run: every artifact written under one folder, then published to the store in one move.
+
+    out/  adapter/ or model/, labels.json, metrics.json, README.md (model card), loss_curve.png,
+          eval_samples.jsonl, data_report.json, tensorboard/, wandb.tar.gz, mlruns.tar.gz, manifest.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftjobs.client.models import Artifact, JobCreate
+from ftjobs.core.storage import Storage
+from ftjobs.jobs.data.examples import Datasets
+from ftjobs.jobs.evaluation.generation import Evaluator
+from ftjobs.jobs.outputs import artifacts, model_card, plots, samples, trackers
+from ftjobs.jobs.outputs.results import Results
+from ftjobs.jobs.report import Reporter
+
+
+def save_outputs(
+    store: Storage,
+    out: Path,
+    reporter: Reporter,
+    *,
+    request: JobCreate,
+    hyperparameters: dict[str, Any],
+    total_steps: int,
+    data: Datasets,
+    model: Any,
+    tokenizer: Any,
+    evaluator: Evaluator,
+    history: dict[str, list[dict[str, Any]]],
+    results: Results,
+) -> list[Artifact] | None:
+    """Write every artifact under `out`, publish them to the store; None when the job was cancelled meanwhile."""
+    tenant, job_id = reporter.tenant, reporter.job_id
+    reporter.event("saving artifacts")
+    trackers.finish(out)  # end the tracker runs; wandb/ and mlruns/ become one .tar.gz each
+    manifest_job = {
+        "job_id": job_id,
+        "tenant": tenant,
+        "attempt": reporter.attempt,
+        "model": request.model,
+        "task": request.task,
+        "method": request.method.type,
+    }
+    measured = results.as_json()
+    metrics = {**measured, "history": history}  # history: {"train": [...], "eval": [...]} metric points
+    samples.write_eval_samples(out, evaluator.sample_rows())
+    plots.write_loss_curve(out, metrics["history"])
+    model_card.write_model_card(
+        out,
+        job={**manifest_job, "suffix": request.suffix},
+        data={
+            "training_file": request.training_file,
+            "validation_file": request.validation_file,
+            "n_train": len(data.train),
+            "n_validation": len(data.validation) if data.validation else 0,
+        },
+        hyperparameters={
+            **hyperparameters,
+            "total_steps": total_steps,
+            **{f"method.{k}": v for k, v in request.method.model_dump().items()},
+        },
+        results=measured,
+        weights_dir="model" if request.method.type == "full" else "adapter",
+    )
+    written = artifacts.write_artifacts(
+        out,
+        model=model,
+        tokenizer=tokenizer,
+        method=request.method,
+        task=request.task,
+        labels=data.labels,
+        metrics=metrics,
+        job=manifest_job,
+    )
+    return artifacts.publish(
+        store, out, written, tenant, job_id, reporter.attempt, lambda: not reporter.cancel_requested()
+    )

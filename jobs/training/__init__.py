@@ -1,0 +1,1 @@
+"""Training: methods (LoRA, adapters, full ...), the Trainer, safeguards, checkpoints and continuation."""

@@ -1,0 +1,1 @@
+"""The demo's data (SMS spam, see ATTRIBUTION.md): package data, read with importlib.resources."""
