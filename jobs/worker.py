@@ -35,7 +35,7 @@ from rq.worker import WorkerStatus
 
 from ftjobs.client.models import QueuePayload
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
-from ftjobs.core.queue import JobQueue, connect, redact_url
+from ftjobs.core.queue import TRAIN_FUNC, VALIDATE_FUNC, JobQueue, connect, redact_url
 from ftjobs.core.settings import Settings
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
 from ftjobs.jobs.reconcile import Reconciler, recover
@@ -56,6 +56,12 @@ class JobWorker(Worker):
     # ----------------------------------------------------------------- around one job (the worker process)
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
+        if not _ours(job):
+            # Whoever can write to Redis can enqueue any importable function (`os.system`); a worker runs only
+            # ftjobs' own two job functions, with a payload that parses.
+            log.error("refused RQ job %s on %s: %r is not an ftjobs job", job.id, queue.name, _func_name(job))
+            self.handle_job_failure(job, queue, exc_string="refused: not an ftjobs job function")
+            return
         self._payload = _payload(job)
         self._horse_status = None
         if self._payload is not None:
@@ -128,6 +134,22 @@ class JobWorker(Worker):
         _die_with_parent()
         INTERRUPTER.install(preempt_grace_s=self.settings.preempt_s / 2)  # half to end the step, half to save
         super().main_work_horse(job, queue)
+
+
+def _func_name(job: RQJob) -> str | None:
+    try:
+        return job.func_name
+    except Exception:  # data this worker cannot even decode (another serializer): not ours either
+        return None
+
+
+def _ours(job: RQJob) -> bool:
+    """One of ftjobs' job functions, called with one `payload` keyword that is a valid QueuePayload."""
+    try:
+        plain_call = not job.args and set(job.kwargs or {}) == {"payload"}
+    except Exception:
+        return False
+    return _func_name(job) in (TRAIN_FUNC, VALIDATE_FUNC) and plain_call and _payload(job) is not None
 
 
 def _payload(job: RQJob) -> QueuePayload | None:

@@ -281,14 +281,14 @@ class Stack:
     def _restart_redis(self) -> None:
         """The same port and data dir: the API and workers reconnect to it, the AOF brings the data back."""
         assert self._redis is not None
-        port, data_dir = self._redis.port, self._redis.data_dir
+        port, data_dir, password = self._redis.port, self._redis.data_dir, self._redis.password
         busy = bind_error("127.0.0.1", port)
         if busy is not None:
             raise StackError(
                 f"port {port} on 127.0.0.1 is {busy}: Redis must come back on that port (the API and "
                 "workers use it); stop what took it"
             )
-        self._redis = start_redis(data_dir, port=port, new_session=True)
+        self._redis = start_redis(data_dir, port=port, new_session=True, password=password)
         self._redis_started = time.monotonic()
 
     @contextlib.contextmanager

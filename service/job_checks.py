@@ -19,15 +19,25 @@ from ftjobs.service.errors import (
 from ftjobs.service.store import Store
 
 
-def check_model(model: str, roots: Sequence[str]) -> None:
-    """Absolute paths must lie under a model root; relative ones (resolved by the worker) must not escape."""
+def check_model(model: str, roots: Sequence[str], param: str = "model") -> None:
+    """Absolute paths must lie under a model root; relative ones and names (resolved by the worker) must not
+    escape. The message never names the roots: they are the deployment's business, not the tenant's."""
     norm = os.path.normpath(model)
     if model.startswith("~") or norm == "." or norm == ".." or norm.startswith("../"):
-        raise ModelNotAllowed(f"model {model!r} is not a path under a model root.", param="model")
+        raise ModelNotAllowed(f"{param} {model!r} is not a model name or a path under a model root.", param=param)
     if os.path.isabs(norm) and not any(norm == root or norm.startswith(root.rstrip("/") + "/") for root in roots):
         raise ModelNotAllowed(
-            f"model {model!r} is outside the configured model roots ({', '.join(roots)}).", param="model"
+            f"{param} {model!r} is outside the configured model roots (see GET /v1/models).", param=param
         )
+
+
+def check_models(req: JobCreate, roots: Sequence[str]) -> None:
+    """Every model a job loads: the base model and the data augmentation models."""
+    check_model(req.model, roots)
+    for field in ("augment_model", "augment_back_model"):
+        value = getattr(req.data, field)
+        if value is not None:
+            check_model(value, roots, param=f"data.{field}")
 
 
 def check_files(store: Store, tenant: str, req: JobCreate) -> None:

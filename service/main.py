@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from ftjobs.core.queue import JobQueue, connect
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage, sweep_folder
+from ftjobs.service.deps import AuthFirst
 from ftjobs.service.errors import InternalError, RedisUnavailable, Unauthorized, error_responses
 from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
 from ftjobs.service.routes import artifacts, files, health, jobs, models
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(DeclaredBodyLimit, max_bytes=MAX_JSON_BODY_BYTES, exempt_paths=["/v1/files"])
+    app.add_middleware(AuthFirst)  # added last, so it runs first: 401 before a 413 or a parsed body
     app.include_router(health.router)
     common = error_responses(Unauthorized, InternalError, RedisUnavailable)
     for module in (files, jobs, artifacts, models):

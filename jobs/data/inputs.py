@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ftjobs.client.models import Hyperparameters, JobCreate, Task
-from ftjobs.core.base_models import resolve_model
+from ftjobs.core.base_models import ModelEscapesRoots, resolve_model
 from ftjobs.core.keys import file_lines_path, file_path
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.data.read import LineMap, Row, read_jsonl
@@ -17,7 +17,10 @@ from ftjobs.jobs.errors import DataError, InvalidModel, JobFailed, ModelNotFound
 
 def resolve_model_path(model: str, roots: tuple[Path, ...]) -> Path:
     """The base model's folder under the model roots (`ftjobs.core.base_models`), or the job fails."""
-    path = resolve_model(model, roots)
+    try:
+        path = resolve_model(model, roots)
+    except ModelEscapesRoots as e:  # never read: the tokenizer would follow vocab.txt -> /etc/passwd
+        raise InvalidModel(str(e), param="model") from None
     if path is None:
         raise ModelNotFound(
             f"no model (a folder with config.json) at {model!r} under the configured model roots", param="model"

@@ -39,7 +39,7 @@ from ftjobs.service.errors import (
     ValidationError,
     error_responses,
 )
-from ftjobs.service.job_checks import check_files, check_model, check_parent
+from ftjobs.service.job_checks import check_files, check_models, check_parent
 from ftjobs.service.store import Store, stream_cursor
 
 log = logging.getLogger("ftjobs.service")
@@ -136,7 +136,7 @@ def create_job(
 ) -> Job:
     """Create a fine-tuning job. It starts in `validating_files` (a worker checks the files with the model's
     tokenizer within seconds), then is `queued` for training, or `failed` with the reason."""
-    check_model(req.model, [str(root) for root in settings.model_roots])
+    check_models(req, [str(root) for root in settings.model_roots])
     check_files(store, tenant, req)
     check_parent(store, tenant, req)
     job_id = new_id("ftjob-")

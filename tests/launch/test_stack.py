@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -47,7 +48,8 @@ def test_stack_serves_the_api_and_stops_everything(tmp_path: Path, monkeypatch: 
         with Client(stack.url) as ftjobs:
             assert ftjobs.ready().redis is True
             assert ftjobs.jobs.list().data == []
-        assert stack.env["FTJOBS_REDIS_URL"].startswith("redis://127.0.0.1:")
+        redis_url = urlsplit(stack.env["FTJOBS_REDIS_URL"])
+        assert redis_url.hostname == "127.0.0.1" and redis_url.password  # embedded: loopback, with a password
         assert str(tmp_path / "data" / "models") in stack.env["FTJOBS_MODEL_ROOTS"]
     assert [pid for pid in pids if alive(pid)] == []
     with pytest.raises(httpx.ConnectError):

@@ -252,9 +252,7 @@ def test_idempotency_key_returns_the_same_job(create_job, redis):  # type: ignor
     other = create_job(suffix="b", headers={"Idempotency-Key": "k-1"})
     assert_error(other, 409, "idempotency_key_reused", param="Idempotency-Key")
     assert create_job(suffix="b", headers={"Idempotency-Key": "k-2"}).status_code == 201
-    assert_error(
-        create_job(headers={"Idempotency-Key": "x" * 300}), 422, "validation_error", param="Idempotency-Key"
-    )
+    assert_error(create_job(headers={"Idempotency-Key": "x" * 300}), 422, "validation_error", param="Idempotency-Key")
 
 
 # ----------------------------------------------------------------------------- tenants
@@ -283,3 +281,27 @@ def test_tenants_are_isolated(make_client, model_path):  # type: ignore[no-untyp
     assert_error(tc.get("/v1/jobs", headers={"Authorization": "Bearer nope"}), 401, "unauthorized")
     assert_error(tc.get("/v1/jobs", headers={"Authorization": "Basic a2V5LWE="}), 401, "unauthorized")
     assert tc.get("/healthz").status_code == 200  # probes need no key
+
+
+def test_no_key_is_a_401_before_the_body_is_read(make_client):  # type: ignore[no-untyped-def]
+    """A caller without a valid key learns nothing about the body: not malformed, not too large, not a bad file."""
+    tc = make_client(api_keys={"key-a": "alpha"})
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        for content, extra in ((b"{not json", {}), (b"{}", {"Content-Length": str(10**9)})):
+            response = tc.post(
+                "/v1/jobs", content=content, headers={"Content-Type": "application/json", **extra, **headers}
+            )
+            assert_error(response, 401, "unauthorized")
+        assert_error(upload(tc, b"\xff\xfe not a dataset", headers=headers), 401, "unauthorized")
+    good = {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
+    assert_error(tc.post("/v1/jobs", content=b"{not json", headers=good), 400, "malformed_body")
+
+
+@pytest.mark.parametrize("field", ["augment_model", "augment_back_model"])
+def test_augmentation_models_are_held_to_the_model_roots(create_job, model_root, field):  # type: ignore[no-untyped-def]
+    augment = "paraphrase" if field == "augment_model" else "back_translate"
+    data = {"augment": [augment], "augment_model": str(model_root / "m"), field: "/etc"}
+    error = assert_error(create_job(data=data), 422, "model_not_allowed", param=f"data.{field}")
+    assert str(model_root) not in error["message"]  # the deployment's folders are not the tenant's business
+    data[field] = "m2"  # a name, resolved on the worker
+    assert create_job(data=data).status_code == 201

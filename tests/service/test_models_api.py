@@ -75,3 +75,26 @@ def test_a_root_that_is_one_model_is_listed_and_resolved_by_its_name(tmp_path): 
     make_model(root / "1_Pooling")  # a part of the model, not a model of its own
     assert [m.name for m in list_models([root])] == ["my-bert"]
     assert resolve_model("my-bert", [root]) == root.resolve()
+
+
+def test_a_model_folder_with_a_file_linking_out_of_the_roots_is_never_loaded(tmp_path):  # type: ignore[no-untyped-def]
+    from ftjobs.core.base_models import ModelEscapesRoots
+    from ftjobs.jobs.data.inputs import resolve_model_path
+    from ftjobs.jobs.errors import InvalidModel
+
+    root = tmp_path / "root"
+    model = make_model(root / "bert")
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0")
+    (model / "vocab.txt").symlink_to(secret)
+    with pytest.raises(ModelEscapesRoots) as e:
+        resolve_model("bert", [root])
+    assert e.value.file == "vocab.txt"
+    assert list_models([root]) == []
+    with pytest.raises(InvalidModel) as failed:  # what the worker does before any tokenizer reads the folder
+        resolve_model_path("bert", (root,))
+    assert failed.value.param == "model" and "vocab.txt" in str(failed.value) and str(secret) not in str(failed.value)
+    (model / "vocab.txt").unlink()
+    (model / "vocab.txt").symlink_to(root / "bert" / "config.json")  # a link that stays inside is fine
+    assert resolve_model("bert", [root]) == model.resolve()
