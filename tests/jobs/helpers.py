@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,16 @@ def events(redis: redis_lib.Redis, job_id: str, tenant: str = TENANT) -> list[di
 
 def metric_points(redis: redis_lib.Redis, job_id: str, tenant: str = TENANT) -> list[dict[str, Any]]:
     return stream(redis, keys.metrics_key(tenant, job_id))
+
+
+def eventually(check: Callable[[], bool], timeout: float = 60) -> bool:
+    """Whether `check()` holds within `timeout` s: what a worker writes after the status (job.json, the lease)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def wait_for(

@@ -13,6 +13,7 @@ from tests.conftest import WorkerProcess
 from tests.jobs.helpers import (
     create_job,
     events,
+    eventually,
     guarded_write,
     read_job,
     store_root,
@@ -48,9 +49,9 @@ def test_missing_model_fails_with_model_not_found(redis, env, worker) -> None:
         and last["level"] == "error"
         and last["data"]["error"]["code"] == "model_not_found"
     )
-    # The final record is in the store too, and the attempt left no heartbeat behind.
-    assert (store_root(env) / keys.job_record_path("default", job_id)).is_file()
-    assert redis.zcard(HEARTBEATS_KEY) == 0
+    # The final record is in the store too (written right after the status), and the attempt left no lease behind.
+    assert eventually((store_root(env) / keys.job_record_path("default", job_id)).is_file)
+    assert eventually(lambda: redis.zcard(HEARTBEATS_KEY) == 0)
 
 
 def test_bad_row_fails_with_invalid_data_naming_the_line(redis, env, worker, tiny_causal_lm: Path) -> None:

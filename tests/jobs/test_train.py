@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftjobs.client.models import FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
 from ftjobs.core.keys import artifact_path, job_record_path, staging_dir
-from tests.jobs.helpers import events, metric_points, store_root, submit, upload_rows, wait_for
+from tests.jobs.helpers import events, eventually, metric_points, store_root, submit, upload_rows, wait_for
 
 COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "the sun": "yellow", "a fox": "brown"}
 
@@ -85,7 +85,7 @@ def test_lora_causal_lm_succeeds_and_reloads(redis, env, worker, tiny_causal_lm:
     listed = [a for a in job["artifacts"] if a["name"] != "manifest.json"]
     assert manifest["files"] == [{k: a[k] for k in ("name", "bytes", "sha256")} for a in listed]
     assert not (store / staging_dir("default", job_id, 1)).exists()
-    assert (store / job_record_path("default", job_id)).is_file()
+    assert eventually((store / job_record_path("default", job_id)).is_file)  # written right after the status
 
     # The adapter reloads on the base model and generates.
     from peft import PeftModel
