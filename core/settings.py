@@ -38,6 +38,8 @@ class Settings(BaseModel):
     temp_max_age_s: int = Field(default=3600, ge=0)
     # API key -> tenant; empty = no auth, every request is tenant `default`. Kept out of reprs (secrets).
     api_keys: dict[str, str] = Field(default_factory=dict, repr=False)
+    # Hashed keys with scopes and per-tenant limits (core/tenants.py), re-read when it changes; None = defaults.
+    tenants_file: Path | None = None
     heartbeat_s: float = Field(default=5, gt=0)  # seconds between heartbeats/progress writes of a running job
     stale_after_s: float = Field(default=60, gt=0)  # a heartbeat older than this means the attempt's worker is gone
     checkpoint_s: float = Field(default=600, ge=0)  # seconds between resumable checkpoints (0: none by time)
@@ -62,6 +64,7 @@ class Settings(BaseModel):
             max_attempts=_int(env, "FTJOBS_MAX_ATTEMPTS", 3),
             temp_max_age_s=_int(env, "FTJOBS_TEMP_MAX_AGE_S", 3600),
             api_keys=parse_api_keys(_str(env, "FTJOBS_API_KEYS")),
+            tenants_file=_path(raw) if (raw := _str(env, "FTJOBS_TENANTS_FILE")) else None,
             heartbeat_s=_float(env, "FTJOBS_HEARTBEAT_S", 5),
             stale_after_s=_float(env, "FTJOBS_STALE_AFTER_S", 60),
             checkpoint_s=_float(env, "FTJOBS_CHECKPOINT_S", 600),
@@ -71,7 +74,8 @@ class Settings(BaseModel):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+        """Keys from FTJOBS_API_KEYS or a tenants file (whose keys are only known once it is read)."""
+        return bool(self.api_keys) or self.tenants_file is not None
 
 
 def _str(env: Mapping[str, str], name: str) -> str:
