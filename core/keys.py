@@ -1,7 +1,9 @@
 """Where state lives: Redis key names, job-hash fields, artifact-store paths and the one write script.
 
 Defined once here and used by `service/store.py` (reads, API-side transitions) and `jobs/report.py`
-(worker-side writes). Pure Python: no redis import, so the client may ship it.
+(worker-side writes). Per tenant, besides each job: its jobs by creation (`tenant_jobs_key`) and by status
+(`status_index_key`), its files, usage totals, upload bytes per day and request-rate state.
+Pure Python: no redis import, so the client may ship it.
 
 Job record: a Redis hash at `job_key(tenant, id)`. Every value is a JSON document (strings too), encoded and
 decoded by `core/records.py`. Fields (see `JobField`): id, tenant, status, created_at, started_at, finished_at,
@@ -58,6 +60,39 @@ def metrics_key(tenant: str, job_id: str) -> str:
 def tenant_jobs_key(tenant: str) -> str:
     """Sorted set (all scores 0, members = job ids) ordered lexically = by creation time."""
     return f"{PREFIX}:t:{tenant}:jobs"
+
+
+def status_index_prefix(tenant: str) -> str:
+    """Prefix of the tenant's status index: one sorted set per status (`status_index_key`)."""
+    return f"{PREFIX}:t:{tenant}:by-status:"
+
+
+def status_index_key(tenant: str, status: str) -> str:
+    """Sorted set (all scores 0, members = job ids, lexical = creation order) of the tenant's jobs in `status`.
+    Written with the status itself: in `Store.create_job`'s transaction and inside GUARDED_WRITE."""
+    return f"{status_index_prefix(tenant)}{status}"
+
+
+# Set (after a completed run) once the jobs of a deployment older than the status index are in it.
+STATUS_INDEX_BACKFILLED_KEY = f"{PREFIX}:by-status:backfilled"
+
+
+def tenant_usage_key(tenant: str) -> str:
+    """Hash of the tenant's running totals (`stored_bytes`), kept by `Store.add_file`."""
+    return f"{PREFIX}:t:{tenant}:usage"
+
+
+def upload_day_key(tenant: str, day: str) -> str:
+    """Bytes the tenant uploaded on UTC day `day` (YYYYMMDD); expires after UPLOAD_DAY_TTL_S."""
+    return f"{PREFIX}:t:{tenant}:uploaded:{day}"
+
+
+UPLOAD_DAY_TTL_S = 2 * 24 * 3600
+
+
+def rate_key(tenant: str) -> str:
+    """The tenant's request-rate state (GCRA: the theoretical arrival time), shared by every API replica."""
+    return f"{PREFIX}:t:{tenant}:rate"
 
 
 def file_key(tenant: str, file_id: str) -> str:
@@ -170,7 +205,10 @@ def checkpoint_pointer_path(tenant: str, job_id: str) -> str:
 
 # --------------------------------------------------------------------------- the one write script
 # GUARDED_WRITE: every status transition and every worker write goes through it, atomically.
+#   KEYS = `guarded_write_keys(tenant, job_id, stream)`:
 #   KEYS[1] = job hash, KEYS[2] = stream to append to (events or metrics; ignored when no entry)
+#   KEYS[3] = the tenant's status index prefix (`status_index_prefix`): a write that changes `status` moves the
+#             job id from `<prefix><old>` to `<prefix><new>` in the same step
 #   ARGV[1] = attempt that must be current ("" = any attempt)
 #   ARGV[2] = comma-separated statuses the job must be in ("" = any status)
 #   ARGV[3] = number N of hash field/value pairs that follow
@@ -180,6 +218,7 @@ def checkpoint_pointer_path(tenant: str, job_id: str) -> str:
 # Returns {1, status_after} if written, {0, current_status_or_""} if the guard refused.
 # A missing job hash refuses with "" (nothing is ever half-created by a writer).
 GUARDED_WRITE = """
+if #KEYS < 3 then return redis.error_reply('GUARDED_WRITE needs 3 KEYS: guarded_write_keys()') end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
 if ARGV[1] ~= '' then
@@ -194,12 +233,40 @@ if ARGV[2] ~= '' then
   if not ok then return {0, status} end
 end
 local n = tonumber(ARGV[3])
+local new_status = nil
 for i = 0, n - 1 do
   redis.call('HSET', KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+  if ARGV[4 + 2 * i] == 'status' then new_status = ARGV[5 + 2 * i] end
+end
+if new_status and new_status ~= status then
+  local id = cjson.decode(redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZREM', KEYS[3] .. cjson.decode(status), id)
+  redis.call('ZADD', KEYS[3] .. cjson.decode(new_status), 0, id)
 end
 local entry = ARGV[4 + 2 * n]
 if entry and entry ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '""" + str(STREAM_MAXLEN) + """', '*', '""" + STREAM_FIELD + """', entry)
 end
 return {1, redis.call('HGET', KEYS[1], 'status')}
+"""
+
+
+def guarded_write_keys(tenant: str, job_id: str, stream: str | None = None) -> list[str]:
+    """KEYS of GUARDED_WRITE for one job (`stream`: where its entry goes; default the job's events)."""
+    return [job_key(tenant, job_id), stream or events_key(tenant, job_id), status_index_prefix(tenant)]
+
+
+# INDEX_STATUS: put jobs into the status index under the status they have now (the backfill of jobs older than
+# the index; atomic per call, so a transition running beside it cannot leave a job under a stale status).
+#   KEYS[1] = the tenant's status index prefix, KEYS[2 ..] = job hashes; ARGV = their job ids (same order)
+# Returns how many jobs were indexed.
+INDEX_STATUS = """
+local added = 0
+for i = 2, #KEYS do
+  local status = redis.call('HGET', KEYS[i], 'status')
+  if status then
+    added = added + redis.call('ZADD', KEYS[1] .. cjson.decode(status), 0, ARGV[i - 1])
+  end
+end
+return added
 """

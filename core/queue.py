@@ -4,10 +4,15 @@ The API enqueues a job's file validation (attempt 0, `ftjobs.jobs.validate.run`)
 validation enqueues training attempt 1 (`ftjobs.jobs.train.run`) on the job's training queue; the worker's
 recovery enqueues the attempts after a crash or a preemption. Payloads cross as JSON (QueuePayload), never
 pickle, and the queue carries names, never code: the API never imports `jobs`.
+
+Every enqueue goes through the fair admission of `core/admission.py`: the RQ job is saved, and in the same
+transaction joins its tenant's line, which puts it on RQ's list only when the tenant has no other job waiting
+there (and is under its `max_running_jobs` for training). Until then the job is "pending" (`state()`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,9 +26,13 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 
 from ftjobs.client.models import QueuePayload
+from ftjobs.core.admission import Admission, Line
+from ftjobs.core.keys import JobField, job_key
 from ftjobs.core.settings import Settings
+from ftjobs.core.tenants import TenantsSource
 
 log = logging.getLogger("ftjobs.queue")
 
@@ -42,14 +51,23 @@ def rq_job_id(job_id: str, attempt: int, run: int = 1) -> str:
 
 
 class JobQueue:
-    """The queues of one deployment (its `settings`) on one Redis connection."""
+    """The queues of one deployment (its `settings`) on one Redis connection; `tenants`: where each tenant's
+    `max_running_jobs` is read (default: the deployment's tenants file, read when first needed)."""
 
-    def __init__(self, connection: Redis, settings: Settings) -> None:
+    def __init__(self, connection: Redis, settings: Settings, tenants: TenantsSource | None = None) -> None:
         self.connection = connection
         self.settings = settings
+        self._tenants = tenants
+        self.admission = Admission(connection, self.max_running_jobs)
 
     def queue(self, name: str) -> Queue:
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
+
+    def max_running_jobs(self, tenant: str) -> int | None:
+        """The tenant's limit on training attempts admitted or running at once (None: no limit)."""
+        if self._tenants is None:
+            self._tenants = TenantsSource(self.settings.tenants_file, self.settings.api_keys)
+        return self._tenants.current().limits(tenant).max_running_jobs
 
     def enqueue_validation(
         self, tenant: str, job_id: str, *, queue: str | None = None, run: int = 1, at_front: bool = False
@@ -58,35 +76,72 @@ class JobQueue:
         queue `queue` (default `settings.queue`). `run`: 2, 3 ... when a lost validation runs again."""
         payload = QueuePayload(job_id=job_id, tenant=tenant, attempt=0, queue=queue or self.settings.queue)
         again = f", run {run}" if run > 1 else ""
-        job = self.queue(self.settings.validate_queue).enqueue_call(
+        return self._enqueue(
             VALIDATE_FUNC,
-            kwargs={"payload": payload.model_dump()},
-            job_id=rq_job_id(job_id, 0, run),
+            payload,
+            self.settings.validate_queue,
+            rq_job_id(job_id, 0, run),
             timeout=VALIDATE_TIMEOUT_S,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=FAILURE_TTL_S,
             description=f"validate files of {job_id} (tenant {tenant}{again})",
             at_front=at_front,
         )
-        return str(job.id)
 
     def enqueue_attempt(
         self, tenant: str, job_id: str, attempt: int, *, queue: str | None = None, at_front: bool = False
     ) -> str:
         """Training attempt `attempt` (1, 2 ...) on `queue` (default `settings.queue`); `at_front`: a preempted
-        job goes first in line."""
+        or recovered job goes first in its tenant's line and to the front of RQ's queue."""
         payload = QueuePayload(job_id=job_id, tenant=tenant, attempt=attempt)
-        job = self.queue(queue or self.settings.queue).enqueue_call(
+        return self._enqueue(
             TRAIN_FUNC,
-            kwargs={"payload": payload.model_dump(exclude_none=True)},
-            job_id=rq_job_id(job_id, attempt),
+            payload,
+            queue or self.settings.queue,
+            rq_job_id(job_id, attempt),
             timeout=self.settings.job_timeout_s,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=FAILURE_TTL_S,
             description=f"train {job_id} (tenant {tenant}, attempt {attempt})",
             at_front=at_front,
         )
-        return str(job.id)
+
+    def _enqueue(
+        self, func: str, payload: QueuePayload, name: str, rq_id: str, *, timeout: int, description: str,
+        at_front: bool,
+    ) -> str:
+        """Save the RQ job and hand it to its tenant's line, in one transaction (admitted into RQ if it fits)."""
+        rq_queue = self.queue(name)
+        job = rq_queue.create_job(
+            func,
+            kwargs={"payload": payload.model_dump(exclude_none=True)},
+            job_id=rq_id,
+            timeout=timeout,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            description=description,
+        )
+        job.enqueued_at = rq_now()
+        line = Line(name, payload.tenant, training=payload.attempt > 0)
+        priority = self.priority(payload.tenant, payload.job_id)
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.sadd(Queue.redis_queues_keys, rq_queue.key)  # as RQ's enqueue does: `rq info` lists the queue
+        job.save(pipeline=pipe)
+        self.admission.enqueue(line, rq_id, priority, front=at_front, pipe=pipe)
+        pipe.execute()
+        return rq_id
+
+    def priority(self, tenant: str, job_id: str) -> int:
+        """The job's `priority` as requested (0 when absent: a record from before the field)."""
+        raw = self.connection.hget(job_key(tenant, job_id), JobField.request)
+        try:
+            return int(json.loads(raw or "{}").get("priority") or 0)  # type: ignore[arg-type]
+        except (ValueError, TypeError, AttributeError):
+            return 0
+
+    def line_of(self, job: RQJob) -> Line | None:
+        """The admission line of an RQ job of ours (None for anything else)."""
+        try:
+            payload = QueuePayload.model_validate((job.kwargs or {}).get("payload"))
+        except Exception:
+            return None
+        return Line(job.origin, payload.tenant, training=payload.attempt > 0)
 
     def cancel(self, job_id: str, attempt: int) -> None:
         """Cancel the attempt's RQ job if it has not started (a running one stops via cancel_requested)."""
@@ -94,12 +149,15 @@ class JobQueue:
         try:
             job = RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
             if job.get_status() in WAITING:
+                if (line := self.line_of(job)) is not None:  # out of its line (pending or RQ); the next one moves up
+                    self.admission.release(line, rq_id)
                 job.cancel()
         except (NoSuchJobError, InvalidJobOperation) as exc:
             log.info("rq job %s not cancelled: %s", rq_id, exc)
 
     def state(self, rq_id: str) -> str:
-        """"waiting" (a worker will still take it), "missing", or RQ's status (started, failed, finished ...)."""
+        """"waiting" (a worker will still take it), "pending" (in its tenant's line, not yet in RQ: it will be
+        admitted), "missing", or RQ's status (started, failed, finished ...)."""
         try:
             job = RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
@@ -108,8 +166,12 @@ class JobQueue:
         if status is None:
             return "missing"
         if status == RQJobStatus.QUEUED:  # only if it is really on its queue's list (it may have been lost with Redis)
-            on_list = self.connection.lpos(self.queue(job.origin).key, rq_id) is not None
-            return "waiting" if on_list else "queued but not on its queue"
+            if self.connection.lpos(self.queue(job.origin).key, rq_id) is not None:
+                return "waiting"
+            line = self.line_of(job)
+            if line is not None and self.admission.is_pending(line.queue, line.tenant, rq_id):
+                return "pending"
+            return "queued but not on its queue"
         # `.value`: str() of RQ's (str, Enum) status is "JobStatus.QUEUED", which no comparison would match.
         return "waiting" if status in WAITING else str(status.value)
 

@@ -76,8 +76,8 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, Any]:
 def guarded_write_args(
     attempt: int | None, statuses: Iterable[str], fields: Mapping[str, Any], entry: str = ""
 ) -> list[str | int]:
-    """ARGV of GUARDED_WRITE (its contract is in core/keys.py): write `fields` at `attempt` (None: any) in one
-    of `statuses` (none: any), and append `entry` ("" = nothing)."""
+    """ARGV of GUARDED_WRITE (its contract is in core/keys.py; its KEYS come from `keys.guarded_write_keys`): write
+    `fields` at `attempt` (None: any) in one of `statuses` (none: any), and append `entry` ("" = nothing)."""
     pairs = [x for f, v in fields.items() for x in (str(f), encode(v))]
     return ["" if attempt is None else str(attempt), ",".join(statuses), len(fields), *pairs, entry]
 

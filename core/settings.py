@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ftjobs.client.models import TENANT_PATTERN
 
 GIB = 1024**3
+MIB = 1024**2
 DAY_S = 24 * 3600
 
 
@@ -31,6 +32,8 @@ class Settings(BaseModel):
     queue: str = "ftjobs-default"  # the training queue (one per hardware class)
     validate_queue: str = "ftjobs-validate"  # every job's file validation, served first by every worker
     max_upload_bytes: int = Field(default=GIB, ge=1)
+    # One dataset row (a JSONL line, a CSV record, a Parquet row as JSON) at most, at upload and on the worker.
+    max_row_bytes: int = Field(default=MIB, ge=1024)
     job_timeout_s: int = Field(default=7 * DAY_S, ge=1)  # RQ's limit for one training attempt
     max_attempts: int = Field(default=3, ge=1)  # attempts per job before it fails with `worker_lost`
     # Temporary files (half-written datasets, Parquet spools) untouched this long are a killed API's
@@ -60,6 +63,7 @@ class Settings(BaseModel):
             queue=_str(env, "FTJOBS_QUEUE") or "ftjobs-default",
             validate_queue=_str(env, "FTJOBS_VALIDATE_QUEUE") or "ftjobs-validate",
             max_upload_bytes=_int(env, "FTJOBS_MAX_UPLOAD_BYTES", GIB),
+            max_row_bytes=_int(env, "FTJOBS_MAX_ROW_BYTES", MIB),
             job_timeout_s=_int(env, "FTJOBS_JOB_TIMEOUT_S", 7 * DAY_S),
             max_attempts=_int(env, "FTJOBS_MAX_ATTEMPTS", 3),
             temp_max_age_s=_int(env, "FTJOBS_TEMP_MAX_AGE_S", 3600),

@@ -137,9 +137,15 @@ class Tenants:
         return self.defaults.model_copy(update=override)
 
 
-def parse(text: str, plain_keys: Mapping[str, str] | None = None, *, source: str = "tenants file") -> Tenants:
-    """A Tenants snapshot from the TOML text of a tenants file plus FTJOBS_API_KEYS' {key: tenant}.
-    ValueError naming the entry when anything is malformed (never echoing a key)."""
+def parse(
+    text: str,
+    plain_keys: Mapping[str, str] | None = None,
+    *,
+    source: str = "tenants file",
+    hashed_keys: Mapping[str, str] | None = None,
+) -> Tenants:
+    """A Tenants snapshot from the TOML text of a tenants file plus FTJOBS_API_KEYS' {key: tenant} (or the same
+    already hashed: {sha256: tenant}). ValueError naming the entry when anything is malformed (never a key)."""
     try:
         doc = _TenantsFile.model_validate(tomllib.loads(text) if text.strip() else {})
         defaults = TenantLimits.model_validate(doc.defaults)
@@ -157,8 +163,9 @@ def parse(text: str, plain_keys: Mapping[str, str] | None = None, *, source: str
         overrides[tenant] = entry.model_dump(exclude={"keys"}, exclude_unset=True)
         for k in entry.keys:
             keys[k.sha256] = ApiKey(tenant=tenant, scopes=frozenset(k.scopes), name=k.name)
-    for key, tenant in (plain_keys or {}).items():
-        keys.setdefault(key_hash(key), ApiKey(tenant=tenant, scopes=DEFAULT_SCOPES, name="FTJOBS_API_KEYS"))
+    hashed = {**{key_hash(k): t for k, t in (plain_keys or {}).items()}, **(hashed_keys or {})}
+    for digest, tenant in hashed.items():
+        keys.setdefault(digest, ApiKey(tenant=tenant, scopes=DEFAULT_SCOPES, name="FTJOBS_API_KEYS"))
     return Tenants(keys, defaults, overrides)
 
 
@@ -176,7 +183,7 @@ class TenantsSource:
 
     def __init__(self, path: Path | None, plain_keys: Mapping[str, str] | None = None) -> None:
         self.path = path
-        self.plain_keys = dict(plain_keys or {})
+        self.hashed_keys = {key_hash(k): t for k, t in (plain_keys or {}).items()}  # never kept in the clear
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
@@ -190,7 +197,7 @@ class TenantsSource:
 
     def _load(self, *, initial: bool = False) -> Tenants:
         if self.path is None:
-            return parse("", self.plain_keys, source="FTJOBS_API_KEYS")
+            return parse("", source="FTJOBS_API_KEYS", hashed_keys=self.hashed_keys)
         try:
             stamp = self._read_stamp()
             text = self.path.read_text(encoding="utf-8")
@@ -198,9 +205,15 @@ class TenantsSource:
             if initial:
                 raise ValueError(f"FTJOBS_TENANTS_FILE: cannot read {self.path}: {exc.strerror}") from None
             raise
-        tenants = parse(text, self.plain_keys, source=f"FTJOBS_TENANTS_FILE ({self.path.name})")
+        tenants = parse(text, source=f"FTJOBS_TENANTS_FILE ({self.path.name})", hashed_keys=self.hashed_keys)
         self._stamp = stamp
         return tenants
+
+    @property
+    def auth_enabled(self) -> bool:
+        """A tenants file or FTJOBS_API_KEYS turns auth on for good: a file that lost its last key locks callers
+        out rather than letting everyone in as `default`."""
+        return self.path is not None or bool(self.hashed_keys)
 
     def current(self) -> Tenants:
         if self.path is None:

@@ -29,6 +29,12 @@ class DataError(JobFailed):
     code = "invalid_data"
 
 
+class RowTooLarge(DataError):
+    """A row (line) of a training/validation file is longer than the row limit (FTJOBS_MAX_ROW_BYTES)."""
+
+    code = "row_too_large"
+
+
 class InvalidMethod(JobFailed):
     """The method does not fit the model (e.g. LoRA target modules the architecture lacks)."""
 
@@ -51,3 +57,9 @@ class IntegrationUnavailable(JobFailed):
     """The request asks for an experiment tracker whose package the worker does not have."""
 
     code = "integration_unavailable"
+
+
+class JobLimitExceeded(JobFailed):
+    """The job passed one of its tenant's per-job limits (steps, training tokens, training wall time)."""
+
+    code = "job_limit_exceeded"

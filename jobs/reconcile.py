@@ -11,12 +11,16 @@ Ownership of a job between "enqueued" and "finished" never lives only in RQ:
   leases gone stale (a worker killed with its horse, a machine lost) and jobs in validating_files / queued /
   running with neither a live lease nor a waiting RQ job (a horse killed between RQ's dequeue and the job's first
   write, an RQ job lost with Redis). A job held by a live lease is never touched, so nothing runs to success twice.
+  It also repairs the fair admission (core/admission.py): an entry waiting or running in a tenant's line whose job
+  is neither in RQ nor leased any more is freed, and every line with pending jobs is admitted again, so a crash
+  between two steps never leaves a tenant's jobs pending with nothing of theirs in RQ.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any, cast
@@ -24,6 +28,7 @@ from typing import Any, cast
 from redis import Redis
 
 from ftjobs.client.models import TERMINAL_STATUSES, EventLevel, JobError, JobStatus
+from ftjobs.core.admission import Line
 from ftjobs.core.keys import (
     ACTIVE_BACKFILLED_KEY,
     ACTIVE_JOBS_KEY,
@@ -174,7 +179,7 @@ class Reconciler(threading.Thread):
         now = time.time() if now is None else now
         if self._redis_just_restarted():
             return 0  # nobody could beat while Redis was down: every lease looks stale, none is known dead
-        return self.sweep_leases(now) + self.sweep_active(now)
+        return self.sweep_leases(now) + self.sweep_active(now) + self.sweep_admission(now)
 
     def sweep_leases(self, now: float) -> int:
         """Leases older than stale_after_s: their worker is gone (with its horse: PR_SET_PDEATHSIG)."""
@@ -206,6 +211,31 @@ class Reconciler(threading.Thread):
                 log.warning("reconciling %s failed", job_id, exc_info=True)
         return moved
 
+    def sweep_admission(self, now: float) -> int:
+        """Free line entries (waiting in RQ, or a running slot) whose job is gone, then admit every line again;
+        returns how many jobs were admitted. Entries younger than stale_after_s are left alone."""
+        admission = self.queue.admission
+        cutoff = now - self.settings.stale_after_s
+        tenants_done: set[str] = set()
+        admitted = 0
+        for line in admission.lines():
+            gone = [rq_id for rq_id, since in admission.waiting(line).items() if since < cutoff]
+            if line.training and line.tenant not in tenants_done:
+                tenants_done.add(line.tenant)
+                gone += [rq_id for rq_id, since in admission.slots(line.tenant).items() if since < cutoff]
+            for rq_id in dict.fromkeys(gone):
+                if not self._in_flight(line, rq_id, cutoff):
+                    log.warning("admission: %s of tenant %s is neither in RQ nor running; freed", rq_id, line.tenant)
+                    admitted += len(admission.release(line, rq_id))  # which admits what now fits
+            admitted += len(admission.admit(line))
+        return admitted
+
+    def _in_flight(self, line: Line, rq_id: str, cutoff: float) -> bool:
+        """Waiting in RQ or its line, or leased by a live worker."""
+        job_id, attempt = _parse_rq_id(rq_id)
+        score = self.redis.zscore(HEARTBEATS_KEY, heartbeat_member(line.tenant, job_id, attempt))
+        return (score is not None and score > cutoff) or self.queue.state(rq_id) in ("waiting", "pending")
+
     def _check(self, tenant: str, job_id: str, now: float) -> int:
         record = Reporter(self.redis, tenant, job_id, 0).read()
         status = (record or {}).get(JobField.status)
@@ -224,7 +254,7 @@ class Reconciler(threading.Thread):
         run = int(resolved.get("validation_runs") or resolved.get("validation_attempts") or 1)  # attempt 0 only
         rq_id = rq_job_id(job_id, attempt, run)
         state = self.queue.state(rq_id)
-        if state == "waiting":
+        if state in ("waiting", "pending"):  # pending: in its tenant's line, admitted into RQ in turn
             self.redis.delete(suspect)
             return 0
         # Seen without a lease or a waiting RQ job: act only if that lasts (an enqueue may be a moment behind).
@@ -240,3 +270,11 @@ class Reconciler(threading.Thread):
     def _redis_just_restarted(self) -> bool:
         uptime = float(self.redis.info("server").get("uptime_in_seconds", 1e9))
         return uptime < self.settings.stale_after_s + self.settings.heartbeat_s
+
+
+def _parse_rq_id(rq_id: str) -> tuple[str, int]:
+    """(job id, attempt) of an RQ id from `rq_job_id` (`<job>-<attempt>`, `<job>-0-<run>`)."""
+    if m := re.fullmatch(r"(.+)-0-\d+", rq_id):
+        return m.group(1), 0
+    job_id, _, attempt = rq_id.rpartition("-")
+    return job_id, int(attempt) if attempt.isdigit() else 0

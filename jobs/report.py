@@ -15,18 +15,20 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from redis import Redis
 
 from ftjobs.client.models import Artifact, EventLevel, EventType, JobError, JobStatus, MetricPoint, Progress
+from ftjobs.core.base_models import PACKAGED, packaged_model
 from ftjobs.core.keys import (
     ACTIVE_JOBS_KEY,
     GUARDED_WRITE,
     HEARTBEATS_KEY,
     JobField,
     active_member,
-    events_key,
+    guarded_write_keys,
     heartbeat_member,
     job_key,
     metrics_key,
@@ -39,8 +41,55 @@ from ftjobs.core.records import (
     metric_entry,
     status_entry,
 )
+from ftjobs.core.settings import Settings
 
 log = logging.getLogger("ftjobs.report")
+
+
+class ServerPaths:
+    """What a tenant must never read in its job's record or events: the server's own paths. Each is rewritten
+    as the tenant may see it: a model under a model root relative to it (core/base_models.shown_model), a
+    packaged model by its name, the data folder, scratch and home folders as placeholders. A safety net over
+    the messages of libraries (an OSError naming a file); our own messages use the short forms already."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        # longest first: a model folder inside a root is rewritten before the root
+        self.pairs = sorted(set(pairs), key=lambda p: -len(p[0]))
+
+    @classmethod
+    def for_settings(cls, settings: Settings, scratch: Iterable[Path] = ()) -> ServerPaths:
+        """Everything `of` hides, from a deployment's settings."""
+        data = [settings.data_dir]
+        if settings.storage_url.startswith("file://"):
+            data.append(Path(settings.storage_url.removeprefix("file://")))
+        return cls.of(settings.model_roots, data, scratch)
+
+    @classmethod
+    def of(cls, model_roots: Iterable[Path], data: Iterable[Path] = (), scratch: Iterable[Path] = ()) -> ServerPaths:
+        """The deployment's model roots, its data folders (data dir, a local store) and a job's scratch."""
+        pairs: list[tuple[str, str]] = []
+
+        def both(path: Path, shown: str, inside: str) -> None:
+            for form in {str(path), str(path.resolve())} - {"/", "."}:  # "/" as a home or root would hide every path
+                pairs.extend([(form + "/", inside), (form, shown)])
+
+        for name in PACKAGED:
+            if (folder := packaged_model(name)) is not None:
+                both(folder, name, name + "/")
+        for root in model_roots:
+            both(Path(root), "<models>", "")
+        for folder in data:
+            both(Path(folder), "<data>", "<data>/")
+        for folder in scratch:
+            both(Path(folder), "<work>", "<work>/")
+        both(Path.home(), "~", "~/")  # a home folder names its OS user
+        return cls(pairs)
+
+    def hide(self, text: str) -> str:
+        for path, shown in self.pairs:
+            if path in text:
+                text = text.replace(path, shown)
+        return text
 
 
 def finite(values: Mapping[str, Any]) -> dict[str, float]:
@@ -59,8 +108,11 @@ class Reporter:
     attempts 1, 2 ... are training runs while it is `running`. Writes land only in that phase's status.
     """
 
-    def __init__(self, redis: Redis, tenant: str, job_id: str, attempt: int) -> None:
+    def __init__(
+        self, redis: Redis, tenant: str, job_id: str, attempt: int, hidden: ServerPaths | None = None
+    ) -> None:
         self.redis = redis
+        self.hidden = hidden or ServerPaths()  # rewritten in every value and entry this reporter writes
         self.tenant = tenant
         self.job_id = job_id
         self.attempt = attempt
@@ -118,8 +170,9 @@ class Reporter:
             JobField.last_metrics: {},
             JobField.resolved: resolved,
         }
-        message = f"running (attempt {self.attempt}) on {worker_name}"
-        event = status_entry(JobStatus.running, message, attempt=self.attempt, worker=worker_name)
+        # The worker's name stays in the record (for the reconciler and operators), out of the tenant's events:
+        # an operator's names may carry host names.
+        event = status_entry(JobStatus.running, f"running (attempt {self.attempt})", attempt=self.attempt)
         if not self._write(fields, event, statuses=[JobStatus.queued]):
             return False
         self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
@@ -128,7 +181,7 @@ class Reporter:
     def begin_validation(self, worker_name: str) -> bool:
         """Attempt 0 takes the `validating_files` job: worker + heartbeat (the reconciler watches it too)."""
         now = time.time()
-        event = event_entry(f"validating files on {worker_name}")
+        event = event_entry("validating files")
         if not self._write({JobField.worker: worker_name, JobField.heartbeat_at: now}, event):
             return False
         self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
@@ -293,9 +346,10 @@ class Reporter:
         """GUARDED_WRITE at this attempt (in this attempt's phase unless `statuses` says otherwise); with a
         pipeline as `client` it is queued there (returns False)."""
         statuses = (self.phase,) if statuses is None else statuses
+        args = guarded_write_args(self.attempt, statuses, fields, entry)
         result = self._write_script(
-            keys=[self.key, stream or events_key(self.tenant, self.job_id)],
-            args=guarded_write_args(self.attempt, statuses, fields, entry),
+            keys=guarded_write_keys(self.tenant, self.job_id, stream),
+            args=[self.hidden.hide(a) if isinstance(a, str) else a for a in args],
             client=client,
         )
         return client is None and bool(result[0])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
 import time
 import traceback
@@ -45,7 +44,7 @@ from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Preempted
 from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import EarlyStoppingOutcome, Results
 from ftjobs.jobs.outputs.save import save_outputs
-from ftjobs.jobs.report import Heartbeat, Reporter
+from ftjobs.jobs.report import Heartbeat, Reporter, ServerPaths
 from ftjobs.jobs.training import checkpoints, safeguards
 from ftjobs.jobs.training.inputs import load_inputs
 from ftjobs.jobs.training.model import build_model
@@ -69,12 +68,12 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any]:
     summary: dict[str, Any] = {"job_id": p.job_id, "tenant": p.tenant, "attempt": p.attempt}
-    reporter = Reporter(redis, p.tenant, p.job_id, p.attempt)
+    reporter = Reporter(redis, p.tenant, p.job_id, p.attempt, ServerPaths.for_settings(settings))
     record = reporter.read()
     if record is None:
         return {**summary, "status": "missing"}
     rq_job = get_current_job()
-    worker_name = (rq_job.worker_name if rq_job else None) or f"{socket.gethostname()}.{os.getpid()}"
+    worker_name = (rq_job.worker_name if rq_job else None) or f"worker-{os.getpid()}"
     store = Storage(settings.storage_url)
     if not reporter.start(worker_name, queue=rq_job.origin if rq_job else None):
         if JobStatus((reporter.read() or {}).get(JobField.status, JobStatus.queued)).is_terminal:
@@ -86,6 +85,7 @@ def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any
     # A cancel noticed by the heartbeat thread stops a step that takes minutes within seconds (jobs/interrupts.py).
     stop = Heartbeat(reporter, settings.heartbeat_s, on_stop=lambda: INTERRUPTER.request(Cancelled, CANCEL_GRACE_S))
     with stop, tempfile.TemporaryDirectory(prefix="ftjobs-") as tmp:
+        reporter.hidden = ServerPaths.for_settings(settings, [Path(tmp)])
         try:
             status, results, outputs = train_job(record, settings, store, reporter, Path(tmp))
         except Cancelled:
@@ -137,6 +137,8 @@ def train_job(
     if run.callback.cancelled:
         reporter.event(f"cancelled at step {run.trainer.state.global_step}; no artifacts are kept")
         return JobStatus.cancelled, results, None
+    if run.limits is not None and run.limits.exceeded is not None:  # stopped at a tenant limit: no artifacts
+        raise run.limits.exceeded
     evaluate_final(run, trained_evals, reporter, results)
     published = save(run, results, store, reporter, work)
     if published is None:
@@ -222,6 +224,7 @@ def save(run: Run, results: Results, store: Storage, reporter: Reporter, work: P
         work / "out",
         reporter,
         request=inputs.request,
+        model_name=inputs.model_name,
         hyperparameters=inputs.hp.model_dump(),
         total_steps=run.schedule.total_steps,
         data=inputs.data,

@@ -43,7 +43,7 @@ from ftjobs.jobs.data.prepare import (
 )
 from ftjobs.jobs.errors import JobFailed
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Preempted
-from ftjobs.jobs.report import Heartbeat, Reporter
+from ftjobs.jobs.report import Heartbeat, Reporter, ServerPaths
 
 TOKEN_PROFILES_KEPT = 5  # token statistics kept per file (newest jobs)
 
@@ -62,7 +62,7 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _validate(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any]:
     summary: dict[str, Any] = {"job_id": p.job_id, "tenant": p.tenant, "attempt": 0}
-    reporter = Reporter(redis, p.tenant, p.job_id, 0)
+    reporter = Reporter(redis, p.tenant, p.job_id, 0, ServerPaths.for_settings(settings))
     record = reporter.read()
     if record is None:
         return {**summary, "status": "missing"}

@@ -1,4 +1,4 @@
-"""The worker process: `python -m ftjobs.jobs.worker [--queue Q] [--burst] [--name N] [--validate-only]`.
+"""The worker process: `python -m ftjobs.jobs.worker [--queue Q] [--burst] [--name N] [--validate-only | --train-only]`.
 
 An RQ forking `Worker` (JSON payloads, never pickle) that holds a lease on the job it runs from the moment it
 takes it, plus a reconciler thread (jobs/reconcile.py) that moves on jobs whose attempt died anywhere. The
@@ -11,6 +11,10 @@ torch lives in `ftjobs.jobs.train.run` only. The horse dies with its worker (PR_
   step end and hands the job back, which goes to the front of its queue without spending an attempt; after
   FTJOBS_PREEMPT_S (default 30) the horse is killed and the job goes back from its last checkpoint. Then the
   worker exits. A second signal is a cold shutdown (the same hand-back, at once).
+
+Fair admission (core/admission.py): the moment the worker takes a job from RQ (here, before the horse forks) it
+admits that tenant's next pending job into RQ; when the horse is gone it frees the job's running slot, which
+admits the tenant's next training job if `max_running_jobs` held it back.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,6 +38,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from ftjobs.client.models import QueuePayload
+from ftjobs.core.admission import Line
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.core.queue import TRAIN_FUNC, VALIDATE_FUNC, JobQueue, connect, redact_url
 from ftjobs.core.settings import Settings
@@ -52,6 +57,7 @@ class JobWorker(Worker):
         self._payload: QueuePayload | None = None  # the ftjobs attempt the current horse runs
         self._preempt_deadline: float | None = None  # monotonic; set when a stop was asked for mid-job
         self._horse_status: int | None = None  # waitpid status of a horse that died
+        self.jobq = JobQueue(self.connection, settings)  # admission; limits from the tenants file
 
     # ----------------------------------------------------------------- around one job (the worker process)
 
@@ -66,12 +72,25 @@ class JobWorker(Worker):
         self._horse_status = None
         if self._payload is not None:
             self._renew_lease()  # ours from now on, before the horse imports anything
+        line = self.jobq.line_of(job)
+        if line is not None:
+            self._admission(self.jobq.admission.take, line, job.id)  # the tenant's next job into RQ
         try:
             super().execute_job(job, queue)
         finally:
             payload, self._payload = self._payload, None
             if payload is not None:
                 self._after_horse(payload)
+            if line is not None:  # after a requeue (first in its line): its slot goes to the best next job
+                self._admission(self.jobq.admission.release, line, job.id)
+
+    def _admission(self, step: Callable[[Line, str], list[str]], line: Line, rq_id: str) -> None:
+        try:
+            admitted = step(line, rq_id)
+            if admitted:
+                log.info("admitted %s into %s (tenant %s)", ", ".join(admitted), line.queue, line.tenant)
+        except Exception:  # Redis unreachable: the reconciler re-admits the line later
+            log.warning("admission after %s failed", rq_id, exc_info=True)
 
     def maintain_heartbeats(self, job: RQJob, execution: Any) -> None:
         super().maintain_heartbeats(job, execution)
@@ -184,14 +203,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="serve only the file validation queue ($FTJOBS_VALIDATE_QUEUE): a light worker with no training",
     )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="serve only the training queue: for a pool of accelerator workers beside --validate-only ones",
+    )
     args = parser.parse_args(argv)
+    if args.validate_only and args.train_only:
+        parser.error("--validate-only and --train-only exclude each other")
 
     settings = Settings.from_env()
     settings = settings.model_copy(update={"queue": args.queue or settings.queue})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     connection = connect(settings.redis_url)
     # Validations first: they take seconds and tell a user early that a job cannot train.
-    names = [settings.validate_queue] + ([] if args.validate_only else [settings.queue])
+    names = ([] if args.train_only else [settings.validate_queue]) + ([] if args.validate_only else [settings.queue])
     queues = [JobQueue(connection, settings).queue(name) for name in names]
     worker = JobWorker(queues, connection=connection, name=args.name, serializer=JSONSerializer, settings=settings)
     # The reconciler gets its own connection: the forked work horse never touches it.

@@ -74,6 +74,13 @@ class Unauthorized(ServiceError):
         super().__init__(message, param, headers={"WWW-Authenticate": "Bearer", **(headers or {})})
 
 
+class InsufficientScope(ServiceError):
+    """The API key lacks the scope this request needs (`param`: read for GET, submit for POST/DELETE, admin)."""
+
+    status_code = 403
+    default_message = "The API key lacks the scope this request needs."
+
+
 class NotFound(ServiceError):
     """No such route or resource."""
 
@@ -156,6 +163,25 @@ class UnsupportedFormat(UnsupportedMediaType):
     default_message = "Unsupported file format."
 
 
+class TooManyRequests(ServiceError):
+    """Base of the 429s: `Retry-After` and `x-ratelimit-*` headers say when to come back."""
+
+    status_code = 429
+    default_message = "Too many requests."
+
+
+class RateLimited(TooManyRequests):
+    """The tenant's request rate is over `requests_per_second`; retry after `Retry-After` seconds."""
+
+    default_message = "Too many requests; slow down."
+
+
+class QuotaExceeded(TooManyRequests):
+    """A tenant quota is reached; `param` names it (max_active_jobs, max_files, max_stored_bytes ...)."""
+
+    default_message = "A tenant quota is reached."
+
+
 class InvalidRequest(ServiceError):
     """The request is well-formed JSON but asks for something invalid."""
 
@@ -201,6 +227,11 @@ class ModelNotAllowed(InvalidRequest):
     """The base model path is outside every configured model root."""
 
 
+class JobLimitExceeded(InvalidRequest):
+    """The job asks for more than a per-job limit of the tenant allows (e.g. steps over `max_job_steps`);
+    `param` names the field."""
+
+
 # --------------------------------------------------------------------------- 5xx
 
 
@@ -234,6 +265,20 @@ def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, An
         status: {
             "model": ErrorBody,
             "description": " ".join(f"`{e.code()}`: {(e.__doc__ or '').strip()}" for e in errs),
+            **({"headers": RATE_LIMIT_HEADERS} if status == TooManyRequests.status_code else {}),
         }
         for status, errs in sorted(grouped.items())
     }
+
+
+def _integer_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer"}}
+
+
+# What every 429 carries (service/limits.py).
+RATE_LIMIT_HEADERS = {
+    "Retry-After": _integer_header("Seconds to wait before retrying."),
+    "x-ratelimit-limit": _integer_header("The limit: the request burst, or the quota named by `param`."),
+    "x-ratelimit-remaining": _integer_header("What is left of it now (0 on a 429)."),
+    "x-ratelimit-reset": _integer_header("Seconds until the limit has room again."),
+}

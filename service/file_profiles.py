@@ -8,6 +8,8 @@ from ftjobs.core.keys import file_path, file_profile_path, file_tokens_dir
 from ftjobs.core.storage import Storage
 from ftjobs.service.readers import JsonlReader
 
+STORED_ROW_BYTES = 16 * 1024 * 1024  # the line limit before FTJOBS_MAX_ROW_BYTES: what an older file may hold
+
 
 def save_profile(storage: Storage, file: FileObject, profile: FileProfile) -> None:
     storage.write_bytes(file_profile_path(file.tenant, file.id), profile.model_dump_json().encode())
@@ -39,7 +41,7 @@ def _stored_profile(storage: Storage, file: FileObject) -> FileProfile:
     if storage.exists(path):
         with storage.open(path) as fh:
             return FileProfile.model_validate_json(fh.read())
-    reader = JsonlReader(max_bytes=2**62)
+    reader = JsonlReader(max_bytes=2**62, max_row_bytes=STORED_ROW_BYTES)
     for chunk in storage.iter_bytes(storage.open(file_path(file.tenant, file.id))):
         reader.feed(chunk)
     reader.finish(file.filename)

@@ -10,9 +10,10 @@ from typing import Any
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ftjobs.service.errors import (
@@ -81,6 +82,29 @@ HTTP_ERRORS: dict[int, type[ServiceError]] = {
 }
 
 
+def route_table(routes: Sequence[BaseRoute]) -> list[Any]:
+    """Every route of an app, flattened (each with `path`, `path_regex`, `methods`): recent FastAPI keeps included
+    routers nested and flattens them with `iter_route_contexts`; older ones copied their routes into app.routes."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:
+        return list(routes)
+    return list(iter_route_contexts(routes))
+
+
+def allowed_methods(routes: Sequence[BaseRoute], path: str) -> list[str]:
+    """Every method some route serves at `path`, plus OPTIONS (answered for every path: `on_http_error`).
+
+    Starlette's own 405 names only the first route whose path matched (`Allow: POST` on /v1/files,
+    which also has a GET); this is the union over all of them. HEAD appears only where a route serves it."""
+    methods: set[str] = set()
+    for route in route_table(routes):
+        regex, served = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and served and regex.match(path):
+            methods |= set(served)
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -89,7 +113,8 @@ def _phrase(status: int) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception to ErrorBody: ours, validation, HTTP (404/405), Redis outages, and the rest."""
+    """Route every exception to ErrorBody: ours, validation, HTTP (404/405), Redis outages, and the rest;
+    OPTIONS on any path that exists is 204 with its full `Allow`."""
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
@@ -99,13 +124,20 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return validation_error(exc).response()
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        headers = exc.headers
+        if exc.status_code == 405:  # the path exists: say every method it serves, and answer OPTIONS with them
+            path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+            allow = ", ".join(allowed_methods(app.router.routes, path))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            headers = {**(headers or {}), "Allow": allow}
         cls = HTTP_ERRORS.get(exc.status_code, InternalError if exc.status_code >= 500 else ServiceError)
         detail = str(exc.detail or "")
         if not detail or detail == _phrase(exc.status_code):  # starlette's bare phrase: say what was asked
             detail = f"{_phrase(exc.status_code)}: {request.method} {request.url.path}"
-        response = cls(detail, headers=exc.headers).response()
+        response = cls(detail, headers=headers).response()
         response.status_code = exc.status_code  # a status with no class of its own keeps its number
         return response
 

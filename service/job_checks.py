@@ -1,17 +1,23 @@
 """What a JobCreate must satisfy beyond its schema, against the deployment and the tenant's data:
-the model under a model root, files that exist in a format the task can train, a parent job to continue."""
+the model under a model root, files that exist in a format the task can train, a parent job to continue, the
+tenant's per-job limits (as far as the API can count; the worker enforces all of them while training)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
 from ftjobs.core.adapter_shape import shape_conflict
+from ftjobs.core.base_models import ModelEscapesRoots, resolve_model, shown_model
+from ftjobs.core.tenants import TenantLimits
 from ftjobs.service.errors import (
     IncompatibleFile,
     IncompatibleParentJob,
+    JobLimitExceeded,
     JobNotFound,
     ModelNotAllowed,
     ParentJobNotSucceeded,
@@ -32,12 +38,29 @@ def check_model(model: str, roots: Sequence[str], param: str = "model") -> None:
 
 
 def check_models(req: JobCreate, roots: Sequence[str]) -> None:
-    """Every model a job loads: the base model and the data augmentation models."""
+    """Every model a job loads: the base model and the data augmentation models. Each is then kept (in the
+    record, and so in everything the worker reports) as a tenant may see it: `tenant_form`."""
     check_model(req.model, roots)
+    req.model = tenant_form(req.model, roots)
     for field in ("augment_model", "augment_back_model"):
         value = getattr(req.data, field)
         if value is not None:
             check_model(value, roots, param=f"data.{field}")
+            setattr(req.data, field, tenant_form(value, roots))
+
+
+def tenant_form(model: str, roots: Sequence[str]) -> str:
+    """An absolute model path rewritten relative to its root (or as a packaged model's name), so the job record
+    holds no server path; kept as given when the worker would resolve the short form to another folder (an
+    earlier root with the same sub-folder): the caller wrote that path, so it shows them nothing new."""
+    shown = shown_model(model, [Path(r) for r in roots])
+    if shown == model:
+        return model
+    try:
+        same = resolve_model(shown, [Path(r) for r in roots]) == resolve_model(model, [Path(r) for r in roots])
+    except ModelEscapesRoots:  # refused by the worker either way, naming the file, not the path
+        same = True
+    return shown if same else model
 
 
 def check_files(store: Store, tenant: str, req: JobCreate) -> None:
@@ -115,3 +138,36 @@ def inherit_method(parent: Job, method: Method) -> Method:
         raise IncompatibleParentJob(
             f"parent_job_id {parent.id}'s method settings cannot be continued: {e}", param="parent_job_id"
         ) from None
+
+
+def planned_steps(req: JobCreate, train_rows: int | None) -> tuple[int, str] | None:
+    """(the fewest optimizer steps the job can train, the field that sets them), or None when the API cannot
+    know: max_steps when given; else epochs x steps per epoch over the training file's rows, when no data step
+    can change how many rows train (the held-out validation split counted as the worker makes it)."""
+    hp = req.hyperparameters
+    if hp.max_steps is not None:
+        return hp.max_steps, "hyperparameters.max_steps"
+    if train_rows is None or req.data.model_fields_set:  # a data step (dedup, augmentation ...) changes the rows
+        return None
+    rows = train_rows
+    if req.validation_file is None and hp.validation_split > 0:
+        rows -= max(1, round(rows * hp.validation_split))  # jobs/data/split.py; too few rows keeps them all
+    per_epoch = max(1, math.ceil(math.ceil(max(rows, 1) / hp.batch_size) / hp.gradient_accumulation_steps))
+    return hp.n_epochs * per_epoch, "hyperparameters.n_epochs"
+
+
+def check_job_limits(store: Store, tenant: str, req: JobCreate, limits: TenantLimits) -> None:
+    """Refuse (422, naming the field and the limit) a job whose steps the API can count and that passes
+    max_job_steps; tokens and wall time only the worker can measure."""
+    if limits.max_job_steps is None:
+        return
+    train_rows = store.get_file(tenant, req.training_file, param="training_file").rows
+    planned = planned_steps(req, train_rows)
+    if planned is not None and planned[0] > limits.max_job_steps:
+        steps, field = planned
+        how = "" if field.endswith("max_steps") else f" ({req.hyperparameters.n_epochs} epochs over {train_rows} rows)"
+        raise JobLimitExceeded(
+            f"{field}: the job would train {steps} optimizer steps{how}; this tenant's limit max_job_steps is "
+            f"{limits.max_job_steps}.",
+            param=field,
+        )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -13,9 +14,19 @@ from fastapi.routing import APIRoute
 from ftjobs.core.queue import JobQueue, connect
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage, sweep_folder
+from ftjobs.core.tenants import TenantsSource
 from ftjobs.service.deps import AuthFirst
-from ftjobs.service.errors import InternalError, RedisUnavailable, Unauthorized, error_responses
+from ftjobs.service.errors import (
+    InsufficientScope,
+    InternalError,
+    RateLimited,
+    RedisUnavailable,
+    Unauthorized,
+    error_responses,
+)
 from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
+from ftjobs.service.limits import RateLimiter
+from ftjobs.service.links import add_links
 from ftjobs.service.routes import artifacts, files, health, jobs, models
 from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
 from ftjobs.service.store import Store
@@ -26,13 +37,24 @@ SWEEP_INTERVAL_S = 600  # stale temporary files are looked for at startup, then 
 
 DESCRIPTION = (
     "Fine-tune language models as jobs. Every error is "
-    '`{"error": {"code", "message", "param", "type"}}`; 503 + `Retry-After` when Redis is unreachable.'
+    '`{"error": {"code", "message", "param", "type"}}`; 503 + `Retry-After` when Redis is unreachable. '
+    "OPTIONS on any path answers 204 with `Allow` (every method the path serves); a method it does not serve, "
+    "405 with the same `Allow`."
 )
 
 
 def operation_id(route: APIRoute) -> str:
     """Stable operationIds: `{tag}-{function name}`, e.g. `jobs-create_job`."""
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+class FtjobsAPI(FastAPI):
+    """FastAPI with the spec's OpenAPI links (`service/links.py`) written into the generated spec."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = add_links(super().openapi())
+        return self.openapi_schema
 
 
 def sweep_temp_files(storage: Storage, settings: Settings) -> None:
@@ -62,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = connect(settings.redis_url, ride_out_outages=False)  # an unreachable Redis is a quick 503
         app.state.redis = redis
         app.state.store = Store(redis)
+        app.state.limiter = RateLimiter(redis)
         app.state.queue = JobQueue(redis, settings)
         app.state.storage = Storage(settings.storage_url)
         # In the background: a large store must not delay startup.
@@ -74,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await sweeper
             redis.close()
 
-    app = FastAPI(
+    app = FtjobsAPI(
         title="ftjobs",
         version=API_VERSION,
         description=DESCRIPTION,
@@ -82,11 +105,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    app.state.tenants = TenantsSource(settings.tenants_file, settings.api_keys)  # keys, scopes, limits; re-read
     install_error_handlers(app)
     app.add_middleware(DeclaredBodyLimit, max_bytes=MAX_JSON_BODY_BYTES, exempt_paths=["/v1/files"])
     app.add_middleware(AuthFirst)  # added last, so it runs first: 401 before a 413 or a parsed body
     app.include_router(health.router)
-    common = error_responses(Unauthorized, InternalError, RedisUnavailable)
+    common = error_responses(Unauthorized, InsufficientScope, RateLimited, InternalError, RedisUnavailable)
     for module in (files, jobs, artifacts, models):
         app.include_router(module.router, responses=common)
     return app

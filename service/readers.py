@@ -1,10 +1,11 @@
 """Streaming readers of uploads (JSONL, or CSV converted to JSONL): line by line, bounded memory.
 
 Feed raw bytes as they arrive to a `JsonlReader` or `CsvReader` (`service/parquet.py` adds Parquet);
-at most one line (one CSV record) is held in memory, and lines over MAX_LINE_BYTES are rejected without
-being buffered. Every row goes to a `RowValidator` (`service/validation.py`). `finish()` returns the
-summary or raises InvalidFile (with structured `details`) / FileTooLarge. A converted upload also
-leaves a `line_map()`: where each stored JSONL row came from, so the worker's errors cite it too.
+at most one line (one CSV record) is held in memory: a line passing the row limit (FTJOBS_MAX_ROW_BYTES) is
+a `line_too_long` problem the moment it passes it, and the rest of it is skipped, never buffered. Every row
+goes to a `RowValidator` (`service/validation.py`). `finish()` returns the summary or raises InvalidFile
+(with structured `details`) / FileTooLarge. A converted upload also leaves a `line_map()`: where each stored
+JSONL row came from, so the worker's errors cite it too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ftjobs.client.models import SourceFormat
 from ftjobs.service.errors import FileTooLarge
 from ftjobs.service.validation import RowValidator, UploadSummary
 
-MAX_LINE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_ROW_BYTES = 1024 * 1024  # Settings.max_row_bytes
 CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target")
 MAX_LINE_BREAKS = 100_000  # CSV rows whose line is mapped exactly (blank lines and multi-line cells shift it)
 
@@ -33,8 +34,9 @@ class Reader:
     source_format: ClassVar[SourceFormat] = "jsonl"  # what was uploaded (FileObject.source_format)
     unit: ClassVar[str] = "line"  # what a problem's number counts
 
-    def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
+    def __init__(self, max_bytes: int, sink: Sink | None = None, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> None:
         self.max_bytes = max_bytes
+        self.max_row_bytes = max_row_bytes
         self.bytes = 0  # as uploaded
         self.stored_bytes = 0
         self.line_no = 0
@@ -78,16 +80,24 @@ class Reader:
     def _append(self, piece: bytes) -> None:
         if self._overlong or not piece:
             return
-        if len(self._line) + len(piece) > MAX_LINE_BYTES:
+        if len(self._line) + len(piece) > self.max_row_bytes:  # refused now; the rest of the line is skipped
             self._overlong = True
             self._line.clear()
+            self._too_long(self.line_no + 1)
         else:
             self._line += piece
+
+    def _too_long(self, line_no: int) -> None:
+        self.rows.rows += 1
+        self.rows.problem(line_no, "line_too_long", self.too_long_message())
+
+    def too_long_message(self, subject: str = "") -> str:
+        return f"{subject}longer than the row limit of {self.max_row_bytes} bytes (FTJOBS_MAX_ROW_BYTES)"
 
     def _end_line(self) -> None:
         self.line_no += 1
         if self._overlong:
-            self.rows.problem(self.line_no, "line_too_long", f"longer than {MAX_LINE_BYTES} bytes")
+            self._line_skipped()
         else:
             line = bytes(self._line)
             if self.line_no == 1:
@@ -98,6 +108,9 @@ class Reader:
 
     def _line_done(self, line: bytes) -> None:
         raise NotImplementedError
+
+    def _line_skipped(self) -> None:
+        """A line over the row limit ended (its problem is already counted)."""
 
     def _flush(self) -> None:
         """Anything held back until the end of the stream."""
@@ -132,8 +145,10 @@ class CsvReader(Reader):
 
     source_format = "csv"
 
-    def __init__(self, max_bytes: int, sink: Sink | None = None) -> None:
-        super().__init__(max_bytes, sink)
+    def __init__(self, max_bytes: int, sink: Sink | None = None, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> None:
+        super().__init__(max_bytes, sink, max_row_bytes)
+        # A record is held to the row limit below, so a cell may be as long (the csv module's default is 128 KiB).
+        csv.field_size_limit(max(csv.field_size_limit(), max_row_bytes))
         self.header: list[str] | None = None
         self._record: list[str] = []
         self._record_line = 0
@@ -159,13 +174,22 @@ class CsvReader(Reader):
         self._record.append(text.removesuffix("\r"))
         self._record_bytes += len(line)
         self._quotes += text.count('"')
-        if self._record_bytes > MAX_LINE_BYTES:  # an unterminated quote must not buffer the rest of the file
+        if self._record_bytes > self.max_row_bytes:  # an unterminated quote must not buffer the rest of the file
             self.rows.rows += 1
-            self.rows.problem(self._record_line, "invalid_csv", f"a record longer than {MAX_LINE_BYTES} bytes")
+            self.rows.problem(self._record_line, "line_too_long", self.too_long_message("a record "))
             self._record, self._quotes, self._record_bytes = [], 0, 0
             return
         if self._quotes % 2 == 0:  # outside quotes: the record is complete ("" escapes keep the parity)
             self._record_done()
+
+    def _too_long(self, line_no: int) -> None:
+        """Numbered by the line its record starts on; the rest of a multi-line record goes with it."""
+        self.rows.rows += 1
+        line_no = self._record_line if self._record else line_no
+        self.rows.problem(line_no, "line_too_long", self.too_long_message("a record "))
+
+    def _line_skipped(self) -> None:
+        self._record, self._quotes, self._record_bytes = [], 0, 0
 
     def _flush(self) -> None:
         if self._record:
@@ -194,9 +218,13 @@ class CsvReader(Reader):
         row = {name: value for name, value in zip(self.header, cells, strict=True) if name in CSV_COLUMNS}
         problems = self.rows.problem_count
         self.rows.check(line, row)
-        if self.rows.problem_count == problems:
-            self.store(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-            self._map(line)
+        if self.rows.problem_count != problems:
+            return
+        stored = json.dumps(row, ensure_ascii=False).encode()
+        if len(stored) > self.max_row_bytes:  # JSON escapes can lengthen a record: the worker reads this line
+            return self.rows.problem(line, "line_too_long", self.too_long_message("its JSON is "))
+        self.store(stored + b"\n")
+        self._map(line)
 
     def _map(self, line: int) -> None:
         self._stored_rows += 1

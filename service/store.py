@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from redis import Redis
+from redis.exceptions import WatchError
 
 from ftjobs.client.models import (
     FILE_ID_PATTERN,
@@ -42,9 +43,13 @@ from ftjobs.core.records import (
     new_record,
     status_entry,
 )
+from ftjobs.core.tenants import TenantLimits
 from ftjobs.service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
+from ftjobs.service.limits import ADD_FILE, USAGE, Usage, file_usage_keys, quota_exceeded
 
 S = JobStatus
+ACTIVE_STATUSES = tuple(s for s in JobStatus if not s.is_terminal)  # what max_active_jobs counts
+INDEX_BATCH = 500  # jobs per INDEX_STATUS call of the status-index backfill
 StreamEntry = tuple[bytes, dict[bytes, bytes]]  # (stream id, {field: value}) as redis-py returns it
 MAX_STREAM_PART = 2**64 - 1  # each part of a Redis stream id `<ms>-<seq>` is an unsigned 64-bit integer
 LAST_STREAM_ID = f"{MAX_STREAM_PART}-{MAX_STREAM_PART}"
@@ -90,14 +95,39 @@ class Store:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._guarded_write = redis.register_script(keys.GUARDED_WRITE)
+        self._add_file = redis.register_script(ADD_FILE)
+        self._usage = redis.register_script(USAGE)
+        self._index_status = redis.register_script(keys.INDEX_STATUS)
+        self._status_index_ready = False
 
     # ------------------------------------------------------------------ files
 
-    def add_file(self, file: FileObject) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.file_key(file.tenant, file.id), file.model_dump_json())
-        pipe.zadd(keys.tenant_files_key(file.tenant), {file.id: 0})
-        pipe.execute()
+    def add_file(self, file: FileObject, limits: TenantLimits | None = None) -> None:
+        """Record a stored file and count its bytes (stored, uploaded today), atomically; QuotaExceeded (nothing
+        recorded) when it would take the tenant past `limits.max_files` or `max_stored_bytes`."""
+        no_limit = ""
+        written, name = self._add_file(
+            keys=[*file_usage_keys(file.tenant), keys.file_key(file.tenant, file.id)],
+            args=[
+                keys.file_key(file.tenant, ""),
+                file.id,
+                file.bytes,
+                file.model_dump_json(),
+                no_limit if limits is None or limits.max_files is None else limits.max_files,
+                no_limit if limits is None or limits.max_stored_bytes is None else limits.max_stored_bytes,
+                keys.UPLOAD_DAY_TTL_S,
+            ],
+        )
+        if not written:
+            assert limits is not None
+            limit = as_text(name)
+            cap = cast(int, getattr(limits, limit))
+            raise quota_exceeded(limit, cap, f"Storing this file ({file.bytes} bytes) would go past a quota")
+
+    def usage(self, tenant: str) -> Usage:
+        """Files stored, bytes stored and bytes uploaded today (UTC) by the tenant."""
+        files, stored, today = self._usage(keys=file_usage_keys(tenant), args=[keys.file_key(tenant, "")])
+        return Usage(int(files), int(stored), int(today))
 
     def get_file(self, tenant: str, file_id: str, param: str | None = None) -> FileObject:
         raw = (
@@ -116,17 +146,45 @@ class Store:
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(self, tenant: str, req: JobCreate, job_id: str, queue: str) -> Job:
-        """Write the whole record (status validating_files; `queue`: where it trains once validated), index it and
-        log its first event, atomically."""
+    def create_job(
+        self, tenant: str, req: JobCreate, job_id: str, queue: str, max_active: int | None = None
+    ) -> Job:
+        """Write the whole record (status validating_files; `queue`: where it trains once validated), index it (by
+        creation and by status) and log its first event, atomically; with `max_active`, only while the tenant has
+        fewer active jobs (QuotaExceeded otherwise: the count and the write are one transaction)."""
         record = new_record(tenant, job_id, req, queue)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): encode(v) for k, v in record.items()})
-        pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})
-        pipe.sadd(keys.ACTIVE_JOBS_KEY, keys.active_member(tenant, job_id))  # watched by the workers' reconciler
-        self._xadd(pipe, keys.events_key(tenant, job_id), status_entry(S.validating_files, "Job created."))
-        pipe.execute()
+        active_keys = [keys.status_index_key(tenant, s) for s in ACTIVE_STATUSES]
+        if max_active is not None:
+            self.ensure_status_index()
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if max_active is not None:
+                        pipe.watch(*active_keys)  # a transition beside us retries the count
+                        active = sum(cast(int, pipe.zcard(k)) for k in active_keys)
+                        if active >= max_active:
+                            raise quota_exceeded(
+                                "max_active_jobs", max_active, f"This tenant has {active} jobs not yet finished"
+                            )
+                    pipe.multi()
+                    pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): encode(v) for k, v in record.items()})
+                    pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})
+                    pipe.zadd(keys.status_index_key(tenant, S.validating_files), {job_id: 0})
+                    pipe.sadd(keys.ACTIVE_JOBS_KEY, keys.active_member(tenant, job_id))  # the reconciler's
+                    self._xadd(pipe, keys.events_key(tenant, job_id), status_entry(S.validating_files, "Job created."))
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
         return self.get_job(tenant, job_id)
+
+    def active_jobs(self, tenant: str) -> int:
+        """Jobs of the tenant not yet finished, from the status index (one ZCARD per status)."""
+        self.ensure_status_index()
+        pipe = self.redis.pipeline(transaction=False)
+        for status in ACTIVE_STATUSES:
+            pipe.zcard(keys.status_index_key(tenant, status))
+        return sum(pipe.execute())
 
     def get_job(self, tenant: str, job_id: str) -> Job:
         raw = self.redis.hgetall(keys.job_key(tenant, job_id)) if re.fullmatch(JOB_ID_PATTERN, job_id) else {}
@@ -142,12 +200,16 @@ class Store:
     def list_jobs(
         self, tenant: str, after: str | None, limit: int, status: JobStatus | None = None
     ) -> JobList:
-        """Newest first; with a status filter, scans batches until a page is full."""
-        batch = limit + 1 if status is None else max(limit + 1, 100)
+        """Newest first; with a status filter, pages over that status's index (a job that moved on between the
+        index read and the record read is skipped)."""
+        if status is not None:
+            self.ensure_status_index()
+        index = keys.tenant_jobs_key(tenant) if status is None else keys.status_index_key(tenant, status)
+        batch = limit + 1
         jobs: list[Job] = []
         has_more, cursor = False, after
         while not has_more:
-            ids = self._ids_before(keys.tenant_jobs_key(tenant), cursor, batch)
+            ids = self._ids_before(index, cursor, batch)
             for job in self._load_jobs(tenant, ids):
                 if status is None or job.status == status:
                     if len(jobs) == limit:
@@ -172,7 +234,7 @@ class Store:
     ) -> tuple[bool, str]:
         """Run GUARDED_WRITE: write `fields` (+ append `entry`) only in `statuses`; -> (written, status)."""
         written, status = self._guarded_write(
-            keys=[keys.job_key(tenant, job_id), stream or keys.events_key(tenant, job_id)],
+            keys=keys.guarded_write_keys(tenant, job_id, stream),
             args=guarded_write_args(attempt, statuses, fields or {}, entry or ""),
         )
         return bool(written), json.loads(status) if status else ""
@@ -227,6 +289,34 @@ class Store:
             if written:
                 return self.get_job(tenant, job_id), False
         return self.get_job(tenant, job_id), False
+
+    # ------------------------------------------------------------------ the status index
+
+    def ensure_status_index(self) -> None:
+        """Index the jobs created before the status index existed, once per deployment (then once per process)."""
+        if self._status_index_ready:
+            return
+        if not self.redis.exists(keys.STATUS_INDEX_BACKFILLED_KEY):
+            self.backfill_status_index()
+        self._status_index_ready = True
+
+    def backfill_status_index(self) -> int:
+        """Put every job under its current status (idempotent, atomic per batch; replicas may run it at once),
+        then set the marker: a run cut short is simply done again."""
+        added = 0
+        for index in self.redis.scan_iter(match=keys.tenant_jobs_key("*"), _type="ZSET"):
+            tenant = as_text(index).split(":")[2]
+            ids = [as_text(i) for i in cast(list[bytes], self.redis.zrange(index, 0, -1))]
+            for start in range(0, len(ids), INDEX_BATCH):
+                batch = ids[start : start + INDEX_BATCH]
+                added += int(
+                    self._index_status(
+                        keys=[keys.status_index_prefix(tenant), *(keys.job_key(tenant, i) for i in batch)],
+                        args=batch,
+                    )
+                )
+        self.redis.set(keys.STATUS_INDEX_BACKFILLED_KEY, json.dumps(time.time()), nx=True)
+        return added
 
     # ------------------------------------------------------------------ streams
 

@@ -15,7 +15,8 @@ class FileProblem(BaseModel):
     code: str = Field(
         description="`invalid_json`, `invalid_utf8`, `not_an_object`, `unknown_shape`, `missing_field`, "
         "`invalid_type`, `empty_content`, `unknown_role`, `no_assistant_turn`, `label_missing`, "
-        "`mixed_formats`, `line_too_long`, `invalid_csv`, `empty_file`."
+        "`mixed_formats`, `line_too_long` (over FTJOBS_MAX_ROW_BYTES), `value_too_large` (a Parquet page's values over "
+        "it, from the file's metadata), `invalid_csv`, `invalid_parquet`, `empty_file`."
     )
     message: str
 

@@ -96,6 +96,14 @@ class JobCreate(BaseModel):
     suffix: str | None = Field(
         default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="Short name for the fine-tuned model."
     )
+    priority: int = Field(
+        default=0,
+        ge=-10,
+        le=10,
+        description="Order among this tenant's own waiting jobs, for validation and training alike: higher goes "
+        "first, equal priorities in submission order. It never moves a job ahead of another tenant's: tenants take "
+        "turns (each has at most one job waiting per queue), whatever their priorities.",
+    )
     eval_generation_limit: int = Field(
         default=64,
         ge=0,

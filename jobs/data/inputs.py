@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ftjobs.client.models import Hyperparameters, JobCreate, Task
-from ftjobs.core.base_models import ModelEscapesRoots, resolve_model
+from ftjobs.core.base_models import ModelEscapesRoots, resolve_model, shown_model
 from ftjobs.core.keys import file_lines_path, file_path
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.data.read import LineMap, Row, read_jsonl
@@ -17,13 +17,15 @@ from ftjobs.jobs.errors import DataError, InvalidModel, JobFailed, ModelNotFound
 
 def resolve_model_path(model: str, roots: tuple[Path, ...]) -> Path:
     """The base model's folder under the model roots (`ftjobs.core.base_models`), or the job fails."""
+    shown = shown_model(model, roots)  # messages name it as the tenant may see it, never a server path
     try:
         path = resolve_model(model, roots)
     except ModelEscapesRoots as e:  # never read: the tokenizer would follow vocab.txt -> /etc/passwd
-        raise InvalidModel(str(e), param="model") from None
+        message = f"model {shown!r}: its file {e.file!r} links outside the model roots"
+        raise InvalidModel(message, param="model") from None
     if path is None:
         raise ModelNotFound(
-            f"no model (a folder with config.json) at {model!r} under the configured model roots", param="model"
+            f"no model (a folder with config.json) at {shown!r} under the configured model roots", param="model"
         )
     return path
 
@@ -54,7 +56,8 @@ def load(loader: Any, path: Path, **kwargs: Any) -> Any:
     try:
         return loader(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise InvalidModel(f"could not load {path.name}: {type(e).__name__}: {short(e)}", param="model") from None
+        why = short(e).replace(str(path), path.name)  # the folder's name, not where the server keeps it
+        raise InvalidModel(f"could not load {path.name}: {type(e).__name__}: {why}", param="model") from None
 
 
 def load_model(path: Path, task: Task, labels: list[str] | None, **overrides: Any) -> Any:

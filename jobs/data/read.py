@@ -2,6 +2,8 @@
 
 The rules are `ftjobs.core.rows`, the same the API applied at upload: a problem is a DataError naming the file,
 the line and the field (`training_file line 3: messages[1].role must be one of system, user, assistant`).
+Lines are read with a bounded readline: one longer than the row limit (FTJOBS_MAX_ROW_BYTES, as at upload) fails
+the job with `row_too_large` as soon as the limit is passed, before the line is held or parsed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from ftjobs.client.models import Task
 from ftjobs.core.rows import label_text, task_row_problem
-from ftjobs.jobs.errors import DataError
+from ftjobs.core.settings import Settings
+from ftjobs.jobs.errors import DataError, RowTooLarge
 
 
 @dataclass
@@ -59,17 +62,31 @@ class LineMap:
         return "CSV line", first_line + row - first_row
 
 
-def read_jsonl(path: Path, file: str, lines: LineMap | None = None) -> list[Row]:
-    """Non-empty lines of a JSONL file, each a JSON object; `lines` numbers them as the user's CSV/Parquet."""
+def read_jsonl(path: Path, file: str, lines: LineMap | None = None, max_row_bytes: int | None = None) -> list[Row]:
+    """Non-empty lines of a JSONL file, each a JSON object; `lines` numbers them as the user's CSV/Parquet.
+
+    `max_row_bytes` defaults to this worker's FTJOBS_MAX_ROW_BYTES.
+    """
+    limit = Settings.from_env().max_row_bytes if max_row_bytes is None else max_row_bytes
     rows: list[Row] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as fh:
+        n = 0
+        while raw := fh.readline(limit + 2):  # the line and its \r\n, or a byte past the limit
+            n += 1
+            if n == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as the API reads it
             unit, number = lines.locate(n) if lines is not None else ("line", n)
             where = f"{file} {unit} {number}"
+            if len(raw.rstrip(b"\r\n")) > limit:
+                raise RowTooLarge(
+                    f"{where}: longer than the row limit of {limit} bytes (FTJOBS_MAX_ROW_BYTES)", param=where
+                )
+            if not raw.strip():
+                continue
             try:
-                value = json.loads(line)
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: not valid UTF-8", param=where) from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: not valid JSON ({e.msg})", param=where) from None
             if not isinstance(value, dict):

@@ -49,6 +49,8 @@ def write_artifacts(
     # model/. The tokenizer goes alongside each, chat template included.
     for folder in save_weights(model, method, out):
         tokenizer.save_pretrained(out / folder)
+        if job.get("model"):
+            name_the_base(out / folder, str(job["model"]))
     if task == Task.classification and labels:
         _write_json(out / "labels.json", {str(i): name for i, name in enumerate(labels)})
     _write_json(out / "metrics.json", metrics)
@@ -58,6 +60,22 @@ def write_artifacts(
     files = [a.model_dump(include={"name", "bytes", "sha256"}) for a in described]
     _write_json(out / MANIFEST, {**job, "files": files})
     return [*described, describe(out, MANIFEST)]
+
+
+def name_the_base(folder: Path, shown: str) -> None:
+    """peft writes the folder it loaded the base model from into adapter_config.json (and its README.md): a server
+    path. Saved weights name the base model as the tenant may see it (`shown`), like the rest of the job."""
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        return
+    values = json.loads(config.read_text(encoding="utf-8"))
+    loaded = values.get("base_model_name_or_path")
+    if not isinstance(loaded, str) or not Path(loaded).is_absolute():
+        return
+    values = {k: shown if v == loaded else v for k, v in values.items()}  # also prompt tuning's tokenizer path
+    config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for card in folder.glob("*.md"):
+        card.write_text(card.read_text(encoding="utf-8").replace(loaded, shown), encoding="utf-8")
 
 
 def describe(root: Path, name: str) -> Artifact:

@@ -24,6 +24,7 @@ def save_outputs(
     reporter: Reporter,
     *,
     request: JobCreate,
+    model_name: str,
     hyperparameters: dict[str, Any],
     total_steps: int,
     data: Datasets,
@@ -33,7 +34,8 @@ def save_outputs(
     history: dict[str, list[dict[str, Any]]],
     results: Results,
 ) -> list[Artifact] | None:
-    """Write every artifact under `out`, publish them to the store; None when the job was cancelled meanwhile."""
+    """Write every artifact under `out`, publish them to the store; None when the job was cancelled meanwhile.
+    `model_name`: the base model as the tenant may see it (core/base_models.shown_model)."""
     tenant, job_id = reporter.tenant, reporter.job_id
     reporter.event("saving artifacts")
     trackers.finish(out)  # end the tracker runs; wandb/ and mlruns/ become one .tar.gz each
@@ -41,7 +43,7 @@ def save_outputs(
         "job_id": job_id,
         "tenant": tenant,
         "attempt": reporter.attempt,
-        "model": request.model,
+        "model": model_name,  # as the tenant may see it: relative to its model root, never a server path
         "task": request.task,
         "method": request.method.type,
     }

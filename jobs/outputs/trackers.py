@@ -41,6 +41,9 @@ log = logging.getLogger("ftjobs.integrations")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 PACKED = ("wandb", "mlruns")  # tracker stores under `out` that become one `<name>.tar.gz` artifact each
 PROJECT = "ftjobs"  # W&B project / MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME say otherwise
+# MLflow's own tags of a run, set to ours: the OS user, the entry script's path and its type would be the server's.
+SOURCE_TAGS = {"mlflow.user": "ftjobs", "mlflow.source.name": "ftjobs", "mlflow.source.type": "JOB"}
+STRIPPED_TAGS = ("mlflow.source.git", "mlflow.gitRepoURL")
 INIT_TIMEOUT_S = 60  # wandb.init gives up (raises) after this, rather than the default 90 s
 
 
@@ -79,8 +82,11 @@ def start(requested: Sequence[str], out: Path, scratch: Path, *, job_id: str, te
 
 
 def finish(out: Path) -> None:
-    """End the runs (everything is on disk afterwards) and pack the local tracker stores under `out`."""
+    """End the runs (everything is on disk afterwards), strip the server's details from what they wrote and pack
+    the local tracker stores under `out`."""
     end(JobStatus.succeeded)
+    _anonymous_event_files(out / "tensorboard")
+    _relative_mlflow_locations(out)
     for name in PACKED:
         folder = out / name
         if folder.is_dir():
@@ -129,6 +135,7 @@ def _start_wandb(out: Path, scratch: Path, labels: dict[str, str]) -> None:
             disable_code=True,
             save_code=False,
             x_disable_meta=True,  # no host/user/argv metadata
+            host="ftjobs",  # the run record's host would be the worker's host name
             x_disable_machine_info=True,  # no cloud metadata probes
             x_disable_stats=True,  # no system-metrics sampler process (wandb-symon)
             init_timeout=INIT_TIMEOUT_S,
@@ -145,7 +152,37 @@ def _start_mlflow(out: Path, labels: dict[str, str]) -> None:
         mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())  # (it also sets MLFLOW_TRACKING_URI)
     if not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
         mlflow.set_experiment(PROJECT)
-    mlflow.start_run(run_name=labels["job_id"], tags={f"ftjobs.{k}": v for k, v in labels.items()})
+    # MLflow tags every run with the OS user, the entry script's path and the git commit of its folder: ours.
+    tags = {**{f"ftjobs.{k}": v for k, v in labels.items()}, **SOURCE_TAGS}
+    run = mlflow.start_run(run_name=labels["job_id"], tags=tags)
+    client = mlflow.MlflowClient()
+    for key in list(run.data.tags):
+        if key.startswith(STRIPPED_TAGS):  # the server's git commit and repository, if the worker runs from one
+            client.delete_tag(run.info.run_id, key)
+
+
+def _anonymous_event_files(folder: Path) -> None:
+    """TensorBoard names its files `events.out.tfevents.<time>.<host name>.<pid>.<n>`: keep the time, drop the
+    host and process (TensorBoard reads any file whose name holds `tfevents`)."""
+    if not folder.is_dir():
+        return
+    for n, path in enumerate(sorted(folder.rglob("*tfevents*"))):
+        parts = path.name.split(".")
+        stamp = parts[3] if len(parts) > 3 and parts[3].isdigit() else "0"
+        path.rename(path.with_name(f"events.out.tfevents.{stamp}.ftjobs.{n}"))
+
+
+def _relative_mlflow_locations(out: Path) -> None:
+    """The file store records where it kept artifacts as `file:///<scratch>/out/mlruns/...`: a server path that
+    is gone once the job ends. Relative (`mlruns/...`), they resolve where the archive is unpacked."""
+    store = out / "mlruns"
+    if not store.is_dir():
+        return
+    prefix = out.resolve().as_uri() + "/"
+    for meta in store.rglob("meta.yaml"):
+        text = meta.read_text(encoding="utf-8")
+        if prefix in text or str(out.resolve()) in text:
+            meta.write_text(text.replace(prefix, "").replace(str(out.resolve()) + "/", ""), encoding="utf-8")
 
 
 def _import(name: str) -> Any:

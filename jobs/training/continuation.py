@@ -140,6 +140,9 @@ def attach(model: Any, method: Any, parent: Parent) -> Any:
     check_shape(method, peft_settings(method.type, peft_config), parent.job_id)
     if isinstance(method, LoraMethod):
         peft_config.lora_dropout = method.dropout
+    # The parent's saved config names the base as its tenant sees it; peft's own checks (and a QLoRA merge)
+    # read the folder this worker loaded it from.
+    peft_config.base_model_name_or_path = getattr(model, "name_or_path", None) or peft_config.base_model_name_or_path
     try:
         return PeftModel.from_pretrained(model, str(parent.weights), is_trainable=True, config=peft_config)
     except (OSError, ValueError, KeyError, RuntimeError) as e:

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from ftjobs.client.models import Hyperparameters, JobCreate
+from ftjobs.core.base_models import shown_model
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.data.examples import Datasets, build_datasets
 from ftjobs.jobs.data.inputs import fetch_rows, load, resolve_model_path
@@ -46,6 +47,7 @@ class Inputs:
     tokenizer: Any
     data: Datasets
     reference: Reference
+    model_name: str = ""  # the base model as the tenant may see it (core/base_models.shown_model): never a server path
 
 
 def load_inputs(
@@ -96,7 +98,8 @@ def load_inputs(
         f"data: {len(data.train)} training and {n_val} validation examples, "
         f"{data.train.num_tokens()} training tokens per epoch"
     )
-    return Inputs(request, hp, model_path, parent, prepared, tokenizer, data, reference)
+    shown = shown_model(request.model, model_roots)
+    return Inputs(request, hp, model_path, parent, prepared, tokenizer, data, reference, shown)
 
 
 def _reference(

@@ -17,7 +17,9 @@ The Trainer's own checkpoints (resume, early stopping's best) need two correctio
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +212,51 @@ def _probe(model: Any, method: Any, task: Task) -> None:
         model.train(was_training)
 
 
+BASE_FOLDER_ATTR = "ftjobs_base_folder"  # the folder peft's configs named before `name_base`
+PEFT_PATH_FIELDS = ("base_model_name_or_path", "tokenizer_name_or_path")  # peft config fields holding that folder
+
+
+def name_base(model: Any, shown: str) -> None:
+    """peft's configs name the base model as the tenant may see it (`shown`), not the server's folder: trackers log
+    them. `base_folder` puts the folder back while peft saves or merges, since its checks read it."""
+    configs = list((getattr(model, "peft_config", None) or {}).values())
+    folder = configs[0].base_model_name_or_path if configs else None
+    if not folder or not Path(folder).is_absolute():
+        return
+    setattr(model, BASE_FOLDER_ATTR, folder)
+    _swap_base(configs, folder, shown)
+
+
+@contextlib.contextmanager
+def base_folder(model: Any) -> Iterator[None]:
+    """While saving: the peft configs name the folder again (jobs/outputs/artifacts.py renames it in the files)."""
+    folder = getattr(model, BASE_FOLDER_ATTR, None)
+    configs = list((getattr(model, "peft_config", None) or {}).values())
+    if folder is None or not configs:
+        yield
+        return
+    shown = configs[0].base_model_name_or_path
+    _swap_base(configs, shown, folder)
+    try:
+        yield
+    finally:
+        _swap_base(configs, folder, shown)
+
+
+def _swap_base(configs: list[Any], old: str, new: str) -> None:
+    for config in configs:
+        for field in PEFT_PATH_FIELDS:
+            if getattr(config, field, None) == old:
+                setattr(config, field, new)
+
+
 def save_weights(model: Any, method: Any, out: Path) -> list[str]:
     """Write the trained weights under `out` (adapter/ and/or model/); returns the folders written."""
+    with base_folder(model):
+        return _save_weights(model, method, out)
+
+
+def _save_weights(model: Any, method: Any, out: Path) -> list[str]:
     if isinstance(method, FullMethod):
         model.save_pretrained(out / "model")
         return ["model"]

@@ -11,7 +11,7 @@ from ftjobs.jobs.data.inputs import load, load_model
 from ftjobs.jobs.report import Reporter
 from ftjobs.jobs.training import continuation, safeguards
 from ftjobs.jobs.training.inputs import Inputs
-from ftjobs.jobs.training.methods import apply_method, load_options, parameter_counts
+from ftjobs.jobs.training.methods import apply_method, load_options, name_base, parameter_counts
 
 
 @dataclass
@@ -47,6 +47,13 @@ def build_model(inputs: Inputs, reporter: Reporter) -> TrainableModel:
         model = continuation.attach(model, request.method, parent)
     else:
         model = apply_method(model, request.method, request.task)
+    # What the trackers log of the model (its config's _name_or_path) and peft's model card name: the model as
+    # the tenant may see it. Set after the method, which may still read the folder (prompt tuning's text init);
+    # peft keeps the folder in its own config for its checks, and jobs/outputs/artifacts.py names it on save.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if inputs.model_name:
+        base.config.name_or_path = base.name_or_path = inputs.model_name
+        name_base(model, inputs.model_name)
     trainable, total = parameter_counts(model)
     reporter.event(
         f"{request.method.type}: training {trainable:,} of {total:,} parameters "

@@ -20,6 +20,7 @@ from ftjobs.jobs.outputs.results import Scores
 from ftjobs.jobs.report import Reporter
 from ftjobs.jobs.training import checkpoints, safeguards
 from ftjobs.jobs.training.inputs import Inputs
+from ftjobs.jobs.training.limits import LimitsCallback, check_planned_steps, tenant_limits
 from ftjobs.jobs.training.model import TrainableModel
 from ftjobs.jobs.training.schedule import Schedule, plan_schedule, resolved_settings
 from ftjobs.jobs.training.trainer import JobTrainer, PadCollator, ReportCallback, training_arguments
@@ -47,6 +48,7 @@ class Run:
     reference_batches: list[dict[str, torch.Tensor]]
     reference_before: float | None  # the reference loss before training (None: no reference data)
     baseline: Baseline = field(default_factory=Baseline)  # filled by evaluate_baseline; checkpoints carry it
+    limits: LimitsCallback | None = None  # the tenant's per-job limits; `exceeded` after a run stopped at one
 
 
 def build_trainer(
@@ -56,6 +58,8 @@ def build_trainer(
     request, hp, data, tokenizer = inputs.request, inputs.hp, inputs.data, inputs.tokenizer
     causal = request.task != Task.classification  # a language-model loss (causal_lm, seq2seq): perplexity
     schedule = plan_schedule(inputs)
+    limits = tenant_limits(settings, reporter.tenant)
+    check_planned_steps(limits, schedule.total_steps)  # before any tracker or Trainer: nothing to clean up
     report_to = trackers.start(
         request.integrations,
         work / "out",
@@ -100,7 +104,9 @@ def build_trainer(
         causal,
     )
     keeper = None if causal else PredictionKeeper(classification_compute_metrics(data.labels or []))
-    callbacks: list[Any] = [saver, callback] if saver.enabled else [callback]  # callback may veto a save (cancel)
+    # callback may veto a save (cancel); the limits after it: the step it stops at is reported first
+    guard = LimitsCallback(limits, lambda: callback.earlier_seconds)
+    callbacks: list[Any] = [saver, callback, guard] if saver.enabled else [callback, guard]
     if hp.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta))
     trainer = JobTrainer(
@@ -119,7 +125,9 @@ def build_trainer(
     )
     if inputs.prepared.class_weights and data.labels:
         trainer.class_weights = torch.tensor([inputs.prepared.class_weights.get(name, 1.0) for name in data.labels])
-    return Run(inputs, schedule, trainer, callback, evaluator, keeper, reference_batches, reference_before, baseline)
+    return Run(
+        inputs, schedule, trainer, callback, evaluator, keeper, reference_batches, reference_before, baseline, guard
+    )
 
 
 def _stop_seen(reporter: Reporter) -> bool:

@@ -53,8 +53,7 @@ def resolved_settings(
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # fp32 weights, bf16 matmuls
     return {
         **hp.model_dump(),
-        "model": request.model,
-        "model_path": str(inputs.model_path),
+        "model": inputs.model_name,  # relative to its model root, or a packaged model's name: no server path
         "parent_job_id": request.parent_job_id,
         "method": continuation.resolved_method(built.model, request.method),  # e.g. the target modules peft picked
         "total_steps": schedule.total_steps,

@@ -29,7 +29,8 @@ class JobTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is None:
             state_dict = methods.checkpoint_weights(self.model)  # adapter: not the frozen base
-        super()._save(output_dir, state_dict)
+        with methods.base_folder(self.model):  # peft's save checks read the base model's folder
+            super()._save(output_dir, state_dict)
         if self.args.should_save:
             methods.save_prompt_encoder(self.model, Path(output_dir or self.args.output_dir))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 import posixpath
 from urllib.parse import quote
 
@@ -16,10 +15,39 @@ from ftjobs.service.errors import ArtifactNotFound, JobNotFound, ValidationError
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
 
-DOWNLOAD = {
-    "description": "The artifact's bytes; `X-Content-SHA256` carries its sha256.",
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+# The Content-Type of a download, by the artifact's extension: a fixed table, not `mimetypes` (which reads the
+# host's /etc/mime.types: `.pt` came out as `application/vnd.snesdev-page-table`), so the spec can list them all.
+MEDIA_TYPES = {
+    ".md": "text/markdown",  # README.md: the model card
+    ".txt": "text/plain",  # vocab.txt, merges.txt
+    ".json": "application/json",  # metrics, manifest, configs, tokenizer, trainer state
+    ".jsonl": "application/jsonl",  # eval_samples.jsonl
+    ".png": "image/png",  # loss_curve.png
 }
+OTHER_MEDIA_TYPE = "application/octet-stream"  # weights, optimizer state, TensorBoard event files, ...
+BINARY = {"type": "string", "format": "binary"}
+DOWNLOAD = {
+    "description": "The artifact's bytes; `X-Content-SHA256` carries its sha256. The Content-Type follows the "
+    "name: "
+    + ", ".join(f"`{ext}` {media}" for ext, media in MEDIA_TYPES.items())
+    + f", anything else {OTHER_MEDIA_TYPE}.",
+    "headers": {
+        "X-Content-SHA256": {"description": "Hex sha256 of the artifact.", "schema": {"type": "string"}},
+        "Content-Disposition": {
+            "description": "`attachment` with the artifact's file name.",
+            "schema": {"type": "string"},
+        },
+    },
+    "content": {
+        media: {"schema": {} if media == "application/json" else BINARY}  # JSON: any document
+        for media in sorted({*MEDIA_TYPES.values(), OTHER_MEDIA_TYPE})
+    },
+}
+
+
+def media_type(name: str) -> str:
+    """The Content-Type an artifact is served with (text types get `; charset=utf-8` from starlette)."""
+    return MEDIA_TYPES.get(posixpath.splitext(name)[1].lower(), OTHER_MEDIA_TYPE)
 
 
 def content_disposition(name: str) -> str:
@@ -46,22 +74,17 @@ def download_artifact(
     """Download one artifact (streamed); `name` is its path as listed, e.g. `adapter/config.json`."""
     job = store.get_job(tenant, job_id)
     artifact = next((a for a in job.artifacts if a.name == name), None)
-    if (
-        artifact is None
-    ):  # only listed (finalised) artifacts are served: no path ever reaches storage unchecked
+    if artifact is None:  # only listed (finalised) artifacts are served: no path ever reaches storage unchecked
         raise ArtifactNotFound(f"Job {job_id} has no artifact {name!r}.", param="name")
     path = artifact_path(tenant, job_id, artifact.name)
     try:
         size = storage.size(path)
         handle = storage.open(path)
     except FileNotFoundError:
-        raise ArtifactNotFound(
-            f"Artifact {name!r} of job {job_id} is missing from the store.", param="name"
-        ) from None
+        raise ArtifactNotFound(f"Artifact {name!r} of job {job_id} is missing from the store.", param="name") from None
     headers = {
         "X-Content-SHA256": artifact.sha256,
         "Content-Length": str(size),
         "Content-Disposition": content_disposition(artifact.name),
     }
-    media_type = mimetypes.guess_type(artifact.name)[0] or "application/octet-stream"
-    return StreamingResponse(storage.iter_bytes(handle), media_type=media_type, headers=headers)
+    return StreamingResponse(storage.iter_bytes(handle), media_type=media_type(artifact.name), headers=headers)

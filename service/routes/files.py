@@ -14,19 +14,22 @@ from ftjobs.client.models import FILE_ID_PATTERN, FileList, FileObject, FileProf
 from ftjobs.core.keys import file_lines_path, file_path, file_profile_path
 from ftjobs.core.records import new_id
 from ftjobs.core.settings import Settings
-from ftjobs.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep
+from ftjobs.service.deps import LimitsDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
     FileTooLarge,
     InvalidFile,
     InvalidRequest,
     MalformedBody,
+    QuotaExceeded,
+    RateLimited,
     UnsupportedFormat,
     UnsupportedMediaType,
     ValidationError,
     error_responses,
 )
 from ftjobs.service.file_profiles import load_profile, save_profile
+from ftjobs.service.limits import check_upload
 from ftjobs.service.parquet import ParquetReader, is_parquet
 from ftjobs.service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
 from ftjobs.service.upload import read_upload
@@ -50,7 +53,12 @@ UPLOAD_BODY = {
                     },
                     "purpose": {"type": "string", "enum": list(PURPOSES), "default": "fine-tune"},
                 },
-            }
+            },
+            "example": {  # two prompt_completion rows: an upload the API accepts (schemathesis' examples phase)
+                "file": '{"prompt": "say red :", "completion": " red"}\n'
+                '{"prompt": "say blue :", "completion": " blue"}\n',
+                "purpose": "fine-tune",
+            },
         }
     },
 }
@@ -68,11 +76,12 @@ def spool_dir(settings: Settings) -> str:
 
 def open_reader(filename: str, content_type: str, head: bytes, settings: Settings, sink: Sink) -> Reader:
     """The reader for an upload, from its name, Content-Type and first bytes; all of them store JSONL."""
+    cap = settings.max_row_bytes
     if is_parquet(filename, content_type, head):
-        return ParquetReader(settings.max_upload_bytes, sink, tmp_dir=spool_dir(settings))
+        return ParquetReader(settings.max_upload_bytes, sink, tmp_dir=spool_dir(settings), max_row_bytes=cap)
     if is_csv(filename, content_type):
-        return CsvReader(settings.max_upload_bytes, sink)
-    return JsonlReader(settings.max_upload_bytes, sink)
+        return CsvReader(settings.max_upload_bytes, sink, max_row_bytes=cap)
+    return JsonlReader(settings.max_upload_bytes, sink, max_row_bytes=cap)
 
 
 @router.post(
@@ -80,11 +89,17 @@ def open_reader(filename: str, content_type: str, head: bytes, settings: Setting
     status_code=201,
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses=error_responses(
-        MalformedBody, FileTooLarge, UnsupportedMediaType, UnsupportedFormat, InvalidFile, InvalidRequest
+        *(MalformedBody, FileTooLarge, UnsupportedMediaType, UnsupportedFormat, InvalidFile, InvalidRequest),
+        *(QuotaExceeded, RateLimited),  # the route's own 429s replace the app's: declare both
     ),
 )
 async def upload_file(
-    request: Request, tenant: TenantDep, settings: SettingsDep, store: StoreDep, storage: StorageDep
+    request: Request,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    storage: StorageDep,
+    limits: LimitsDep,
 ) -> FileObject:
     """Upload a JSONL, CSV or Parquet dataset (multipart field `file`); validated and profiled as it is stored."""
     declared = request.headers.get("content-length", "")
@@ -92,6 +107,9 @@ async def upload_file(
         raise FileTooLarge(
             f"The file exceeds the upload limit of {settings.max_upload_bytes} bytes.", param="file"
         )
+    # Quotas (429) before the body: file count, Content-Length vs the bytes left today and left to store.
+    usage = await run_in_threadpool(store.usage, tenant)
+    check_upload(usage, limits, int(declared) if declared.isdigit() else None, MULTIPART_OVERHEAD_BYTES)
     file_id = new_id("file-")
     path = file_path(tenant, file_id)
     writer = await run_in_threadpool(storage.writer, path)
@@ -145,7 +163,7 @@ async def upload_file(
         if (line_map := reader.line_map()) is not None:  # the worker's errors cite the user's lines
             data = json.dumps(line_map, separators=(",", ":")).encode()
             await run_in_threadpool(storage.write_bytes, file_lines_path(tenant, file_id), data)
-        await run_in_threadpool(store.add_file, file)
+        await run_in_threadpool(store.add_file, file, limits)  # counts the bytes stored; 429 past a quota
     except BaseException:
         await run_in_threadpool(storage.delete, path)  # no record, no orphaned dataset
         await run_in_threadpool(storage.delete, file_profile_path(tenant, file_id))

@@ -23,23 +23,26 @@ from ftjobs.client.models import (
 )
 from ftjobs.core.queue import JobQueue
 from ftjobs.core.records import new_id
-from ftjobs.service.deps import QueueDep, SettingsDep, StoreDep, TenantDep
+from ftjobs.service.deps import LimitsDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
     IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     IncompatibleFile,
     IncompatibleParentJob,
+    JobLimitExceeded,
     JobNotCancellable,
     JobNotFound,
     MalformedBody,
     ModelNotAllowed,
     ParentJobNotSucceeded,
+    QuotaExceeded,
+    RateLimited,
     RequestEntityTooLarge,
     ValidationError,
     error_responses,
 )
-from ftjobs.service.job_checks import check_files, check_models, check_parent
+from ftjobs.service.job_checks import check_files, check_job_limits, check_models, check_parent
 from ftjobs.service.store import Store, stream_cursor
 
 log = logging.getLogger("ftjobs.service")
@@ -122,6 +125,9 @@ def submit(store: Store, queue: JobQueue, tenant: str, job_id: str) -> None:
             JobNotFound,
             ParentJobNotSucceeded,
             IncompatibleParentJob,
+            JobLimitExceeded,
+            QuotaExceeded,
+            RateLimited,  # the route's own 429s replace the app's: declare both
         ),
     },
 )
@@ -132,6 +138,7 @@ def create_job(
     settings: SettingsDep,
     store: StoreDep,
     queue: QueueDep,
+    limits: LimitsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
     """Create a fine-tuning job. It starts in `validating_files` (a worker checks the files with the model's
@@ -139,6 +146,7 @@ def create_job(
     check_models(req, [str(root) for root in settings.model_roots])
     check_files(store, tenant, req)
     check_parent(store, tenant, req)
+    check_job_limits(store, tenant, req, limits)
     job_id = new_id("ftjob-")
     if idempotency_key:
         existing = store.claim_idempotency_key(tenant, idempotency_key, job_id, request_sha256(req))
@@ -147,7 +155,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return replayed_job(store, tenant, existing)
     try:
-        store.create_job(tenant, req, job_id, queue=settings.queue)
+        store.create_job(tenant, req, job_id, queue=settings.queue, max_active=limits.max_active_jobs)
     except Exception:
         if idempotency_key:
             try:

@@ -82,7 +82,7 @@ def guarded_write(
 ) -> bool:
     """A write through GUARDED_WRITE, as the API does (e.g. cancel_requested on a running job)."""
     ok, _ = redis.register_script(keys.GUARDED_WRITE)(
-        keys=[keys.job_key(tenant, job_id), keys.events_key(tenant, job_id)],
+        keys=keys.guarded_write_keys(tenant, job_id),
         args=guarded_write_args(attempt, statuses, fields),
     )
     return bool(ok)

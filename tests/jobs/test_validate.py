@@ -56,7 +56,7 @@ def test_a_new_job_is_checked_with_the_tokenizer_before_it_is_queued(  # type: i
     # The training file's profile now has the token lengths this job saw.
     profile = client.files.profile(train.id)
     assert [t.job_id for t in profile.tokens] == [job.id]
-    assert profile.tokens[0].truncated == tokens["truncated"] and profile.tokens[0].model == str(tiny_causal_lm)
+    assert profile.tokens[0].truncated == tokens["truncated"] and profile.tokens[0].model == tiny_causal_lm.name
     shown = describe_profile(profile)  # what `ftjobs profile FILE` prints
     assert "  tokens" in shown and job.id in shown
 

@@ -108,4 +108,4 @@ def worker_write(
     tenant, job_id = job["tenant"], job["id"]
     stream_key = keys.events_key(tenant, job_id) if stream == "events" else keys.metrics_key(tenant, job_id)
     args = guarded_write_args(job["attempt"], [statuses], fields, json.dumps(entry) if entry else "")
-    return script(keys=[keys.job_key(tenant, job_id), stream_key], args=args)
+    return script(keys=keys.guarded_write_keys(tenant, job_id, stream_key), args=args)

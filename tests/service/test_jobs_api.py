@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 from rq import Queue
@@ -29,9 +30,10 @@ def test_create_job_enqueues_its_validation_with_a_json_payload(create_job, redi
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "validating_files" and job["attempt"] == 0 and job["tenant"] == "default"
-    assert job["model"] == model_path and job["method"]["r"] == 4 and job["metadata"] == {"team": "ml"}
+    shown = Path(model_path).name  # relative to its model root: the root is never shown
+    assert job["model"] == shown and job["method"]["r"] == 4 and job["metadata"] == {"team": "ml"}
     assert job["resolved_hyperparameters"]["learning_rate"] == 2e-4
-    assert job["resolved_hyperparameters"]["model"] == model_path
+    assert job["resolved_hyperparameters"]["model"] == shown
 
     record = redis.hgetall(keys.job_key("default", job["id"]))
     assert record[b"status"] == b'"validating_files"' and record[b"attempt"] == b"0"
