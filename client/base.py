@@ -15,6 +15,7 @@ reached the server and is retried for any method.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hashlib
 import os
@@ -84,7 +85,48 @@ class Emit(Generic[T]):
     items: builtins.list[T]
 
 
-Step: TypeAlias = Send | Sleep | Read | Save
+class LineStream:
+    """A streamed response read line by line (`NextLine`); the executor keeps its line iterator here."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines: Any = None  # iter_lines() or aiter_lines(), made on the first read
+
+    def next_line(self) -> str | None:
+        if self.lines is None:
+            self.lines = self.response.iter_lines()
+        return next(self.lines, None)
+
+    async def anext_line(self) -> str | None:
+        if self.lines is None:
+            self.lines = self.response.aiter_lines()
+        return await anext(self.lines, None)
+
+    def abandon(self) -> None:
+        """Close the response from a plan's `finally` (no step can run there): at once for a sync stream, as a
+        task for an async one."""
+        if isinstance(self.response.stream, httpx.SyncByteStream):
+            self.response.close()
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self.response.aclose())
+        except RuntimeError:  # no loop any more: the connection goes with the response
+            return
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()  # keeps closing tasks alive until done
+
+
+@dataclass(frozen=True)
+class NextLine:
+    """The next line of a `LineStream` (without its line break); None once the server ended the body."""
+
+    stream: LineStream
+
+
+Step: TypeAlias = Send | Sleep | Read | Save | NextLine
 Plan: TypeAlias = Generator[Step, Any, T]
 Stream: TypeAlias = Generator[Step | Emit[T], Any, None]
 
@@ -174,9 +216,10 @@ class BaseClient:
         data: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         stream: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> Plan[httpx.Response]:
         """Send a request, retrying what is safe to retry; raise the `APIError` for a non-2xx answer."""
-        headers = self._headers()
+        headers = {**self._headers(), **(headers or {})}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         query = {k: v for k, v in (params or {}).items() if v is not None} or None

@@ -2,7 +2,7 @@
 
     ftjobs up                                   # Redis + API + a worker on this machine
     ftjobs submit train.jsonl --model /models/minilm --task classification --follow
-    ftjobs status JOB  |  ftjobs logs JOB --follow  |  ftjobs download JOB --prefix adapter/
+    ftjobs status JOB  |  ftjobs logs JOB --follow  |  ftjobs wait JOB  |  ftjobs download JOB --prefix adapter/
     ftjobs profile train.csv                    # upload (or name a file id) and print the dataset's profile
 
 `--url` (or $FTJOBS_URL) picks the API, `--api-key` (or $FTJOBS_API_KEY) authenticates, `--json` prints
@@ -24,15 +24,16 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
+from ftjobs.client import webhook_commands
 from ftjobs.client.client import Client
 from ftjobs.client.display import (
     describe,
     describe_profile,
-    follow_lines,
     format_event,
     jobs_table,
     metrics_table,
     table,
+    watch,
 )
 from ftjobs.client.errors import APIError, FtjobsError
 from ftjobs.client.models import FILE_ID_PATTERN, JobStatus, Method, Task
@@ -91,11 +92,16 @@ def cmd_submit(args: argparse.Namespace, api: Client) -> int:
         return 0
     if not args.json:
         print(job.id, flush=True)
-    if args.follow:
-        for line in follow_lines(api, job.id):
-            if not args.json:
-                print(line, flush=True)
-    job = api.jobs.wait(job.id)
+    return _until_done(args, api, job.id, lines=args.follow)
+
+
+def _until_done(args: argparse.Namespace, api: Client, job_id: str, lines: bool) -> int:
+    """Follow the job live (event lines if `lines`; a progress line on a terminal), then describe it with its
+    results table; exit 0 only if it succeeded."""
+    if args.json:
+        job = api.jobs.wait(job_id)
+    else:
+        job = watch(api, job_id, lines=lines)
     _emit(args, job, lambda: describe(job))
     return 0 if job.status is JobStatus.succeeded else 1
 
@@ -105,7 +111,7 @@ def _file_id(api: Client, path_or_id: str) -> str:
     if re.fullmatch(FILE_ID_PATTERN, path_or_id) and not os.path.exists(path_or_id):
         return path_or_id
     uploaded = api.files.upload(path_or_id)
-    _note(f"uploaded {path_or_id} -> {uploaded.id} ({uploaded.rows} rows, {uploaded.format.value})")
+    _note(f"uploaded {path_or_id} -> {uploaded.id} ({uploaded.rows} rows, {uploaded.format})")
     for warning in uploaded.warnings:
         _note(f"  warning: {warning}")
     return uploaded.id
@@ -138,14 +144,17 @@ def cmd_models(args: argparse.Namespace, api: Client) -> int:
 
 def cmd_logs(args: argparse.Namespace, api: Client) -> int:
     if args.follow and not args.json:
-        for line in follow_lines(api, args.job, args.after):
-            print(line, flush=True)
+        watch(api, args.job, after=args.after)
         return 0
     total = None if args.json else api.jobs.get(args.job).progress.total_steps
-    events = (api.jobs.follow if args.follow else api.jobs.all_events)(args.job, after=args.after)
+    events = (api.jobs.stream_events if args.follow else api.jobs.all_events)(args.job, after=args.after)
     for event in events:
         print(event.model_dump_json() if args.json else format_event(event, total), flush=True)
     return 0
+
+
+def cmd_wait(args: argparse.Namespace, api: Client) -> int:
+    return _until_done(args, api, args.job, lines=args.events)
 
 
 def cmd_metrics(args: argparse.Namespace, api: Client) -> int:
@@ -175,6 +184,19 @@ def cmd_cancel(args: argparse.Namespace, api: Client) -> int:
     job = api.jobs.cancel(args.job)
     pending = " (cancel requested; it stops within seconds)" if not job.status.is_terminal else ""
     _emit(args, job, lambda: f"{job.id}  {job.status.value}{pending}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, api: Client) -> int:
+    job = api.jobs.pause(args.job)
+    pending = " (pause requested; it checkpoints at its next step)" if job.status == JobStatus.running else ""
+    _emit(args, job, lambda: f"{job.id}  {job.status.value}{pending}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, api: Client) -> int:
+    job = api.jobs.resume(args.job)
+    _emit(args, job, lambda: f"{job.id}  {job.status.value} (attempt {job.attempt}; continues from its checkpoint)")
     return 0
 
 
@@ -242,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     p.add_argument("--after", help="event id to start after")
 
+    p = command("wait", "wait until a job ends (a progress line on a terminal); exit 1 unless it succeeded")
+    p.add_argument("job")
+    p.add_argument("--events", action="store_true", help="print its events meanwhile")
+
     p = command("metrics", "print a job's metric points as a table")
     p.add_argument("job")
     p.add_argument("--split", choices=["train", "eval"])
@@ -254,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("cancel", "cancel a job")
     p.add_argument("job")
+
+    p = command("pause", "pause a job: it checkpoints and frees its worker until resumed")
+    p.add_argument("job")
+
+    p = command("resume", "resume a paused job from its checkpoint")
+    p.add_argument("job")
+
+    webhook_commands.add_parser(command)
 
     p = command("up", "run Redis (embedded), the API and workers on this machine until Ctrl-C; restarts what dies")
     p.add_argument("--port", type=int, default=8000)
@@ -283,9 +317,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "status": cmd_status,
     "list": cmd_list,
     "logs": cmd_logs,
+    "wait": cmd_wait,
     "metrics": cmd_metrics,
     "download": cmd_download,
     "cancel": cmd_cancel,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "webhooks": webhook_commands.run,
 }
 
 
@@ -326,8 +364,9 @@ def main(
         return _failed(exc)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `ftjobs logs JOB | head`: the reader left; say nothing more
+    except BrokenPipeError:  # `ftjobs logs JOB | head`: the reader left; say nothing more, and it is no failure
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         return _failed(exc)
     return 1

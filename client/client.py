@@ -31,6 +31,7 @@ from ftjobs.client.base import (
     BaseClient,
     Digest,
     Emit,
+    NextLine,
     Plan,
     Read,
     Save,
@@ -41,6 +42,7 @@ from ftjobs.client.base import (
 )
 from ftjobs.client.models import Health
 from ftjobs.client.resources import FilesPlans, JobsPlans, ModelsPlans, Plans, ServicePlans
+from ftjobs.client.webhooks import AsyncWebhooks, Webhooks
 
 __all__ = ["Client", "AsyncClient", "DEFAULT_BASE_URL"]
 
@@ -145,15 +147,18 @@ class Models(_SyncResource):
 
 
 class Jobs(_SyncResource):
-    """`client.jobs`: submit, inspect, follow, cancel fine-tuning jobs and fetch what they produce."""
+    """`client.jobs`: submit, inspect, follow, pause, resume, cancel fine-tuning jobs and fetch what they produce."""
 
     _plans_class = JobsPlans
     create = _sync(JobsPlans.create)
     get = _sync(JobsPlans.get)
     list = _sync(JobsPlans.list)
     cancel = _sync(JobsPlans.cancel)
+    pause = _sync(JobsPlans.pause)
+    resume = _sync(JobsPlans.resume)
     events = _sync(JobsPlans.events)
     follow = _sync_iter(JobsPlans.follow)
+    stream_events = _sync_iter(JobsPlans.stream_events)
     all_events = _sync_list(JobsPlans.all_events)
     metrics = _sync(JobsPlans.metrics)
     all_metrics = _sync_list(JobsPlans.all_metrics)
@@ -189,8 +194,11 @@ class AsyncJobs(_AsyncResource):
     get = _async(JobsPlans.get)
     list = _async(JobsPlans.list)
     cancel = _async(JobsPlans.cancel)
+    pause = _async(JobsPlans.pause)
+    resume = _async(JobsPlans.resume)
     events = _async(JobsPlans.events)
     follow = _async_iter(JobsPlans.follow)
+    stream_events = _async_iter(JobsPlans.stream_events)
     all_events = _async_list(JobsPlans.all_events)
     metrics = _async(JobsPlans.metrics)
     all_metrics = _async_list(JobsPlans.all_metrics)
@@ -228,6 +236,7 @@ class Client(BaseClient):
         self.files = Files(self)
         self.jobs = Jobs(self)
         self.models = Models(self)
+        self.webhooks = Webhooks(self)
 
     def health(self) -> Health:
         """`GET /healthz`: the API process is up."""
@@ -260,6 +269,8 @@ class Client(BaseClient):
                 headers=step.headers,
             )
             return self._http.send(request, stream=step.stream)
+        if isinstance(step, NextLine):
+            return step.stream.next_line()
         if isinstance(step, Sleep):
             time.sleep(step.seconds)
         elif isinstance(step, Read):
@@ -323,6 +334,7 @@ class AsyncClient(BaseClient):
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
         self.models = AsyncModels(self)
+        self.webhooks = AsyncWebhooks(self)
 
     async def health(self) -> Health:
         """`GET /healthz`: the API process is up."""
@@ -355,6 +367,8 @@ class AsyncClient(BaseClient):
                 headers=step.headers,
             )
             return await self._http.send(request, stream=step.stream)
+        if isinstance(step, NextLine):
+            return await step.stream.anext_line()
         if isinstance(step, Sleep):
             await asyncio.sleep(step.seconds)
         elif isinstance(step, Read):

@@ -1,13 +1,15 @@
 """What the CLI and the demo print: tables, a job's description, progress bars and event lines.
 
-Pure formatting over the wire models, plus `follow_lines` (a job's events as log lines, through a `Client`).
+Pure formatting over the wire models, plus `follow_lines` (a job's events as log lines, through a `Client`) and
+`watch` (a job followed live, with a progress line on a terminal).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from ftjobs.client.client import Client
 from ftjobs.client.models import (
@@ -20,18 +22,7 @@ from ftjobs.client.models import (
     LengthStats,
     MetricPoint,
 )
-
-
-def duration(seconds: float | None) -> str:
-    """`75.2` -> `1m15s`; `None` -> `?`."""
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+from ftjobs.client.progress import Tracker, duration, live_view
 
 
 def number(value: Any) -> str:
@@ -84,16 +75,38 @@ def format_event(event: Event, total_steps: int | None = None, eta_seconds: floa
     return f"{stamp} {level}{'  '.join(parts)}"
 
 
+def event_line(event: Event, tracker: Tracker) -> str:
+    """An event as a log line; a train metric line gets the job's step total and ETA (as the tracker last read them)."""
+    if event.type is EventType.metrics and event.data.get("split", "train") == "train":
+        # An old event replayed from the backlog gets the total but not today's ETA.
+        fresh = time.time() - event.created_at < 15
+        return format_event(event, tracker.total, tracker.eta_seconds if fresh else None)
+    return format_event(event)
+
+
 def follow_lines(api: Client, job_id: str, after: str | None = None) -> Iterator[str]:
-    """`jobs.follow` as log lines; train metric lines get the job's step total and ETA."""
-    for event in api.jobs.follow(job_id, after=after):
+    """`jobs.stream_events` as log lines, until the job ends; train metric lines get the job's step total and ETA."""
+    tracker = Tracker()
+    for event in api.jobs.stream_events(job_id, after=after):
+        tracker.see(event)
         if event.type is EventType.metrics and event.data.get("split", "train") == "train":
-            progress = api.jobs.get(job_id).progress
-            # An old event replayed from the backlog gets the total but not today's ETA.
-            fresh = time.time() - event.created_at < 15
-            yield format_event(event, progress.total_steps, progress.eta_seconds if fresh else None)
-        else:
-            yield format_event(event)
+            tracker.update(api.jobs.get(job_id))
+        yield event_line(event, tracker)
+
+
+def watch(api: Client, job_id: str, *, after: str | None = None, lines: bool = True, out: TextIO | None = None) -> Job:
+    """Follow a job live until it ends (`ftjobs submit --follow`, `logs -f`, `wait`): its event lines (`lines`)
+    and, on a terminal, a progress line under them (client/progress.py); returns the finished job."""
+    tracker, view = Tracker(), live_view(out or sys.stdout)
+    try:
+        for event in api.jobs.stream_events(job_id, after=after):
+            tracker.see(event)
+            if tracker.wants_job(event):
+                tracker.update(api.jobs.get(job_id))
+            view.show(event_line(event, tracker) if lines else None, tracker)
+    finally:
+        view.close()
+    return api.jobs.get(job_id)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

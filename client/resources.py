@@ -17,16 +17,17 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from ftjobs.client import errors
-from ftjobs.client.base import BaseClient, Plan, Save, Sleep, Stream, paginate
+from ftjobs.client import errors, sse
+from ftjobs.client.base import BaseClient, Emit, LineStream, NextLine, Plan, Read, Save, Sleep, Stream, paginate
 from ftjobs.client.models import (
     Artifact,
     ArtifactList,
     DataOptions,
     Event,
     EventList,
+    EventType,
     FileList,
     FileObject,
     FileProfile,
@@ -42,6 +43,7 @@ from ftjobs.client.models import (
     ModelList,
     Task,
 )
+from ftjobs.client.models.jobs import TERMINAL_STATUSES
 
 
 def _seg(value: str) -> str:
@@ -62,6 +64,28 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     return value
+
+
+MAX_FRUITLESS_STREAMS = 3  # streams in a row cut (or ended) before their first event: then poll instead
+
+
+def _stream_event(message: sse.Message, response: httpx.Response) -> Event:
+    try:
+        return Event.model_validate_json(message.data)
+    except ValidationError as exc:
+        raise errors.InvalidResponse(
+            f"an event of {response.request.url.path} is not an Event ({exc.error_count()} errors)",
+            status_code=response.status_code,
+            code="invalid_response",
+            body=message.data[:500],
+            headers=response.headers,
+        ) from exc
+
+
+def _ends_job(event: Event) -> bool:
+    """The status event that makes a job terminal (the server closes the stream after it)."""
+    status = event.data.get("status") if event.type is EventType.status else None
+    return status in TERMINAL_STATUSES
 
 
 class Plans:
@@ -189,6 +213,15 @@ class JobsPlans(Plans):
         """Ask a job to stop; a queued job is cancelled at once, a running one within seconds."""
         return (yield from self._core._post(f"/v1/jobs/{_seg(job_id)}/cancel", Job))
 
+    def pause(self, job_id: str) -> Plan[Job]:
+        """Pause a job: a queued one at once; a running one checkpoints at its next step, then is `paused`
+        (until then it is `running` with `pause_requested`). Pausing a paused job returns it as it is."""
+        return (yield from self._core._post(f"/v1/jobs/{_seg(job_id)}/pause", Job))
+
+    def resume(self, job_id: str) -> Plan[Job]:
+        """Resume a paused job: queued again, it continues from its checkpoint; `Conflict` unless it is paused."""
+        return (yield from self._core._post(f"/v1/jobs/{_seg(job_id)}/resume", Job))
+
     def events(self, job_id: str, *, after: str | None = None, limit: int = 100) -> Plan[EventList]:
         """One page of a job's events, oldest first; `after` is the last event id already seen."""
         path = f"/v1/jobs/{_seg(job_id)}/events"
@@ -206,6 +239,58 @@ class JobsPlans(Plans):
                 terminal_seen = True  # one more pass drains what was written before the final status
             else:
                 yield Sleep(poll_interval)
+
+    def stream_events(self, job_id: str, *, after: str | None = None, poll_interval: float = 1.0) -> Stream[Event]:
+        """Yield a job's events as the server writes them (Server-Sent Events), oldest first, until the job is
+        terminal and all are seen; `after` is the last event id already seen.
+
+        A dropped connection is resumed with `Last-Event-ID` (nothing lost, nothing repeated). A server that
+        answers without streaming, or streams cut again and again before an event arrives, are polled instead
+        (`follow`, every `poll_interval` seconds).
+        """
+        path = f"/v1/jobs/{_seg(job_id)}/events"
+        cursor, fruitless = after, 0
+        while fruitless < MAX_FRUITLESS_STREAMS:
+            headers = {"Accept": sse.MEDIA_TYPE, **({"Last-Event-ID": cursor} if cursor else {})}
+            try:
+                response = yield from self._core._request(
+                    "GET", path, params={"stream": "true"}, headers=headers, stream=True
+                )
+            except errors.APIConnectionError:  # even after retries: polling will tell whether the API is gone
+                fruitless += 1
+                continue
+            if not sse.is_event_stream(response):
+                yield Read(response)
+                break
+            lines, decoder, delivered, ended = LineStream(response), sse.Decoder(), False, False
+            try:
+                while True:
+                    try:
+                        line = yield NextLine(lines)
+                    except httpx.TransportError:
+                        break  # cut: resume from the cursor
+                    if line is None:
+                        ended = True
+                        break
+                    message = decoder.feed(line)
+                    if message is None:
+                        continue
+                    event = _stream_event(message, response)
+                    cursor, delivered = event.id, True
+                    yield Emit([event])
+                    if _ends_job(event):
+                        return
+            finally:
+                lines.abandon()
+            if ended:  # closed without a terminal event: a restarting server, or a job finished before we came
+                job = yield from self.get(job_id)
+                if job.status.is_terminal:
+                    yield from paginate(lambda after: self.events(job_id, after=after, limit=1000), cursor)
+                    return
+            fruitless = 0 if delivered else fruitless + 1
+            if not delivered:
+                yield Sleep(self._core._backoff(fruitless))
+        yield from self.follow(job_id, after=cursor, poll_interval=poll_interval)
 
     def all_events(self, job_id: str, *, after: str | None = None) -> Stream[Event]:
         """Every event of a job written so far (after `after`), oldest first: `follow` without the wait."""

@@ -38,6 +38,9 @@ NO_LIMIT = -1
 
 LINES_KEY = f"{PREFIX}:adm:lines"  # set of line members "<kind>|<queue>|<tenant>", kind t (training) or v
 SEQ_KEY = f"{PREFIX}:adm:seq"  # submission order, one counter per deployment
+# KEYS[3] of a validation line (no running slots). A real key name, never written: an ACL limited to ftjobs'
+# keys refuses a script given the empty key name.
+NO_SLOTS_KEY = f"{PREFIX}:adm:no-slots"
 
 
 def pending_key(queue: str, tenant: str) -> str:
@@ -57,7 +60,7 @@ def rq_queue_key(queue: str) -> str:
     return f"rq:queue:{queue}"
 
 
-# The admission pass, shared by every script. KEYS: 1 pending, 2 queued, 3 slots ("" for validation lines),
+# The admission pass, shared by every script. KEYS: 1 pending, 2 queued, 3 slots (NO_SLOTS_KEY for validation lines),
 # 4 RQ's list, 5 LINES_KEY. ARGV: 1 rq id (the script's subject, may be ""), 2 tenant's running limit (-1: none),
 # 3 waiting cap, 4 now (unix s), 5 line member. Admits pending jobs, best first, while the line has fewer than the
 # cap waiting in RQ (a `front` job, score < 0, ignores the cap) and the tenant's slots are under its limit.
@@ -70,11 +73,11 @@ local function admit()
     if #top == 0 then break end
     local front = tonumber(top[2]) < 0
     if not front and redis.call('ZCARD', KEYS[2]) >= cap then break end
-    if KEYS[3] ~= '' and limit >= 0 and redis.call('ZCARD', KEYS[3]) >= limit then break end
+    if KEYS[3] ~= '""" + NO_SLOTS_KEY + """' and limit >= 0 and redis.call('ZCARD', KEYS[3]) >= limit then break end
     redis.call('ZREM', KEYS[1], top[1])
     if front then redis.call('LPUSH', KEYS[4], top[1]) else redis.call('RPUSH', KEYS[4], top[1]) end
     redis.call('ZADD', KEYS[2], now, top[1])
-    if KEYS[3] ~= '' then redis.call('ZADD', KEYS[3], now, top[1]) end
+    if KEYS[3] ~= '""" + NO_SLOTS_KEY + """' then redis.call('ZADD', KEYS[3], now, top[1]) end
     admitted[#admitted + 1] = top[1]
   end
   if redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) == 0 then
@@ -98,7 +101,7 @@ return admit()
 TAKE = ADMIT + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
-if KEYS[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+if KEYS[3] ~= '""" + NO_SLOTS_KEY + """' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
 return admit()
 """
 
@@ -107,7 +110,7 @@ RELEASE = ADMIT + """
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
-  if KEYS[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+  if KEYS[3] ~= '""" + NO_SLOTS_KEY + """' then redis.call('ZREM', KEYS[3], ARGV[1]) end
   redis.call('LREM', KEYS[4], 0, ARGV[1])
 end
 return admit()
@@ -153,7 +156,7 @@ class Admission:
         self._release = redis.register_script(RELEASE)
 
     def _keys(self, line: Line) -> list[str]:
-        slots = slots_key(line.tenant) if line.training else ""
+        slots = slots_key(line.tenant) if line.training else NO_SLOTS_KEY
         return [pending_key(line.queue, line.tenant), queued_key(line.queue, line.tenant), slots,
                 rq_queue_key(line.queue), LINES_KEY]
 

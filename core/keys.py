@@ -8,7 +8,7 @@ Pure Python: no redis import, so the client may ship it.
 Job record: a Redis hash at `job_key(tenant, id)`. Every value is a JSON document (strings too), encoded and
 decoded by `core/records.py`. Fields (see `JobField`): id, tenant, status, created_at, started_at, finished_at,
 request (the JobCreate as submitted), resolved (resolved hyperparameters + derived values), progress,
-last_metrics, results, attempt, cancel_requested, error, artifacts, heartbeat_at, worker.
+last_metrics, results, attempt, cancel_requested, pause_requested, error, artifacts, heartbeat_at, worker.
 
 Event and metric streams: Redis Streams at `events_key` / `metrics_key`; each entry has a single field
 `json` holding the Event / MetricPoint without its `id` (the stream id is the id; `core/records.py` again).
@@ -35,6 +35,7 @@ class JobField(StrEnum):
     results = "results"
     attempt = "attempt"
     cancel_requested = "cancel_requested"
+    pause_requested = "pause_requested"  # a running job checkpoints at its next step end and goes to `paused`
     error = "error"
     artifacts = "artifacts"
     heartbeat_at = "heartbeat_at"
@@ -104,6 +105,16 @@ def tenant_files_key(tenant: str) -> str:
     return f"{PREFIX}:t:{tenant}:files"
 
 
+def result_file_claim_key(tenant: str, job_id: str) -> str:
+    """String naming the result file (metrics CSV) of a job once the OpenAI API has materialised it (SET NX)."""
+    return f"{PREFIX}:t:{tenant}:results:{job_id}"
+
+
+def deleted_models_key(tenant: str) -> str:
+    """Set of job ids whose fine-tuned model the tenant deleted (`DELETE /v1/models/{ft:...}`)."""
+    return f"{PREFIX}:t:{tenant}:deleted-models"
+
+
 def idempotency_key(tenant: str, key: str) -> str:
     """String holding {"job_id", "request_sha256"}; expires after IDEMPOTENCY_TTL_S."""
     return f"{PREFIX}:t:{tenant}:idem:{key}"
@@ -145,6 +156,31 @@ def recovery_claim_key(tenant: str, job_id: str, run: int) -> str:
 def suspect_key(tenant: str, job_id: str, attempt: int, status: str) -> str:
     """When a reconciler first saw this (job, attempt, status) with no live lease and no waiting RQ job."""
     return f"{PREFIX}:suspect:{tenant}|{job_id}|{attempt}|{status}"
+
+
+# --------------------------------------------------------------------------- webhooks (core/webhooks.py)
+# A status change into one of WEBHOOK_STATUSES appends {tenant, job, status} to the outbox stream, inside
+# GUARDED_WRITE (so no transition is lost), when the tenant has endpoints. The dispatcher's consumer group fans each
+# entry out into deliveries: a hash each, due times in one sorted set, each attempt kept in the endpoint's history.
+WEBHOOK_STATUSES = ("running", "succeeded", "failed", "cancelled", "paused")
+WEBHOOK_OUTBOX_KEY = f"{PREFIX}:webhooks:outbox"
+WEBHOOK_GROUP = "dispatchers"  # the dispatchers' consumer group on the outbox
+WEBHOOK_DUE_KEY = f"{PREFIX}:webhooks:due"  # sorted set: delivery id -> when it is due (or its lease ends)
+
+
+def webhooks_key(tenant: str) -> str:
+    """Hash of the tenant's endpoints: endpoint id -> its JSON, secret included (needed to sign)."""
+    return f"{PREFIX}:t:{tenant}:webhooks"
+
+
+def webhook_history_key(tenant: str, endpoint_id: str) -> str:
+    """Stream of an endpoint's recent delivery attempts (bounded)."""
+    return f"{PREFIX}:t:{tenant}:webhook:{endpoint_id}:deliveries"
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    """Hash of one pending delivery: `json` (tenant, endpoint, event id, type, body), `attempts` made so far."""
+    return f"{PREFIX}:webhooks:delivery:{delivery_id}"
 
 
 # --------------------------------------------------------------------------- artifact store layout
@@ -209,6 +245,8 @@ def checkpoint_pointer_path(tenant: str, job_id: str) -> str:
 #   KEYS[1] = job hash, KEYS[2] = stream to append to (events or metrics; ignored when no entry)
 #   KEYS[3] = the tenant's status index prefix (`status_index_prefix`): a write that changes `status` moves the
 #             job id from `<prefix><old>` to `<prefix><new>` in the same step
+#   KEYS[4], KEYS[5] = the webhook outbox and the tenant's endpoints: a change into one of WEBHOOK_STATUSES is
+#             appended to the outbox in the same step while the tenant has endpoints (optional: 3 KEYS skip it)
 #   ARGV[1] = attempt that must be current ("" = any attempt)
 #   ARGV[2] = comma-separated statuses the job must be in ("" = any status)
 #   ARGV[3] = number N of hash field/value pairs that follow
@@ -242,6 +280,11 @@ if new_status and new_status ~= status then
   local id = cjson.decode(redis.call('HGET', KEYS[1], 'id'))
   redis.call('ZREM', KEYS[3] .. cjson.decode(status), id)
   redis.call('ZADD', KEYS[3] .. cjson.decode(new_status), 0, id)
+  local hooked = {""" + ", ".join(f"{s} = true" for s in WEBHOOK_STATUSES) + """}
+  if #KEYS >= 5 and hooked[cjson.decode(new_status)] and redis.call('EXISTS', KEYS[5]) == 1 then
+    local tenant = cjson.decode(redis.call('HGET', KEYS[1], 'tenant'))
+    redis.call('XADD', KEYS[4], '*', 'tenant', tenant, 'job', id, 'status', cjson.decode(new_status))
+  end
 end
 local entry = ARGV[4 + 2 * n]
 if entry and entry ~= '' then
@@ -253,7 +296,10 @@ return {1, redis.call('HGET', KEYS[1], 'status')}
 
 def guarded_write_keys(tenant: str, job_id: str, stream: str | None = None) -> list[str]:
     """KEYS of GUARDED_WRITE for one job (`stream`: where its entry goes; default the job's events)."""
-    return [job_key(tenant, job_id), stream or events_key(tenant, job_id), status_index_prefix(tenant)]
+    return [
+        *(job_key(tenant, job_id), stream or events_key(tenant, job_id), status_index_prefix(tenant)),
+        *(WEBHOOK_OUTBOX_KEY, webhooks_key(tenant)),
+    ]
 
 
 # INDEX_STATUS: put jobs into the status index under the status they have now (the backfill of jobs older than

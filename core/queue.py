@@ -143,9 +143,10 @@ class JobQueue:
             return None
         return Line(job.origin, payload.tenant, training=payload.attempt > 0)
 
-    def cancel(self, job_id: str, attempt: int) -> None:
-        """Cancel the attempt's RQ job if it has not started (a running one stops via cancel_requested)."""
-        rq_id = rq_job_id(job_id, attempt)
+    def cancel(self, job_id: str, attempt: int, run: int = 1) -> None:
+        """Cancel the attempt's RQ job if it has not started (a running one stops via cancel_requested); `run`:
+        which validation run, for attempt 0. Also how a paused job leaves its line and RQ (service/pausing.py)."""
+        rq_id = rq_job_id(job_id, attempt, run)
         try:
             job = RQJob.fetch(rq_id, connection=self.connection, serializer=JSONSerializer)
             if job.get_status() in WAITING:

@@ -100,6 +100,7 @@ def new_record(tenant: str, job_id: str, req: JobCreate, queue: str | None) -> d
         JobField.results: {},
         JobField.attempt: 0,
         JobField.cancel_requested: False,
+        JobField.pause_requested: False,
         JobField.error: None,
         JobField.artifacts: [],
         JobField.heartbeat_at: None,

@@ -6,12 +6,13 @@ takes its default, a malformed one is a ValueError naming the variable, an out-o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ftjobs.client.models import TENANT_PATTERN
 
@@ -48,6 +49,30 @@ class Settings(BaseModel):
     checkpoint_s: float = Field(default=600, ge=0)  # seconds between resumable checkpoints (0: none by time)
     checkpoint_steps: int = Field(default=0, ge=0)  # also one every this many optimizer steps (0: none by steps)
     preempt_s: float = Field(default=30, ge=0)  # seconds a stopping worker gives its job to hand itself back
+    sse_keepalive_s: float = Field(default=15, gt=0, le=300)  # seconds between keep-alives of an idle event stream
+    sse_max_streams: int = Field(default=100, ge=1)  # open event streams per tenant, per API process
+    # Webhooks: private/loopback/link-local targets only when allowed (all of them, or these CIDRs); seconds before
+    # each retry (Standard Webhooks' schedule, about a day); one attempt's time limit; a crashed dispatcher's
+    # deliveries are taken over after webhook_lease_s (longer than an attempt can take).
+    webhook_allow_private: bool = False
+    webhook_allow_cidrs: tuple[str, ...] = ()
+    webhook_retry_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_timeout_s: float = Field(default=10, gt=0, le=60)
+    webhook_lease_s: float = Field(default=60, gt=0)
+
+    @field_validator("webhook_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in cidrs:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError naming the bad one
+        return cidrs
+
+    @field_validator("webhook_retry_s")
+    @classmethod
+    def _delays(cls, delays: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= d <= DAY_S for d in delays):
+            raise ValueError("each retry delay is 0 to 86400 s")
+        return delays
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +99,13 @@ class Settings(BaseModel):
             checkpoint_s=_float(env, "FTJOBS_CHECKPOINT_S", 600),
             checkpoint_steps=_int(env, "FTJOBS_CHECKPOINT_STEPS", 0),
             preempt_s=_float(env, "FTJOBS_PREEMPT_S", 30),
+            sse_keepalive_s=_float(env, "FTJOBS_SSE_KEEPALIVE_S", 15),
+            sse_max_streams=_int(env, "FTJOBS_SSE_MAX_STREAMS", 100),
+            webhook_allow_private=_flag(env, "FTJOBS_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_allow_cidrs=tuple(_list(env, "FTJOBS_WEBHOOK_ALLOW_CIDRS")),
+            webhook_retry_s=_floats(env, "FTJOBS_WEBHOOK_RETRY_S") or (5, 300, 1800, 7200, 18000, 36000, 36000),
+            webhook_timeout_s=_float(env, "FTJOBS_WEBHOOK_TIMEOUT_S", 10),
+            webhook_lease_s=_float(env, "FTJOBS_WEBHOOK_LEASE_S", 60),
         )
 
     @property
@@ -111,6 +143,27 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw.replace("_", ""))
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _str(env, name).lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> list[str]:
+    """A comma-separated variable's items (blanks dropped)."""
+    return [item.strip() for item in _str(env, name).split(",") if item.strip()]
+
+
+def _floats(env: Mapping[str, str], name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) for item in _list(env, name))
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, got {_str(env, name)!r}") from None
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:

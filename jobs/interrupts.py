@@ -1,10 +1,14 @@
-"""Stopping a work horse on time: preemption (the worker got SIGTERM) and cancels that cannot wait for a step.
+"""Stopping a work horse on time: preemption (the worker got SIGTERM), pauses, and cancels that cannot wait for a step.
 
 The worker process (jobs/worker.py) sends the horse SIGUSR1 when it must stop: the horse then saves a checkpoint
 at the next step end and hands the job back (`Preempted`). A step can take minutes (big batches, long
 gradient accumulation), so waiting for its end is not enough: `Interrupter` raises the stop in the main thread
 from a signal (SIGUSR2) once a grace period has passed, which lands between two Python-level operations of the
 step (the next layer of a forward pass, the next micro-batch), and the job unwinds from there.
+
+A pause (`POST /v1/jobs/{id}/pause`) takes the preemption's path without a signal: the checkpoint callback sees
+`pause_requested` on the record, sets `pause`, saves at that step end and raises `Paused`; the job then goes to
+`paused` instead of back to its queue. A pause waits for the step end (no forced interrupt: nothing is lost).
 
 Light on purpose (no torch): the worker's parent imports it to install the SIGUSR1 handler in the horse.
 """
@@ -30,11 +34,20 @@ class Preempted(Exception):
     """The worker is shutting down: the job goes back to its queue (after a checkpoint, where one was possible)."""
 
 
+class Paused(Preempted):
+    """A pause was asked for: the job checkpointed at `checkpoint_step` and waits, `paused`, until it is resumed."""
+
+    def __init__(self, step: int, checkpoint_step: int) -> None:
+        super().__init__(f"paused at step {step}")
+        self.step, self.checkpoint_step = step, checkpoint_step
+
+
 class Interrupter:
     """One per work horse: remembers the stop asked for and forces it into the main thread after a grace."""
 
     def __init__(self) -> None:
         self.preempt = threading.Event()  # set by SIGUSR1: the worker is stopping
+        self.pause = threading.Event()  # set at a step end that saw `pause_requested`: checkpoint, then pause
         self.checkpointable = False  # True while a Trainer trains: its next step end saves a checkpoint first
         self.preempt_grace_s = 15.0  # how long a training step may take to end before it is interrupted
         self._pending: type[Exception] | None = None

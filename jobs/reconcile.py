@@ -6,6 +6,8 @@ Ownership of a job between "enqueued" and "finished" never lives only in RQ:
 - `recover()`: the one way a job whose attempt died goes on: a new validation, or the next training attempt (which
   resumes from the job's checkpoint), or `worker_lost` once `max_attempts` crashes are spent; with an event saying
   why. A preemption (`free=True`: the worker was asked to stop) is not counted and goes to the front of the queue;
+  a job asked to pause (`pause_requested`) whose attempt died is paused instead (a resume continues from its last
+  checkpoint), and a cancel asked for wins over both;
 - `Reconciler`: a thread in every worker (safe to run in any number of processes at once: every transition is a
   guarded write at the attempt it found, so only one of them wins) that finds what died without anyone noticing:
   leases gone stale (a worker killed with its horse, a machine lost) and jobs in validating_files / queued /
@@ -13,7 +15,9 @@ Ownership of a job between "enqueued" and "finished" never lives only in RQ:
   write, an RQ job lost with Redis). A job held by a live lease is never touched, so nothing runs to success twice.
   It also repairs the fair admission (core/admission.py): an entry waiting or running in a tenant's line whose job
   is neither in RQ nor leased any more is freed, and every line with pending jobs is admitted again, so a crash
-  between two steps never leaves a tenant's jobs pending with nothing of theirs in RQ.
+  between two steps never leaves a tenant's jobs pending with nothing of theirs in RQ. A `paused` job is left alone
+  (it waits for a person, with no lease and no RQ job on purpose); a job the API ended (cancelled while queued or
+  paused) loses its checkpoints when the sweep drops it from the active set.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ def recover(
             remove_checkpoints(storage, tenant, job_id)
             return "cancelled"
         return ""
+    if record.get(JobField.pause_requested):  # the user wanted it paused anyway: it waits for a resume
+        if reporter.pause(f"{reason}; paused as asked (a resume continues from its last checkpoint)", statuses=alive):
+            log.warning("%s attempt %d: %s; paused as asked", job_id, attempt, reason)
+            return "paused"
+        return ""
     resolved = record.get(JobField.resolved) or {}
     spent = attempt - int(resolved.get("free_attempts") or 0)  # crashes so far, this one included
     if free or spent < settings.max_attempts:
@@ -139,6 +148,7 @@ class Reconciler(threading.Thread):
         self.redis = redis
         self.settings = settings
         self.queue = JobQueue(redis, settings)
+        self.storage = Storage(settings.storage_url)
         self.interval_s = max(0.2, settings.stale_after_s / 4)
         self._stop_event = threading.Event()
 
@@ -240,7 +250,8 @@ class Reconciler(threading.Thread):
         record = Reporter(self.redis, tenant, job_id, 0).read()
         status = (record or {}).get(JobField.status)
         if not record or status in TERMINAL_STATUSES:
-            self.redis.srem(ACTIVE_JOBS_KEY, active_member(tenant, job_id))
+            if self.redis.srem(ACTIVE_JOBS_KEY, active_member(tenant, job_id)) and record:
+                remove_checkpoints(self.storage, tenant, job_id)  # ended by the API: a paused or preempted job's
             return 0
         if status not in (JobStatus.validating_files, JobStatus.queued, JobStatus.running):
             return 0  # e.g. paused: waits for a person, with no lease and no RQ job on purpose

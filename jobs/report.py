@@ -136,6 +136,10 @@ class Reporter:
         )
         return self._should_stop(cancel, status, attempt)
 
+    def pause_requested(self) -> bool:
+        """Whether the API asked this running job to pause (jobs/training/checkpoints.py polls it at step ends)."""
+        return bool(json.loads(self.redis.hget(self.key, JobField.pause_requested) or "false"))
+
     def _should_stop(self, cancel: Any, status: Any, attempt: Any) -> bool:
         if status is None:
             return True  # the record is gone
@@ -241,6 +245,13 @@ class Reporter:
             JobStatus.queued, f"{reason}; requeued as attempt {self.attempt + 1}{note}", EventLevel.warning, **data
         )
         ok = self._write(fields, event, statuses=[JobStatus.queued, JobStatus.running])
+        self.redis.zrem(HEARTBEATS_KEY, self.member)
+        return ok
+
+    def pause(self, message: str, statuses: Iterable[JobStatus] = (JobStatus.running,), **data: Any) -> bool:
+        """running -> paused at this attempt (a pause asked for): no lease, no RQ job until it is resumed."""
+        event = status_entry(JobStatus.paused, message, **{"attempt": self.attempt, **data})
+        ok = self._write({JobField.status: JobStatus.paused, JobField.pause_requested: False}, event, statuses=statuses)
         self.redis.zrem(HEARTBEATS_KEY, self.member)
         return ok
 

@@ -2,7 +2,8 @@
 
     run(payload) -> claim the job (queued -> running) -> train_job:
         inputs -> model -> trainer -> baseline evaluation -> train -> final evaluation -> save
-    -> succeeded (or failed / cancelled, with a JobError naming what went wrong).
+    -> succeeded (or failed / cancelled, with a JobError naming what went wrong; or paused, when asked to, after a
+       checkpoint at a step end: a resume runs the next attempt from there).
 
 The setup phases live in jobs/training/ (inputs.py, model.py, run.py), the measurements in jobs/evaluation/,
 what the job leaves behind in jobs/outputs/; `Results` (jobs/outputs/results.py) is what flows into the record.
@@ -40,12 +41,12 @@ from ftjobs.jobs.evaluation.bias import bias_report
 from ftjobs.jobs.evaluation.diagnostics import diagnose, forgetting
 from ftjobs.jobs.evaluation.generation import generation_eval
 from ftjobs.jobs.evaluation.metrics import summary
-from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Preempted
+from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Paused, Preempted
 from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import EarlyStoppingOutcome, Results
 from ftjobs.jobs.outputs.save import save_outputs
 from ftjobs.jobs.report import Heartbeat, Reporter, ServerPaths
-from ftjobs.jobs.training import checkpoints, safeguards
+from ftjobs.jobs.training import checkpoints, dpo, safeguards
 from ftjobs.jobs.training.inputs import load_inputs
 from ftjobs.jobs.training.model import build_model
 from ftjobs.jobs.training.run import Baseline, Run, build_trainer
@@ -90,6 +91,10 @@ def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any
             status, results, outputs = train_job(record, settings, store, reporter, Path(tmp))
         except Cancelled:
             status = JobStatus.cancelled
+        except Paused as e:  # checkpointed at a step end: the job waits, paused, with no worker, until resumed
+            trackers.end(JobStatus.cancelled)
+            INTERRUPTER.disarm()
+            return {**summary, "status": _pause(reporter, store, e)}
         except Preempted:  # the worker is stopping: it requeues the job, which resumes from its checkpoint
             trackers.end(JobStatus.cancelled)
             return {**summary, "status": "preempted"}
@@ -162,6 +167,8 @@ def evaluate_baseline(run: Run, store: Storage, reporter: Reporter, work: Path) 
         baseline.scores = summary(run.callback.eval_history[-1]["values"])
         baseline.predictions = run.keeper.last if run.keeper else None
         baseline.scores.update(generation_eval(run.evaluator, run.trainer, reporter, "baseline"))
+        if run.scorer is not None:
+            baseline.scores.update(run.scorer("baseline"))
     return baseline
 
 
@@ -194,6 +201,8 @@ def evaluate_final(run: Run, trained_evals: list[dict[str, Any]], reporter: Repo
             last = callback.eval_history[-1]
         results.final = summary(last["values"])
         results.final.update(generation_eval(run.evaluator, trainer, reporter, "final"))
+        if run.scorer is not None:
+            results.final.update(run.scorer("final"))
         if run.keeper and run.keeper.last and run.baseline.predictions:
             results.confusion_matrix, results.groups = bias_report(
                 data, run.inputs.request.group_field, run.baseline.predictions, run.keeper.last
@@ -219,6 +228,7 @@ def evaluate_final(run: Run, trained_evals: list[dict[str, Any]], reporter: Repo
 def save(run: Run, results: Results, store: Storage, reporter: Reporter, work: Path) -> list[Artifact] | None:
     """Artifacts: write locally, upload to staging, move into place; then the record can list them."""
     inputs = run.inputs
+    dpo.drop_reference(run.trainer.model)  # a continued LoRA's frozen reference copy is not part of the result
     return save_outputs(
         store,
         work / "out",
@@ -244,6 +254,24 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     # peft still calls this transformers 5 deprecation on every model it wraps: noise in the worker log.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def _pause(reporter: Reporter, store: Storage, paused: Paused) -> str:
+    """running -> paused after the pause's checkpoint; a cancel that came meanwhile wins (its checkpoints go)."""
+    def cancelling() -> bool:
+        return bool((reporter.read() or {}).get(JobField.cancel_requested))
+
+    message = f"paused at step {paused.step}; a resume continues from the checkpoint at step {paused.checkpoint_step}"
+    if not cancelling() and reporter.pause(message, step=paused.step, checkpoint_step=paused.checkpoint_step):
+        if not cancelling():
+            return "paused"
+        ended = reporter.finish(JobStatus.cancelled, statuses=[JobStatus.paused])  # a cancel beside the pause
+    else:
+        ended = reporter.finish(JobStatus.cancelled)  # cancelled while it saved (False: a newer attempt owns it)
+    if not ended:
+        return "skipped"
+    remove_checkpoints(store, reporter.tenant, reporter.job_id)
+    return "cancelled"
 
 
 def _save_record(store: Storage, reporter: Reporter) -> None:

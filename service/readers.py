@@ -22,7 +22,7 @@ from ftjobs.service.errors import FileTooLarge
 from ftjobs.service.validation import RowValidator, UploadSummary
 
 DEFAULT_MAX_ROW_BYTES = 1024 * 1024  # Settings.max_row_bytes
-CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target")
+CSV_COLUMNS = ("text", "label", "prompt", "completion", "source", "target", "chosen", "rejected")
 MAX_LINE_BREAKS = 100_000  # CSV rows whose line is mapped exactly (blank lines and multi-line cells shift it)
 
 Sink = Callable[[bytes], None]
@@ -137,7 +137,8 @@ class JsonlReader(Reader):
 
 
 class CsvReader(Reader):
-    """CSV with a header row; known columns (text, label, prompt, completion, source, target) become JSONL rows.
+    """CSV with a header row; known columns (text, label, prompt, completion, source, target, chosen, rejected)
+    become JSONL rows.
 
     A quoted cell may span lines: a record ends at a line break outside quotes. Problems are numbered
     with the CSV line the record starts on; `line_map()` keeps that line for every stored row.

@@ -59,11 +59,11 @@ _STREAM_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # ASCII digits only (`\d` al
 # What the Job view takes from the request as submitted, and from the record as the worker keeps it.
 REQUEST_FIELDS = (
     *("model", "task", "method", "training_file", "validation_file", "reference_file", "parent_job_id"),
-    *("group_field", "hyperparameters", "data", "suffix", "metadata"),
+    *("group_field", "hyperparameters", "data", "suffix", "metadata", "integrations"),
 )
 RECORD_FIELDS = (
     *("id", "tenant", "status", "created_at", "started_at", "finished_at", "attempt", "cancel_requested"),
-    *("progress", "last_metrics", "results", "error", "artifacts"),
+    *("pause_requested", "progress", "last_metrics", "results", "error", "artifacts"),
 )
 
 
@@ -254,13 +254,13 @@ class Store:
         )
 
     def cancel_job(self, tenant: str, job_id: str) -> tuple[Job, bool]:
-        """Cancel now if not started -> (job, True); if running, ask the worker to stop -> (job, False)."""
+        """Cancel now if not started or paused -> (job, True); if running, ask the worker to stop -> (job, False)."""
         self.require_job(tenant, job_id)
         for _ in range(5):  # the status may move under us (queued -> running); each retry re-reads it
             written, status = self.guarded_write(
                 tenant,
                 job_id,
-                statuses=[S.validating_files, S.queued],
+                statuses=[S.validating_files, S.queued, S.paused],
                 fields={
                     JobField.status: S.cancelled.value,
                     JobField.cancel_requested: True,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-HEAVY = ["torch", "transformers", "peft"]
+HEAVY = ["torch", "transformers", "peft", "trl", "datasets"]
 
 
 def loaded_after(code: str, watch: list[str]) -> list[str]:
@@ -86,7 +86,8 @@ ARROWS = {
     "jobs": {"core", "client"},
     "launch": {"service", "jobs", "core", "client"},
 }
-THIRD_PARTY_ALLOWED = {"client": {"pydantic", "httpx"}, "core": {"pydantic", "redis", "rq", "fsspec"}}
+# rich: optional, imported by client/progress.py only when it draws a live bar on a terminal.
+THIRD_PARTY_ALLOWED = {"client": {"pydantic", "httpx", "rich"}, "core": {"pydantic", "redis", "rq", "fsspec"}}
 THIRD_PARTY_DENIED = {
     "service": {"torch", "transformers", "peft", "accelerate"},
     "jobs": {"fastapi", "starlette", "httpx", "uvicorn"},

@@ -10,7 +10,9 @@ from here (`from ftjobs.client.models import Job`); the modules below are how th
     methods   fine-tuning methods (LoRA, IA3, prompt tuning, adapters, full)
     training  `Hyperparameters` and `DataOptions`
     jobs      `JobCreate`, `Job`, statuses, artifacts, the queue payload
+    openai    OpenAI's fine-tuning shapes (`/v1/fine_tuning/jobs`), as the official SDK parses them
     events    a job's events and metric points
+    webhooks  webhook endpoints, the events POSTed to them, delivery attempts
 """
 
 from ftjobs.client.models.catalog import ModelList, ModelObject
@@ -38,6 +40,9 @@ from ftjobs.client.models.files import (
     TokenStats,
 )
 from ftjobs.client.models.jobs import (
+    DPO_METHODS,
+    PARENT_TASKS,
+    REFERENCE_FORMATS,
     TASK_FORMATS,
     TERMINAL_STATUSES,
     Artifact,
@@ -66,9 +71,51 @@ from ftjobs.client.models.methods import (
     PromptTuningMethod,
     PTuningMethod,
 )
+from ftjobs.client.models.openai import (
+    FileDeleted,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCheckpointList,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    ModelDeleted,
+)
 from ftjobs.client.models.training import DEDUP_THRESHOLD, DataOptions, EarlyStopping, Hyperparameters
+from ftjobs.client.models.webhooks import (
+    WEBHOOK_ID_PATTERN,
+    WebhookDelivery,
+    WebhookDeliveryList,
+    WebhookEndpoint,
+    WebhookEndpointCreate,
+    WebhookEndpointCreated,
+    WebhookEndpointDeleted,
+    WebhookEndpointList,
+    WebhookEvent,
+    WebhookEventType,
+)
 
 __all__ = [
+    "WEBHOOK_ID_PATTERN",
+    "WebhookDelivery",
+    "WebhookDeliveryList",
+    "WebhookEndpoint",
+    "WebhookEndpointCreate",
+    "WebhookEndpointCreated",
+    "WebhookEndpointDeleted",
+    "WebhookEndpointList",
+    "WebhookEvent",
+    "WebhookEventType",
+    "ModelDeleted",
+    "FineTuningJobList",
+    "FineTuningJobEventList",
+    "FineTuningJobEvent",
+    "FineTuningJobCreate",
+    "FineTuningJobCheckpointList",
+    "FineTuningJobCheckpoint",
+    "FineTuningJob",
+    "FileDeleted",
     "ADAPTER_SHAPE_FIELDS",
     "DEDUP_THRESHOLD",
     "DEFAULT_TENANT",
@@ -77,6 +124,9 @@ __all__ = [
     "MERGEABLE_METHODS",
     "PROMPT_METHODS",
     "TASK_FORMATS",
+    "DPO_METHODS",
+    "PARENT_TASKS",
+    "REFERENCE_FORMATS",
     "TENANT_PATTERN",
     "TERMINAL_STATUSES",
     "AdapterMethod",

@@ -18,6 +18,8 @@ class FileFormat(StrEnum):
     text = "text"  # {"text"}
     text_label = "text_label"  # {"text", "label"}
     source_target = "source_target"  # {"source", "target"}
+    # {"input": {"messages"}, "preferred_output", "non_preferred_output"} (OpenAI) or {"prompt", "chosen", "rejected"}
+    preference = "preference"
 
 
 SourceFormat = Literal["jsonl", "csv", "parquet"]
@@ -44,10 +46,15 @@ class FileObject(BaseModel):
     filename: str
     bytes: int
     rows: int = Field(description="Number of non-empty JSONL rows.")
-    format: FileFormat = Field(description="Row shape detected from the keys of the rows.")
+    format: FileFormat | None = Field(
+        description="Row shape detected from the keys of the rows; null for a job's result file (not a dataset)."
+    )
     sha256: str
     created_at: int = Field(description="Unix seconds.")
-    purpose: Literal["fine-tune"] = "fine-tune"
+    purpose: Literal["fine-tune", "fine-tune-results"] = Field(
+        default="fine-tune", description="`fine-tune`: an upload; `fine-tune-results`: a job's metrics CSV."
+    )
+    status: Literal["processed"] = Field(default="processed", description="Stored and validated (OpenAI's name).")
     warnings: list[str] = Field(default_factory=list, description="Fixable problems found at upload.")
     warning_details: list[FileWarning] = Field(
         default_factory=list, description="The same warnings, structured (code, field, count, first lines)."

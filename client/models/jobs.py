@@ -15,11 +15,13 @@ from ftjobs.client.models.training import DataOptions, Hyperparameters
 
 
 class JobStatus(StrEnum):
-    """Lifecycle of a job (OpenAI's names): validating_files -> queued -> running -> terminal."""
+    """Lifecycle of a job (OpenAI's names): validating_files -> queued -> running -> terminal; `paused` (asked
+    for) leaves any active status and goes back to `queued` on resume."""
 
     validating_files = "validating_files"
     queued = "queued"
     running = "running"
+    paused = "paused"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -36,6 +38,7 @@ class Task(StrEnum):
     causal_lm = "causal_lm"  # SFT of a decoder on messages, prompt/completion or text rows
     classification = "classification"  # sequence classification on text + label rows
     seq2seq = "seq2seq"  # an encoder-decoder (T5, BART) on source + target rows
+    dpo = "dpo"  # preference fine-tuning (DPO) of a decoder on chosen/rejected pairs
 
 
 # Which file formats each task can train on.
@@ -43,7 +46,18 @@ TASK_FORMATS: dict[Task, frozenset[FileFormat]] = {
     Task.causal_lm: frozenset({FileFormat.messages, FileFormat.prompt_completion, FileFormat.text}),
     Task.classification: frozenset({FileFormat.text_label}),
     Task.seq2seq: frozenset({FileFormat.source_target}),
+    Task.dpo: frozenset({FileFormat.preference}),
 }
+# Which tasks a job may continue (parent_job_id): its own, and DPO after supervised fine-tuning (SFT then DPO).
+PARENT_TASKS: dict[Task, frozenset[Task]] = {
+    Task.causal_lm: frozenset({Task.causal_lm}),
+    Task.classification: frozenset({Task.classification}),
+    Task.seq2seq: frozenset({Task.seq2seq}),
+    Task.dpo: frozenset({Task.dpo, Task.causal_lm}),
+}
+# What a reference_file of each task holds: what the model must not forget (a DPO job: its language modelling).
+REFERENCE_FORMATS: dict[Task, frozenset[FileFormat]] = {**TASK_FORMATS, Task.dpo: TASK_FORMATS[Task.causal_lm]}
+DPO_METHODS = frozenset({"lora", "full"})
 
 
 class JobError(BaseModel):
@@ -145,6 +159,23 @@ class JobCreate(BaseModel):
             raise ValueError("ewc_lambda and replay_ratio need a reference_file (or a parent_job_id: its data)")
         return hp
 
+    @field_validator("hyperparameters")
+    @classmethod
+    def _dpo_settings(cls, hp: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
+        dpo = info.data.get("task") == Task.dpo
+        if hp.beta != Hyperparameters.model_fields["beta"].default and not dpo:  # a stored record sets every field
+            raise ValueError("beta is for task dpo only")
+        if dpo and hp.replay_ratio > 0:
+            raise ValueError("replay_ratio is not supported for task dpo: reference rows are not preference pairs")
+        return hp
+
+    @field_validator("method")
+    @classmethod
+    def _dpo_method(cls, method: Any, info: ValidationInfo) -> Any:
+        if info.data.get("task") == Task.dpo and method.type not in DPO_METHODS:
+            raise ValueError(f"task dpo trains with method lora or full, not {method.type!r}")
+        return method
+
     @field_validator("model")
     @classmethod
     def _model_path_shape(cls, v: str) -> str:
@@ -157,7 +188,9 @@ def resolve_hyperparameters(req: JobCreate) -> dict[str, Any]:
     """Fill every `"auto"` with its default; the worker adds what needs the data (steps)."""
     hp = req.hyperparameters.model_dump()
     if hp["learning_rate"] == "auto":
-        if req.method.type == "full":
+        if req.task == Task.dpo:
+            hp["learning_rate"] = 1e-6 if req.method.type == "full" else 5e-6
+        elif req.method.type == "full":
             hp["learning_rate"] = 5e-5
         elif req.method.type in PROMPT_METHODS:
             hp["learning_rate"] = 1e-2
@@ -173,7 +206,9 @@ def auto_reasons(req: JobCreate) -> dict[str, str]:
     reasons = {}
     if req.hyperparameters.learning_rate == "auto":
         lr = resolve_hyperparameters(req)["learning_rate"]
-        if req.method.type == "full":
+        if req.task == Task.dpo:
+            why = "DPO moves a model that already answers well: TRL's small rates (1e-6 full, 5e-6 LoRA)"
+        elif req.method.type == "full":
             why = "full fine-tuning moves every weight: a small rate keeps the pretrained model intact"
         elif req.method.type in PROMPT_METHODS:
             why = "virtual tokens start far from useful embeddings and are few: they need a large rate"
@@ -243,6 +278,7 @@ class Job(BaseModel):
     )
     suffix: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    integrations: list[str] = Field(default_factory=list, description="Experiment trackers, as requested.")
     progress: Progress = Field(default_factory=Progress)
     last_metrics: dict[str, float] = Field(default_factory=dict)
     results: dict[str, Any] = Field(
@@ -253,6 +289,9 @@ class Job(BaseModel):
     )
     attempt: int = Field(default=0, description="Current attempt number (1 for the first run).")
     cancel_requested: bool = False
+    pause_requested: bool = Field(
+        default=False, description="A pause was asked for: a running job checkpoints at its next step, then is paused."
+    )
     error: JobError | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
 

@@ -100,6 +100,14 @@ class Hyperparameters(BaseModel):
         "this many reference rows per training row (seeded).",
     )
 
+    beta: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=100.0,
+        description="task dpo only: the DPO temperature (TRL's beta): how far the trained model may move from the "
+        "reference; higher keeps it closer.",
+    )
+
     @field_validator("learning_rate")
     @classmethod
     def _learning_rate_range(cls, v: float | str) -> float | str:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ftjobs.client.models import Task
+from ftjobs.jobs.data.preference import preference_examples
 from ftjobs.jobs.data.read import Row, check_row, label_of, source_target
 from ftjobs.jobs.data.split import MIN_TRAIN_ROWS, split_rows
 from ftjobs.jobs.errors import DataError
@@ -196,6 +197,11 @@ def build_datasets(
     elif task == Task.seq2seq:
         train = seq2seq_examples(train_rows, tokenizer, max_seq_length)
         val = seq2seq_examples(validation_rows, tokenizer, max_seq_length)
+    elif task == Task.dpo:  # pairs for TRL's DPOTrainer, which tokenizes them itself (jobs/data/preference.py)
+        if ensure_chat_template(tokenizer):
+            notes.append("the tokenizer has no chat template; using the default `<|role|>` template")
+        train = preference_examples(train_rows, tokenizer, max_seq_length)
+        val = preference_examples(validation_rows, tokenizer, max_seq_length)
     else:
         if ensure_chat_template(tokenizer):
             notes.append("the tokenizer has no chat template; using the default `<|role|>` template")

@@ -9,6 +9,10 @@ says) and uploads that folder plus `job_state.json` (our own state: metric histo
 the commit: an upload that latest.json does not name is never used, and a file whose size or sha256
 differs makes the whole checkpoint unusable (the attempt starts from step 0, with a warning event).
 
+A pause (`pause_requested` on the record, polled every PAUSE_POLL_S at step ends) saves a checkpoint at that step
+end, checkpoints configured or not, and stops the run with `Paused` (jobs/interrupts.py); the resumed job's next
+attempt continues from it like a preempted one.
+
 Under early stopping the best checkpoint's weights (not its optimizer) go along, so a resumed run still
 ends with the best weights. Checkpoints are deleted when the job finishes; the final artifacts are apart.
 
@@ -36,7 +40,7 @@ from ftjobs.client.models import EventLevel, EventType
 from ftjobs.core.keys import checkpoint_path, checkpoint_pointer_path, checkpoints_dir
 from ftjobs.core.storage import Storage, remove_checkpoints
 from ftjobs.jobs.data.inputs import short
-from ftjobs.jobs.interrupts import INTERRUPTER, Preempted
+from ftjobs.jobs.interrupts import INTERRUPTER, Paused, Preempted
 from ftjobs.jobs.outputs.artifacts import sha256_file
 from ftjobs.jobs.report import Reporter
 
@@ -45,6 +49,7 @@ log = logging.getLogger("ftjobs.checkpoints")
 JOB_STATE = "job_state.json"  # inside the uploaded checkpoint folder, next to trainer_state.json
 TRAINER_STATE = "trainer_state.json"
 TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")  # prefixes: not needed for best
+PAUSE_POLL_S = 0.25  # seconds between looks for a pause request (one HGET, at a step end)
 
 
 @dataclass
@@ -77,18 +82,20 @@ class CheckpointCallback(TrainerCallback):
         self.job_state = job_state  # what train_job needs besides the Trainer's state to finish after a resume
         self._last = time.monotonic()
         self._saved_step = -1
+        self._pause_polled = 0.0  # monotonic time of the last look for a pause request
 
     @property
     def enabled(self) -> bool:
         return self.every_s > 0 or self.every_steps > 0
 
     def due(self, state: TrainerState) -> bool:
-        if not self.enabled or state.global_step <= max(self._saved_step, 0):
+        pausing = INTERRUPTER.pause.is_set()  # a pause always saves: the job resumes from here
+        if not (self.enabled or pausing) or state.global_step <= max(self._saved_step, 0):
             return False
         if state.max_steps and state.global_step >= state.max_steps:
             return False  # training is over: the job's own artifacts come next, a resume would train nothing
-        if INTERRUPTER.preempt.is_set():
-            return True  # the worker is stopping: save what this attempt trained, then hand the job back
+        if INTERRUPTER.preempt.is_set() or pausing:
+            return True  # the worker is stopping, or a pause: save what this attempt trained, then hand the job back
         by_steps = self.every_steps > 0 and state.global_step % self.every_steps == 0
         by_time = self.every_s > 0 and time.monotonic() - self._last >= self.every_s
         return by_steps or by_time
@@ -102,6 +109,7 @@ class CheckpointCallback(TrainerCallback):
         INTERRUPTER.checkpointable = False
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._look_for_pause()
         if self.due(state):
             control.should_save = control.should_log = True  # the log: the loss up to here is in job_state.json
         elif INTERRUPTER.preempt.is_set() and not (state.max_steps and state.global_step >= state.max_steps):
@@ -128,12 +136,26 @@ class CheckpointCallback(TrainerCallback):
             )
         self._last = time.monotonic()
         self._saved_step = state.global_step
-        if INTERRUPTER.preempt.is_set():
+        if INTERRUPTER.preempt.is_set() or INTERRUPTER.pause.is_set():
             self._hand_back(state)
 
+    def _look_for_pause(self) -> None:
+        """Every PAUSE_POLL_S: has the API asked this job to pause? (A Redis blip: the next look retries.)"""
+        if INTERRUPTER.pause.is_set() or time.monotonic() - self._pause_polled < PAUSE_POLL_S:
+            return
+        self._pause_polled = time.monotonic()
+        try:
+            if self.reporter.pause_requested():
+                INTERRUPTER.pause.set()
+        except Exception:
+            log.warning("could not look for a pause request", exc_info=True)
+
     def _hand_back(self, state: TrainerState) -> None:
-        """Preempted: stop at this step end; the worker requeues the job, which resumes from the last checkpoint."""
+        """Preempted: stop at this step end; the worker requeues the job, which resumes from the last checkpoint.
+        Paused: the same stop; train.py then moves the job to `paused`."""
         INTERRUPTER.acknowledge()
+        if INTERRUPTER.pause.is_set():
+            raise Paused(state.global_step, self._saved_step)
         self.reporter.event(
             f"the worker is stopping: handing the job back at step {state.global_step}",
             level=EventLevel.warning,

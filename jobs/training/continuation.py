@@ -20,6 +20,7 @@ from typing import Any
 
 from ftjobs.client.models import (
     ADAPTER_SHAPE_FIELDS,
+    PARENT_TASKS,
     AdapterMethod,
     FullMethod,
     Hyperparameters,
@@ -47,6 +48,7 @@ class Parent:
     weights: Path  # the local adapter/ or model/ folder
     labels: list[str] | None  # classification: the parent's label order (labels.json)
     training_file: str | None = None  # what the parent trained on: the reference data of a continued job
+    task: Task | None = None  # the parent's task: a dpo job may continue a causal_lm one (SFT then DPO)
 
 
 def fetch_parent(store: Storage, tenant: str, request: JobCreate, work: Path) -> Parent:
@@ -57,10 +59,12 @@ def fetch_parent(store: Storage, tenant: str, request: JobCreate, work: Path) ->
     if not store.exists(manifest_rel):
         raise InvalidMethod(f"parent job {parent_id} has no artifacts in the store", param=PARAM)
     manifest = json.loads(store.download(manifest_rel, work / "parent" / "manifest.json").read_text())
-    if manifest.get("task") != request.task.value or manifest.get("method") != request.method.type:
+    tasks = {t.value for t in PARENT_TASKS[request.task]}
+    if manifest.get("task") not in tasks or manifest.get("method") != request.method.type:
         raise InvalidMethod(
             f"parent job {parent_id} trained {manifest.get('method')} for {manifest.get('task')}; this job asks "
-            f"for {request.method.type} for {request.task.value}: they must match",
+            f"for {request.method.type} for {request.task.value}: the method must match, the task be "
+            f"{' or '.join(sorted(tasks))}",
             param=PARAM,
         )
     folder = "model" if isinstance(request.method, FullMethod) else "adapter"
@@ -81,7 +85,7 @@ def fetch_parent(store: Storage, tenant: str, request: JobCreate, work: Path) ->
     if store.exists(record_rel):
         record = json.loads(store.download(record_rel, work / "parent" / "job.json").read_text())
         training_file = (record.get("request") or {}).get("training_file")
-    return Parent(parent_id, work / "parent" / folder, labels, training_file)
+    return Parent(parent_id, work / "parent" / folder, labels, training_file, Task(manifest["task"]))
 
 
 def parent_rows(store: Storage, tenant: str, parent: Parent, hp: Hyperparameters, work: Path) -> list[Row] | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from ftjobs.client.models import Hyperparameters, JobCreate
+from ftjobs.client.models import Hyperparameters, JobCreate, Task
 from ftjobs.core.base_models import shown_model
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.data.examples import Datasets, build_datasets
@@ -117,7 +117,7 @@ def _reference(
     rows = None
     if request.reference_file:
         rows = fetch_rows(store, reporter.tenant, request.reference_file, "reference_file", work)
-    elif parent is not None:
+    elif parent is not None and parent.task != Task.dpo:  # a DPO parent's pairs are no language-modelling data
         rows = continuation.parent_rows(store, reporter.tenant, parent, hp, work)
         reference.source = f"parent {parent.job_id}'s training data"
     if rows:

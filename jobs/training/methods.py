@@ -55,6 +55,7 @@ from ftjobs.jobs.training import adapters
 CLASSIFICATION_HEAD = ["classifier", "score", "pooler", "pre_classifier"]
 TASK_TYPES = {
     Task.causal_lm: TaskType.CAUSAL_LM,
+    Task.dpo: TaskType.CAUSAL_LM,  # a decoder trained on preferences
     Task.classification: TaskType.SEQ_CLS,
     Task.seq2seq: TaskType.SEQ_2_SEQ_LM,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.evaluation.generation import Evaluator
 from ftjobs.jobs.evaluation.metrics import PredictionKeeper, classification_compute_metrics
+from ftjobs.jobs.evaluation.preference import PreferenceScorer
 from ftjobs.jobs.interrupts import INTERRUPTER
 from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import Scores
 from ftjobs.jobs.report import Reporter
-from ftjobs.jobs.training import checkpoints, safeguards
+from ftjobs.jobs.training import checkpoints, dpo, safeguards
+from ftjobs.jobs.training.epoch_weights import EpochWeightsCallback
 from ftjobs.jobs.training.inputs import Inputs
 from ftjobs.jobs.training.limits import LimitsCallback, check_planned_steps, tenant_limits
 from ftjobs.jobs.training.model import TrainableModel
@@ -49,6 +52,7 @@ class Run:
     reference_before: float | None  # the reference loss before training (None: no reference data)
     baseline: Baseline = field(default_factory=Baseline)  # filled by evaluate_baseline; checkpoints carry it
     limits: LimitsCallback | None = None  # the tenant's per-job limits; `exceeded` after a run stopped at one
+    scorer: Callable[[str], dict[str, float]] | None = None  # task-specific scores of a stage (dpo: preferences)
 
 
 def build_trainer(
@@ -56,7 +60,8 @@ def build_trainer(
 ) -> Run:
     """The schedule, the trackers, the resolved record, then the Trainer with its callbacks and penalties."""
     request, hp, data, tokenizer = inputs.request, inputs.hp, inputs.data, inputs.tokenizer
-    causal = request.task != Task.classification  # a language-model loss (causal_lm, seq2seq): perplexity
+    causal = request.task in (Task.causal_lm, Task.seq2seq)  # a language-model loss: perplexity
+    preference = request.task == Task.dpo  # TRL's DPOTrainer (jobs/training/dpo.py)
     schedule = plan_schedule(inputs)
     limits = tenant_limits(settings, reporter.tenant)
     check_planned_steps(limits, schedule.total_steps)  # before any tracker or Trainer: nothing to clean up
@@ -70,7 +75,7 @@ def build_trainer(
     )
     resolved = resolved_settings(inputs, built, schedule, report_to)
     reporter.resolved(resolved)
-    callback = ReportCallback(reporter, settings.heartbeat_s, causal)
+    callback = (dpo.DpoReportCallback if preference else ReportCallback)(reporter, settings.heartbeat_s, causal)
     # What the model says (greedy generations scored with BLEU/ROUGE, or predicted labels), not just its loss.
     evaluator = Evaluator(
         request.task,
@@ -103,12 +108,20 @@ def build_trainer(
         saving,
         causal,
     )
-    keeper = None if causal else PredictionKeeper(classification_compute_metrics(data.labels or []))
+    keeper = None
+    if request.task == Task.classification:
+        keeper = PredictionKeeper(classification_compute_metrics(data.labels or []))
     # callback may veto a save (cancel); the limits after it: the step it stops at is reported first
     guard = LimitsCallback(limits, lambda: callback.earlier_seconds)
-    callbacks: list[Any] = [saver, callback, guard] if saver.enabled else [callback, guard]
+    callbacks: list[Any] = [saver, callback, guard]  # the saver also when disabled: a pause still saves
+    callbacks.append(EpochWeightsCallback(work / "out", request.method, inputs.model_name))  # OpenAI's checkpoints
     if hp.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta))
+    if preference:
+        trainer, reference_batches, reference_before = dpo.build_dpo_trainer(inputs, built, args, callbacks)
+        scorer = PreferenceScorer(trainer, reporter, hp.beta)
+        return Run(inputs, schedule, trainer, callback, evaluator, keeper, reference_batches, reference_before,
+                   baseline, guard, scorer)  # fmt: skip
     trainer = JobTrainer(
         model=built.model,
         args=args,

@@ -8,9 +8,10 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ftjobs.client.models import FILE_ID_PATTERN, FileList, FileObject, FileProfile
+from ftjobs.client.models import FILE_ID_PATTERN, FileDeleted, FileList, FileObject, FileProfile
 from ftjobs.core.keys import file_lines_path, file_path, file_profile_path
 from ftjobs.core.records import new_id
 from ftjobs.core.settings import Settings
@@ -23,6 +24,7 @@ from ftjobs.service.errors import (
     MalformedBody,
     QuotaExceeded,
     RateLimited,
+    ResourceInUse,
     UnsupportedFormat,
     UnsupportedMediaType,
     ValidationError,
@@ -30,6 +32,7 @@ from ftjobs.service.errors import (
 )
 from ftjobs.service.file_profiles import load_profile, save_profile
 from ftjobs.service.limits import check_upload
+from ftjobs.service.openai_results import delete_file as remove_file
 from ftjobs.service.parquet import ParquetReader, is_parquet
 from ftjobs.service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
 from ftjobs.service.upload import read_upload
@@ -190,3 +193,34 @@ def list_files(
 def get_file_profile(file_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep) -> FileProfile:
     """Get a dataset's profile: rows, columns, label distribution, length statistics, duplicates."""
     return load_profile(storage, store.get_file(tenant, file_id))
+
+
+CONTENT_TYPES = ("application/jsonl", "text/csv")  # an upload's rows, a result file
+CONTENT = {
+    "description": "The file as stored: JSONL rows (CSV and Parquet uploads converted), or a job's metrics CSV.",
+    "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in CONTENT_TYPES},
+}
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: CONTENT, **error_responses(FileNotFound, ValidationError)},
+)
+def get_file_content(file_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep) -> StreamingResponse:
+    """Download a file's content (OpenAI's `files.content`): an upload's JSONL rows, or a result file's CSV."""
+    file = store.get_file(tenant, file_id)
+    path = file_path(tenant, file_id)
+    try:
+        size, handle = storage.size(path), storage.open(path)
+    except FileNotFoundError:
+        raise FileNotFound(f"File {file_id} is missing from the store.") from None
+    media = "text/csv" if file.purpose == "fine-tune-results" else "application/jsonl"
+    return StreamingResponse(storage.iter_bytes(handle), media_type=media, headers={"Content-Length": str(size)})
+
+
+@router.delete("/{file_id}", responses=error_responses(FileNotFound, ResourceInUse, ValidationError))
+def delete_file(file_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep) -> FileDeleted:
+    """Delete a file (not while an unfinished job uses it); its bytes count no more towards the tenant's quotas."""
+    remove_file(store, storage, tenant, file_id)
+    return FileDeleted(id=file_id)

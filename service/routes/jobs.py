@@ -1,4 +1,4 @@
-"""Fine-tuning jobs: create (validated, then queued), list, get, cancel, events and metrics."""
+"""Fine-tuning jobs: create (validated, then queued), list, get, cancel, pause, resume, events and metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AfterValidator
 
 from ftjobs.client.models import (
@@ -23,7 +23,9 @@ from ftjobs.client.models import (
 )
 from ftjobs.core.queue import JobQueue
 from ftjobs.core.records import new_id
-from ftjobs.service.deps import LimitsDep, QueueDep, SettingsDep, StoreDep, TenantDep
+from ftjobs.core.storage import remove_checkpoints
+from ftjobs.service import pausing, sse
+from ftjobs.service.deps import LimitsDep, QueueDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
     IdempotencyKeyInProgress,
@@ -33,12 +35,15 @@ from ftjobs.service.errors import (
     JobLimitExceeded,
     JobNotCancellable,
     JobNotFound,
+    JobNotPausable,
+    JobNotPaused,
     MalformedBody,
     ModelNotAllowed,
     ParentJobNotSucceeded,
     QuotaExceeded,
     RateLimited,
     RequestEntityTooLarge,
+    TooManyStreams,
     ValidationError,
     error_responses,
 )
@@ -70,6 +75,15 @@ StreamAfter = Annotated[
         description="Cursor: the last seen id `<ms>-<seq>` (`0-0` = from the start); each part at most 2^64-1.",
     ),
     AfterValidator(stream_cursor),  # past 2^64-1: a 422 here, not Redis's refusal (a 500)
+]
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=STREAM_ID_PATTERN,
+        description="The last event id seen: as `after`, and preferred to it (EventSource sends it to resume).",
+    ),
+    AfterValidator(stream_cursor),
 ]
 REPLAYED = {
     "model": Job,
@@ -186,24 +200,62 @@ def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
 
 
 @router.post("/{job_id}/cancel", responses=error_responses(JobNotFound, JobNotCancellable, ValidationError))
-def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep) -> Job:
+def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep, storage: StorageDep) -> Job:
     """Cancel a job: at once if not started, within seconds if running (a long step is interrupted)."""
     job, cancelled_now = store.cancel_job(tenant, job_id)
     if cancelled_now:  # its validation (attempt 0) or its first training attempt, still in RQ's queue
         queue.cancel(job_id, job.attempt)
+        remove_checkpoints(storage, tenant, job_id)  # a paused (or preempted) job's: never resumed now
     return job
 
 
-@router.get("/{job_id}/events", responses=error_responses(JobNotFound, ValidationError))
+# Pause and resume live in service/pausing.py (`pause_job(store, queue, tenant, job_id)`, `resume_job(...)`), shared
+# with the OpenAI-compatible routes.
+@router.post("/{job_id}/pause", responses=error_responses(JobNotFound, JobNotPausable, ValidationError))
+def pause_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep) -> Job:
+    """Pause a job: at once if not started; a running job checkpoints at its next step, then is `paused`."""
+    return pausing.pause_job(store, queue, tenant, job_id)
+
+
+@router.post("/{job_id}/resume", responses=error_responses(JobNotFound, JobNotPaused, ValidationError))
+def resume_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep) -> Job:
+    """Resume a paused job: queued again, it continues from its checkpoint (a pause spends no attempt)."""
+    return pausing.resume_job(store, queue, tenant, job_id)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventList,
+    responses={
+        200: {
+            "description": "A page of events (JSON), or with `Accept: text/event-stream` the live stream.",
+            "content": sse.OPENAPI_CONTENT,
+        },
+        **error_responses(JobNotFound, ValidationError, RateLimited, TooManyStreams),
+    },
+)
 def list_events(
     job_id: str,
+    request: Request,
     tenant: TenantDep,
     store: StoreDep,
+    streaming: sse.StreamingDep,
     after: StreamAfter = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-) -> EventList:
-    """List a job's events, oldest first (cursor: the last seen event id)."""
-    return store.events(tenant, job_id, after, limit)
+    last_event_id: LastEventId = None,
+    # Hidden from the spec: `Accept: text/event-stream` is how it is declared (a fuzzer that asks for streams of
+    # jobs that never end only waits); `?stream=true` is for curl and browsers' EventSource.
+    stream: Annotated[bool, Query(include_in_schema=False)] = False,
+) -> EventList | Response:
+    """List a job's events, oldest first (cursor: the last seen event id). With `Accept: text/event-stream` (or
+    `?stream=true`): the backlog, then each event as it is written, as Server-Sent Events (`id`, `event`: its
+    type, `data`: the Event), keep-alive comments while idle, closed after the event that ends the job; resume
+    with `Last-Event-ID`."""
+    cursor = last_event_id or after  # a reconnecting EventSource repeats the URL's `after`: the header wins
+    if stream or sse.wants_event_stream(request.headers.get("accept")):
+        store.require_job(tenant, job_id)
+        return sse.event_stream_response(streaming, tenant, job_id, cursor)
+    return store.events(tenant, job_id, cursor, limit)
 
 
 @router.get("/{job_id}/metrics", responses=error_responses(JobNotFound, ValidationError))

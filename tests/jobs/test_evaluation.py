@@ -137,7 +137,7 @@ def test_generation_bleu_rises_as_the_model_learns(client, redis, worker, tiny_c
     names = {a.name for a in client.jobs.artifacts(job.id)}
     assert {"eval_samples.jsonl", "loss_curve.png", "README.md"} <= names
     card = client.jobs.download(job.id, "README.md", tmp_path / "README.md").read_text()
-    assert "| bleu |" in card and str(tiny_causal_lm) in card
+    assert "| bleu |" in card and f"`{tiny_causal_lm.name}`" in card and str(tiny_causal_lm) not in card
     print(
         f"bleu {baseline['bleu']:.1f} -> {final['bleu']:.1f}, token accuracy "
         f"{baseline['token_accuracy']:.2f} -> {final['token_accuracy']:.2f}, {job.results['train_seconds']} s"

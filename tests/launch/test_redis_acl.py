@@ -17,8 +17,11 @@ from ftjobs.launch.embedded import free_port, redis_server_binary
 from tests.conftest import QUEUE, REPO
 from tests.test_e2e import echo_rows, write_jsonl
 
-# The same rule as the README's "Locking Redis down" (tests/launch/test_redis_acl.py keeps them equal).
-ACL_RULE = "~ftjobs:* ~rq:* &rq:* +@all -@dangerous +info +client|setname +client|getname +client|list"
+# The same rule as the README's "Locking Redis down" (test_readme_gives_this_rule keeps them equal).
+ACL_RULE = (
+    "~ftjobs:* ~rq:* resetchannels &rq:* +@all -@dangerous +info"
+    " +client|setname +client|getname +client|list +client|info"
+)
 
 
 def readme_acl_rule() -> str:
@@ -47,7 +50,8 @@ def acl_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
         stderr=subprocess.DEVNULL,
     )
     admin = redis_lib.Redis(port=port, username="admin", password=admin_password)
-    for _ in range(100):
+    for _ in range(150):
+        assert proc.poll() is None, "redis-server refused the ACL configuration"
         try:
             admin.ping()
             break
@@ -83,6 +87,7 @@ def test_a_job_runs_through_the_acl_user(acl_redis, tmp_path, model_root, tiny_c
         ftjobs_user.set("someone-else:key", "1")
     with pytest.raises(redis_lib.exceptions.AuthenticationError):
         redis_lib.Redis(port=admin.connection_pool.connection_kwargs["port"]).ping()  # default user off
+    admin.acl_log_reset()  # the refusals above were ours
 
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen(
@@ -112,5 +117,7 @@ def test_a_job_runs_through_the_acl_user(acl_redis, tmp_path, model_root, tiny_c
         worker.terminate()
         worker.wait(60)
         log.close()
-    denied = admin.acl_log()
+    # redis-py's handshake sends CLIENT SETINFO, which the rule leaves out (Redis 7.0 refuses to name it; 7.2+
+    # may add it): refused, and ignored by redis-py. Every other refusal would be a command ftjobs needs.
+    denied = [(d["object"], d["reason"]) for d in admin.acl_log() if d["object"] != "client"]
     assert denied == [], denied

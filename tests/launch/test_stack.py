@@ -44,7 +44,7 @@ def test_stack_serves_the_api_and_stops_everything(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("FTJOBS_MODEL_ROOTS", raising=False)
     with Stack(tmp_path / "data", port=None, workers=2, log_dir=tmp_path / "logs") as stack:
         pids = stack.pids()
-        assert len(pids) == 5  # two workers, the validator, the API, Redis
+        assert len(pids) == 6  # two workers, the validator, the webhook dispatcher, the API, Redis
         with Client(stack.url) as ftjobs:
             assert ftjobs.ready().redis is True
             assert ftjobs.jobs.list().data == []

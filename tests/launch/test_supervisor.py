@@ -102,7 +102,7 @@ def test_a_killed_worker_is_restarted_with_backoff(stack: Stack, capsys: pytest.
         return time.monotonic() - killed
 
     assert kill_and_wait_for_restart() >= 1.0
-    assert stack.restarts == {"redis": 0, "api": 0, "worker-1": 1, "validator": 0}
+    assert stack.restarts == {"redis": 0, "api": 0, "worker-1": 1, "validator": 0, "webhooks": 0}
     assert kill_and_wait_for_restart() >= 2.0  # died again at once: twice the wait
     assert stack.restarts["worker-1"] == 2
     stack.stable_after = 1.0  # it has stayed up long enough: the backoff starts over
@@ -114,7 +114,7 @@ def test_a_killed_worker_is_restarted_with_backoff(stack: Stack, capsys: pytest.
         "ftjobs: worker-1 exited with code -9; restarting in 2 s (restart 2)",
         "ftjobs: worker-1 exited with code -9; restarting in 1 s (restart 3)",
     ]
-    assert len(stack.pids()) == 4 and all(alive(pid) for pid in stack.pids())
+    assert len(stack.pids()) == 5 and all(alive(pid) for pid in stack.pids())
     assert ready(stack.url)
 
 
@@ -158,7 +158,7 @@ def test_redis_comes_back_on_its_port_with_its_data_or_says_why(
     with redis_lib.Redis.from_url(url) as r:
         assert r.get("written-before") == b"the kill"  # the AOF brought it back
     supervise_until(stack, lambda: ready(stack.url), 60, "/readyz 200 again")
-    assert stack.restarts == {"redis": 1, "api": 0, "worker-1": 0, "validator": 0}
+    assert stack.restarts == {"redis": 1, "api": 0, "worker-1": 0, "validator": 0, "webhooks": 0}
 
 
 def _bind(sock: socket.socket, port: int) -> bool:
@@ -277,7 +277,7 @@ def test_start_fails_fast_when_the_api_exits(tmp_path: Path, clean_env: None) ->
 
 
 def _parts(pid: int) -> dict[str, tuple[int, str]]:
-    """The live children of `ftjobs up` by kind (redis, api, worker, validator): (pid, command line)."""
+    """The live children of `ftjobs up` by kind (redis, api, worker, validator, webhooks): (pid, command line)."""
     out = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "--ppid", str(pid)], capture_output=True, text=True)
     parts = {}
     for line in out.stdout.splitlines():
@@ -289,6 +289,7 @@ def _parts(pid: int) -> dict[str, tuple[int, str]]:
             else "api" if "uvicorn" in args
             else "validator" if "--validate-only" in args
             else "worker" if "ftjobs.jobs.worker" in args
+            else "webhooks" if "ftjobs.launch.webhooks" in args
             else args
         )  # fmt: skip
         parts[kind] = (int(child), args)
@@ -318,7 +319,7 @@ def test_ftjobs_up_restarts_a_worker_the_api_and_redis(tmp_path: Path) -> None:
         assert proc.stdout.readline().strip() == api
         parts = _parts(proc.pid)
         seen |= {pid for pid, _ in parts.values()}
-        assert set(parts) == {"redis", "api", "worker", "validator"}, parts
+        assert set(parts) == {"redis", "api", "worker", "validator", "webhooks"}, parts
         upload = httpx.post(f"{api}/v1/files", files={"file": ("train.jsonl", JSONL, "application/jsonl")}, timeout=60)
         assert upload.status_code in (200, 201), upload.text
         file_id = upload.json()["id"]

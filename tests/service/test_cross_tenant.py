@@ -23,7 +23,7 @@ PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
 @pytest.fixture
 def env(env: dict[str, str]) -> dict[str, str]:
-    return {**env, "FTJOBS_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta"}
+    return {**env, "FTJOBS_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta", "FTJOBS_WEBHOOK_ALLOW_PRIVATE": "1"}
 
 
 def reference_fields() -> dict[str, str]:
@@ -38,9 +38,10 @@ def reference_fields() -> dict[str, str]:
     return found
 
 
-def probes(app: Any, job: dict[str, Any], pending: dict[str, Any]) -> list[tuple[str, str]]:
-    """(method, URL) of every id route, filled with tenant A's ids: both jobs, both files, every artifact."""
+def probes(app: Any, job: dict[str, Any], pending: dict[str, Any], webhook_id: str) -> list[tuple[str, str]]:
+    """(method, URL) of every id route, filled with tenant A's ids: both jobs, both files, every artifact, a webhook."""
     values: dict[str, list[str]] = {
+        "webhook_id": [webhook_id],
         "job_id": [job["id"], pending["id"]],
         "file_id": [job["training_file"], job["validation_file"]],
         "name": [a["name"] for a in job["artifacts"]],
@@ -67,7 +68,8 @@ def test_tenant_b_gets_404_for_every_id_of_tenant_a(app, http, worker, tiny_caus
     pending = http.post("/v1/jobs", json=request_a, headers=A).json()
     assert pending["status"] == "validating_files", pending
 
-    matrix = probes(app, job, pending)
+    hook = http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}, headers=A).json()
+    matrix = probes(app, job, pending, hook["id"])
     routes = {template for _, template, _ in id_routes(app)}
     assert len(routes) >= 8 and len(matrix) >= len(routes) + len(job["artifacts"]), (routes, matrix)
     print(f"cross-tenant matrix: {len(matrix)} probes over {len(routes)} id routes, {len(job['artifacts'])} artifacts")
@@ -75,7 +77,8 @@ def test_tenant_b_gets_404_for_every_id_of_tenant_a(app, http, worker, tiny_caus
         response = http.request(method, url, headers=B)
         assert response.status_code == 404, (method, url, response.status_code, response.text)
         code = response.json()["error"]["code"]
-        assert code in ("job_not_found", "file_not_found"), (method, url, code)  # the owner is what is unknown
+        unknown = ("job_not_found", "file_not_found", "webhook_not_found")
+        assert code in unknown, (method, url, code)  # the owner is what is unknown
         assert "x-content-sha256" not in response.headers
     for tenant_b_list in ("/v1/jobs", "/v1/files"):
         listed = http.get(tenant_b_list, headers=B).json()["data"]
@@ -93,6 +96,8 @@ def test_tenant_b_gets_404_for_every_id_of_tenant_a(app, http, worker, tiny_caus
             if name:
                 assert response.headers["x-content-sha256"] == sha[unquote(name)]
                 assert response.headers["content-type"].split(";")[0] in download["content"], (name, response.headers)
+        elif method == "DELETE" and url.startswith("/v1/webhooks/"):
+            assert response.status_code == 200 and response.json()["deleted"] is True, (url, response.text)
         elif url.endswith(f"{job['id']}/cancel"):
             assert_error(response, 409, "job_not_cancellable")
         else:
