@@ -76,6 +76,7 @@ class Save:
 
     response: httpx.Response
     path: Path
+    on_bytes: Callable[[int], None] | None = None  # called with the bytes written so far (a progress bar)
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,15 @@ def paginate(
 class Digest:
     """Writes chunks to a file while hashing and counting them."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+    def __init__(self, fh: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> None:
+        self.fh, self.sha, self.size, self.on_bytes = fh, hashlib.sha256(), 0, on_bytes
 
     def write(self, chunk: bytes) -> None:
         self.fh.write(chunk)
         self.sha.update(chunk)
         self.size += len(chunk)
+        if self.on_bytes is not None:
+            self.on_bytes(self.size)
 
     def result(self) -> tuple[str, int]:
         return self.sha.hexdigest(), self.size

@@ -24,8 +24,10 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from ftjobs.client import webhook_commands
+from ftjobs.client import admin, webhook_commands
+from ftjobs.client.cli_base import Parser, drop_stdout, flush_stdout, learning_rate, package_version
 from ftjobs.client.client import Client
+from ftjobs.client.completion import SHELLS, completion_script
 from ftjobs.client.display import (
     describe,
     describe_profile,
@@ -37,6 +39,7 @@ from ftjobs.client.display import (
 )
 from ftjobs.client.errors import APIError, FtjobsError
 from ftjobs.client.models import FILE_ID_PATTERN, JobStatus, Method, Task
+from ftjobs.client.transfers import file_sha256, transfer_bars
 
 # --------------------------------------------------------------------------- output
 
@@ -107,10 +110,20 @@ def _until_done(args: argparse.Namespace, api: Client, job_id: str, lines: bool)
 
 
 def _file_id(api: Client, path_or_id: str) -> str:
-    """Upload a local file, or pass through an existing file id."""
+    """Pass through a file id; for a local file, the id of an earlier upload of the same bytes (by sha256), or
+    of a new upload (a progress bar on a terminal)."""
     if re.fullmatch(FILE_ID_PATTERN, path_or_id) and not os.path.exists(path_or_id):
         return path_or_id
-    uploaded = api.files.upload(path_or_id)
+    same = api.files.find(file_sha256(path_or_id))
+    if same is not None:
+        _note(f"reusing {same.id}: {path_or_id} was uploaded before ({same.rows} rows, {same.format})")
+        return same.id
+    bars = transfer_bars(sys.stderr, "uploading")
+    try:
+        uploaded = api.files.upload(path_or_id, progress=bars)
+    finally:
+        if bars is not None:
+            bars.close()
     _note(f"uploaded {path_or_id} -> {uploaded.id} ({uploaded.rows} rows, {uploaded.format})")
     for warning in uploaded.warnings:
         _note(f"  warning: {warning}")
@@ -165,10 +178,15 @@ def cmd_metrics(args: argparse.Namespace, api: Client) -> int:
 
 def cmd_download(args: argparse.Namespace, api: Client) -> int:
     dest = Path(args.dest or args.job)
-    if args.name:
-        paths = [api.jobs.download(args.job, args.name, dest)]
-    else:
-        paths = api.jobs.download_all(args.job, dest, prefix=args.prefix)
+    bars = transfer_bars(sys.stderr, "downloading")  # None unless stderr is a terminal
+    try:
+        if args.name:
+            paths = [api.jobs.download(args.job, args.name, dest, progress=bars)]
+        else:
+            paths = api.jobs.download_all(args.job, dest, prefix=args.prefix, progress=bars)
+    finally:
+        if bars is not None:
+            bars.close()
     if not paths:
         under = f" under {args.prefix}" if args.prefix else ""
         _note(f"error: no_artifacts: job {args.job} has no artifacts{under}")
@@ -203,18 +221,15 @@ def cmd_resume(args: argparse.Namespace, api: Client) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _learning_rate(value: str) -> float | str:
-    return value if value == "auto" else float(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     # Global options work before or after the command: the sub-parsers' copies only set what was given.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help="API base URL (default $FTJOBS_URL)")
     common.add_argument("--api-key", default=argparse.SUPPRESS, help="bearer key (default $FTJOBS_API_KEY)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print raw JSON")
 
-    parser = argparse.ArgumentParser(prog="ftjobs", description="Fine-tune language models as jobs.")
+    parser = Parser(prog="ftjobs", description="Fine-tune language models as jobs.")
+    parser.add_argument("--version", action="version", version=f"ftjobs {package_version()}")
     parser.add_argument(
         "--url", default=None, help="API base URL (default $FTJOBS_URL or http://127.0.0.1:8000)"
     )
@@ -237,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-job-id", help="continue training from this succeeded job's weights")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=_learning_rate, help="a float or 'auto'")
+    p.add_argument("--learning-rate", type=learning_rate, help="a float or 'auto'")
     p.add_argument("--max-seq-length", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int)
@@ -275,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("download", "download a job's artifacts")
     p.add_argument("job")
     p.add_argument("--dest", help="folder to write to (default ./<job id>)")
-    p.add_argument("--prefix", help="only artifacts whose name starts with this, e.g. adapter/")
+    p.add_argument("--prefix", help="only artifacts under this prefix, written without it: adapter/ -> DEST/<file>")
     p.add_argument("--name", help="one artifact by name")
 
     p = command("cancel", "cancel a job")
@@ -288,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
 
     webhook_commands.add_parser(command)
+
+    p = command("completion", "print a shell completion script: eval \"$(ftjobs completion bash)\" in ~/.bashrc")
+    p.add_argument("shell", choices=SHELLS)
+    admin.add_parsers(command)
 
     p = command("up", "run Redis (embedded), the API and workers on this machine until Ctrl-C; restarts what dies")
     p.add_argument("--port", type=int, default=8000)
@@ -305,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the demo's stack keeps its data (default: a new temp folder)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument(
-        "--learning-rate", type=_learning_rate, default=2e-3, help="a float or 'auto' (default 2e-3)"
+        "--learning-rate", type=learning_rate, default=2e-3, help="a float or 'auto' (default 2e-3)"
     )
     return parser
 
@@ -324,6 +343,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "webhooks": webhook_commands.run,
+    "queue": admin.cmd_queue,
+    "workers": admin.cmd_workers,
 }
 
 
@@ -341,10 +362,17 @@ def main(
 ) -> int:
     """Run one `ftjobs` command; returns the exit code. `client=` replaces the one built from --url."""
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except SystemExit:  # --help, --version, a usage error: printed; a closed pipe must not add a traceback
+        flush_stdout()
+        raise
     if rest and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command == "completion":
+            print(completion_script(parser, args.shell))
+            return flush_stdout()
         if args.command in LOCAL_COMMANDS:
             run = (local or {}).get(args.command)
             if run is None:
@@ -353,19 +381,21 @@ def main(
             return run(args, rest)
         api = client or Client(base_url=args.url, api_key=args.api_key)
         try:
-            return COMMANDS[args.command](args, api)
+            return COMMANDS[args.command](args, api) | flush_stdout()  # a closed pipe shows here, not at exit
         finally:
             if client is None:
                 api.close()
     except APIError as exc:
         param = f" ({exc.param})" if exc.param else ""
         _note(f"error: {exc.code}: {exc.message}{param}")
+        if exc.request_id:
+            _note(f"request id: {exc.request_id}")
     except FtjobsError as exc:
         return _failed(exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `ftjobs logs JOB | head`: the reader left; say nothing more, and it is no failure
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        drop_stdout()
         return 0
     except OSError as exc:
         return _failed(exc)

@@ -4,10 +4,10 @@
 
     with Client("http://127.0.0.1:8000") as ftjobs:
         train = ftjobs.files.upload("train.jsonl")
-        job = ftjobs.jobs.create(model="/models/minilm", training_file=train.id, task="classification")
+        job = ftjobs.jobs.create(model="all-MiniLM-L6-v2", training_file=train.id, task="classification")
         for event in ftjobs.jobs.follow(job.id):
             print(event.message)
-        ftjobs.jobs.download_all(job.id, "adapter", prefix="adapter/")
+        ftjobs.jobs.download_all(job.id, "adapter", prefix="adapter/")  # adapter/adapter_model.safetensors ...
 
 Each resource method is generated from one plan in client/resources.py (`_sync` / `_async` keep its
 signature for type checkers); the two clients differ only in `_execute`, which performs one plan
@@ -136,6 +136,7 @@ class Files(_SyncResource):
     upload = _sync(FilesPlans.upload)
     get = _sync(FilesPlans.get)
     list = _sync(FilesPlans.list)
+    find = _sync(FilesPlans.find)
     profile = _sync(FilesPlans.profile)
 
 
@@ -176,6 +177,7 @@ class AsyncFiles(_AsyncResource):
     upload = _async(FilesPlans.upload)
     get = _async(FilesPlans.get)
     list = _async(FilesPlans.list)
+    find = _async(FilesPlans.find)
     profile = _async(FilesPlans.profile)
 
 
@@ -279,7 +281,7 @@ class Client(BaseClient):
         elif isinstance(step, Save):
             try:
                 with open(step.path, "wb") as fh:
-                    sink = Digest(fh)
+                    sink = Digest(fh, step.on_bytes)
                     for chunk in step.response.iter_bytes():
                         sink.write(chunk)
                 return sink.result()
@@ -377,7 +379,7 @@ class AsyncClient(BaseClient):
         elif isinstance(step, Save):
             try:
                 with open(step.path, "wb") as fh:
-                    sink = Digest(fh)
+                    sink = Digest(fh, step.on_bytes)
                     async for chunk in step.response.aiter_bytes():
                         sink.write(chunk)
                 return sink.result()

@@ -39,6 +39,9 @@ def progress_line(job: Job, width: int = 24) -> str:
     else:
         head = f"step {p.step}"
     eta = "" if job.status.is_terminal else f"  ETA {duration(p.eta_seconds)}"
+    if p.phase in ("evaluating", "saving") and not job.status.is_terminal:  # the ETA is this phase's
+        of = f"/{p.phase_total}" if p.phase_total else ""
+        eta = f"  {p.phase} {p.phase_done or 0}{of} {p.phase_unit or ''}".rstrip() + eta
     return f"{head}  epoch {p.epoch:.2f}  elapsed {duration(p.elapsed_seconds)}{eta}"
 
 

@@ -52,7 +52,13 @@ class APIError(FtjobsError):
 
     @property
     def request_id(self) -> str | None:
-        return self.headers.get("x-request-id")
+        """The API's id for the failed request (`X-Request-ID`, else the error body's): quote it to an operator."""
+        from_header = self.headers.get("x-request-id")
+        if from_header:
+            return from_header
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        from_body = error.get("request_id") if isinstance(error, dict) else None
+        return from_body if isinstance(from_body, str) else None
 
     def __str__(self) -> str:
         where = f" (param: {self.param})" if self.param else ""

@@ -44,6 +44,9 @@ from ftjobs.client.models import (
     Task,
 )
 from ftjobs.client.models.jobs import TERMINAL_STATUSES
+from ftjobs.client.transfers import CountingReader, Progress, relative_to_prefix, total_size
+
+PathLike = str | os.PathLike[str]
 
 
 def _seg(value: str) -> str:
@@ -111,9 +114,10 @@ class ModelsPlans(Plans):
 
 class FilesPlans(Plans):
     def upload(
-        self, file: str | os.PathLike[str] | IO[bytes], *, purpose: str = "fine-tune"
+        self, file: str | os.PathLike[str] | IO[bytes], *, purpose: str = "fine-tune", progress: Progress | None = None
     ) -> Plan[FileObject]:
-        """Upload a JSONL, CSV or Parquet dataset (a path, or a binary file object); returns its `FileObject`."""
+        """Upload a JSONL, CSV or Parquet dataset (a path, or a binary file object); returns its `FileObject`.
+        `progress(name, bytes sent, total)` is called as the file is read into the request."""
         if isinstance(file, str | os.PathLike):
             fh: IO[bytes] = open(file, "rb")  # closed below, also when the plan is abandoned
             owned = True
@@ -121,7 +125,8 @@ class FilesPlans(Plans):
             fh, owned = file, False
         name = Path(str(getattr(fh, "name", "") or "data.jsonl")).name
         try:
-            files = {"file": (name, fh, "application/jsonl")}
+            body: Any = fh if progress is None else CountingReader(fh, name, total_size(fh), progress)
+            files = {"file": (name, body, "application/jsonl")}
             form = {"purpose": purpose}
             response = yield from self._core._request("POST", "/v1/files", files=files, data=form)
         finally:
@@ -133,9 +138,15 @@ class FilesPlans(Plans):
         """Fetch one uploaded file's metadata."""
         return (yield from self._core._get(f"/v1/files/{_seg(file_id)}", FileObject))
 
-    def list(self, *, after: str | None = None, limit: int = 20) -> Plan[FileList]:
-        """One page of uploaded files, newest first; pass the page's `last_id` as `after` for the next."""
-        return (yield from self._core._get("/v1/files", FileList, {"after": after, "limit": limit}))
+    def list(self, *, after: str | None = None, limit: int = 20, sha256: str | None = None) -> Plan[FileList]:
+        """One page of uploaded files, newest first (`after`: a page's `last_id`; `sha256`: uploads of one file)."""
+        params = {"after": after, "limit": limit, "sha256": sha256}
+        return (yield from self._core._get("/v1/files", FileList, params))
+
+    def find(self, sha256: str) -> Plan[FileObject | None]:
+        """The newest upload whose bytes have this sha256 (hex), or None (also from a server without the filter)."""
+        page = yield from self.list(limit=1, sha256=sha256.lower())
+        return next((f for f in page.data if sha256.lower() in (f.source_sha256, f.sha256)), None)
 
     def profile(self, file_id: str) -> Plan[FileProfile]:
         """A dataset's profile: rows, columns, label distribution, length statistics, duplicates."""
@@ -320,48 +331,54 @@ class JobsPlans(Plans):
         response = yield from self._core._request("GET", path)
         return [json.loads(line) for line in response.text.splitlines() if line.strip()]
 
-    def download(self, job_id: str, name: str, dest: str | os.PathLike[str]) -> Plan[Path]:
+    def download(
+        self, job_id: str, name: str, dest: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> Plan[Path]:
         """Download one artifact to `dest` (a file path, or an existing folder to put it in).
 
         The bytes go to a temporary file next to `dest`; their sha256 is checked against the
         `X-Content-SHA256` header and the artifact list before the file is renamed into place, so
         `dest` is never half-written. Raises `ChecksumMismatch` (and writes nothing) when they differ.
-        """
+        `progress(name, bytes so far, total)` is called as the bytes arrive."""
         listing = yield from self.artifacts(job_id)
         expected = next((a for a in listing if a.name == name), None)
         target = Path(dest)
         if target.is_dir():
             target = target / PurePosixPath(name).name
-        return (yield from self._download(job_id, name, target, expected))
+        return (yield from self._download(job_id, name, target, expected, progress))
 
     def download_all(
-        self, job_id: str, dest_dir: str | os.PathLike[str], *, prefix: str | None = None
+        self, job_id: str, dest_dir: PathLike, *, prefix: str | None = None, progress: Progress | None = None
     ) -> Plan[builtins.list[Path]]:
-        """Download every artifact whose name starts with `prefix` to `dest_dir/<name>`.
+        """Download every artifact whose name starts with `prefix` to `dest_dir/<name without the prefix>`.
 
-        Names keep their folders: `prefix="adapter/"` writes `dest_dir/adapter/adapter_model.safetensors`
-        and its neighbours, a folder `PeftModel.from_pretrained` loads. Each file is checked as in
-        `download`; a mismatch stops at that file, leaving the ones before it in place.
+        `prefix="adapter/"` writes `dest_dir/adapter_model.safetensors` and its neighbours, a folder
+        `PeftModel.from_pretrained(dest_dir)` loads; with no prefix, names keep their folders. Each file is checked
+        as in `download`; a mismatch stops at that file, leaving the ones before it in place.
         """
         paths = []
         for artifact in (yield from self.artifacts(job_id)):
             if prefix and not artifact.name.startswith(prefix):
                 continue
-            relative = PurePosixPath(artifact.name)
+            relative = relative_to_prefix(artifact.name, prefix)
             if relative.is_absolute() or ".." in relative.parts or not relative.parts:
                 raise errors.InvalidResponse(f"artifact name escapes {dest_dir}: {artifact.name!r}")
             target = Path(dest_dir).joinpath(*relative.parts)
-            paths.append((yield from self._download(job_id, artifact.name, target, artifact)))
+            paths.append((yield from self._download(job_id, artifact.name, target, artifact, progress)))
         return paths
 
-    def _download(self, job_id: str, name: str, target: Path, expected: Artifact | None) -> Plan[Path]:
+    def _download(
+        self, job_id: str, name: str, target: Path, expected: Artifact | None, progress: Progress | None = None
+    ) -> Plan[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         path = f"/v1/jobs/{_seg(job_id)}/artifacts/{quote(name, safe='/')}"
         response = yield from self._core._request("GET", path, stream=True)
         try:
             try:
-                digest, size = yield Save(response, part)
+                total, report = (expected.bytes if expected else None), progress
+                on_bytes = None if report is None else (lambda done: report(name, done, total))
+                digest, size = yield Save(response, part, on_bytes)
             except httpx.TransportError as exc:
                 raise errors.APIConnectionError(f"download of {name} broke off: {exc}") from exc
             listed = expected.sha256 if expected is not None else None

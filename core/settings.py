@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,6 +50,13 @@ class Settings(BaseModel):
     checkpoint_s: float = Field(default=600, ge=0)  # seconds between resumable checkpoints (0: none by time)
     checkpoint_steps: int = Field(default=0, ge=0)  # also one every this many optimizer steps (0: none by steps)
     preempt_s: float = Field(default=30, ge=0)  # seconds a stopping worker gives its job to hand itself back
+    # A worker's torch/OpenMP/MKL threads (None: every core it may use); `ftjobs up` gives each worker its share.
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    # Import torch, transformers and peft once in the worker, so each job's work horse forks with them loaded.
+    preload: bool = False
+    # Log lines of every process (core/logs.py): `text` for a terminal, `json` (one object a line) for a collector.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     sse_keepalive_s: float = Field(default=15, gt=0, le=300)  # seconds between keep-alives of an idle event stream
     sse_max_streams: int = Field(default=100, ge=1)  # open event streams per tenant, per API process
     # Webhooks: private/loopback/link-local targets only when allowed (all of them, or these CIDRs); seconds before
@@ -59,6 +67,7 @@ class Settings(BaseModel):
     webhook_retry_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_timeout_s: float = Field(default=10, gt=0, le=60)
     webhook_lease_s: float = Field(default=60, gt=0)
+    metrics_token: str = Field(default="", repr=False)  # when set, GET /metrics wants it as a bearer token
 
     @field_validator("webhook_allow_cidrs")
     @classmethod
@@ -99,6 +108,10 @@ class Settings(BaseModel):
             checkpoint_s=_float(env, "FTJOBS_CHECKPOINT_S", 600),
             checkpoint_steps=_int(env, "FTJOBS_CHECKPOINT_STEPS", 0),
             preempt_s=_float(env, "FTJOBS_PREEMPT_S", 30),
+            torch_threads=_int(env, "FTJOBS_TORCH_THREADS", 0) or None,
+            preload=_flag(env, "FTJOBS_PRELOAD", default=False),
+            log_format=(_str(env, "FTJOBS_LOG_FORMAT") or "text").lower(),  # type: ignore[arg-type]
+            log_level=(_str(env, "FTJOBS_LOG_LEVEL") or "INFO").upper(),  # type: ignore[arg-type]
             sse_keepalive_s=_float(env, "FTJOBS_SSE_KEEPALIVE_S", 15),
             sse_max_streams=_int(env, "FTJOBS_SSE_MAX_STREAMS", 100),
             webhook_allow_private=_flag(env, "FTJOBS_WEBHOOK_ALLOW_PRIVATE"),
@@ -106,6 +119,7 @@ class Settings(BaseModel):
             webhook_retry_s=_floats(env, "FTJOBS_WEBHOOK_RETRY_S") or (5, 300, 1800, 7200, 18000, 36000, 36000),
             webhook_timeout_s=_float(env, "FTJOBS_WEBHOOK_TIMEOUT_S", 10),
             webhook_lease_s=_float(env, "FTJOBS_WEBHOOK_LEASE_S", 60),
+            metrics_token=_str(env, "FTJOBS_METRICS_TOKEN"),
         )
 
     @property
@@ -145,9 +159,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = _str(env, name).lower()
-    if raw in ("", "0", "false", "no"):
+    if not raw:
+        return default
+    if raw in ("0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):
         return True

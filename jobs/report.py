@@ -42,6 +42,7 @@ from ftjobs.core.records import (
     status_entry,
 )
 from ftjobs.core.settings import Settings
+from ftjobs.core.telemetry import Telemetry
 
 log = logging.getLogger("ftjobs.report")
 
@@ -121,6 +122,7 @@ class Reporter:
         self.member = heartbeat_member(tenant, job_id, attempt)
         self._write_script = redis.register_script(GUARDED_WRITE)
         self._last_metrics: dict[str, float] = {}
+        self.telemetry = Telemetry(redis)  # deployment-wide figures for /metrics (core/telemetry.py)
 
     # ------------------------------------------------------------------ reads
 
@@ -180,6 +182,7 @@ class Reporter:
         if not self._write(fields, event, statuses=[JobStatus.queued]):
             return False
         self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
+        self.telemetry.started(self.tenant, record, now)
         return True
 
     def begin_validation(self, worker_name: str) -> bool:
@@ -228,6 +231,7 @@ class Reporter:
         self.redis.zrem(HEARTBEATS_KEY, self.member)
         if ok:
             self.redis.srem(ACTIVE_JOBS_KEY, active_member(self.tenant, self.job_id))
+            self.telemetry.finished(self.tenant, self.job_id, status)
         return ok
 
     def requeue(self, reason: str, free: bool = False) -> bool:
@@ -291,8 +295,10 @@ class Reporter:
             fields[JobField.heartbeat_at] = now
         pipe = self.redis.pipeline(transaction=False)
         self._write(fields, client=pipe)
+        self.telemetry.step(self.tenant, self.job_id, progress, pipe)
         pipe.hmget(self.key, [JobField.cancel_requested, JobField.status, JobField.attempt])
-        (written, _status), fetched = pipe.execute()
+        results = pipe.execute()  # the guarded write's, the telemetry's, then the hmget
+        written, fetched = results[0][0], results[-1]
         if written and heartbeat:
             self.redis.zadd(HEARTBEATS_KEY, {self.member: now})
         return self._should_stop(*fetched)

@@ -163,7 +163,8 @@ def evaluate_baseline(run: Run, store: Storage, reporter: Reporter, work: Path) 
     if baseline.resumed is not None:
         baseline.scores, baseline.predictions = baseline.resumed.baseline, baseline.resumed.baseline_predictions
     elif run.inputs.data.validation is not None:
-        run.trainer.evaluate()
+        with run.callback.evaluation("baseline evaluation"):  # progress events batch by batch, with an ETA
+            run.trainer.evaluate()
         baseline.scores = summary(run.callback.eval_history[-1]["values"])
         baseline.predictions = run.keeper.last if run.keeper else None
         baseline.scores.update(generation_eval(run.evaluator, run.trainer, reporter, "baseline"))
@@ -197,7 +198,8 @@ def evaluate_final(run: Run, trained_evals: list[dict[str, Any]], reporter: Repo
         last = callback.eval_history[-1]  # reuse the evaluation the schedule just ran at the last step, if any
         # after early stopping the best weights were reloaded: evaluate them, not the last ones
         if stopping or last["step"] != trainer.state.global_step or len(callback.eval_history) == 1:
-            trainer.evaluate()
+            with callback.evaluation("final evaluation"):
+                trainer.evaluate()
             last = callback.eval_history[-1]
         results.final = summary(last["values"])
         results.final.update(generation_eval(run.evaluator, trainer, reporter, "final"))
@@ -252,6 +254,8 @@ def save(run: Run, results: Results, store: Storage, reporter: Reporter, work: P
 def _quiet_libraries() -> None:
     """Progress goes to the job record, not to tqdm bars or deprecation noise in the worker log."""
     hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()  # its lines go through the worker's handler (core/logs.py), JSON included
+    hf_logging.enable_propagation()
     # peft still calls this transformers 5 deprecation on every model it wraps: noise in the worker log.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 

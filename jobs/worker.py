@@ -1,9 +1,15 @@
 """The worker process: `python -m ftjobs.jobs.worker [--queue Q] [--burst] [--name N] [--validate-only | --train-only]`.
 
 An RQ forking `Worker` (JSON payloads, never pickle) that holds a lease on the job it runs from the moment it
-takes it, plus a reconciler thread (jobs/reconcile.py) that moves on jobs whose attempt died anywhere. The
-parent process never imports torch: RQ forks a work horse per job, and a fork after torch ran can hang, so
-torch lives in `ftjobs.jobs.train.run` only. The horse dies with its worker (PR_SET_PDEATHSIG).
+takes it, plus a reconciler thread (jobs/reconcile.py) that moves on jobs whose attempt died anywhere. RQ
+forks a work horse per job, which dies with its worker (PR_SET_PDEATHSIG).
+
+Warm starts (FTJOBS_PRELOAD=1; off by default for now): before its work loop the worker imports the job modules (torch,
+transformers, peft, ...; ~7 s of CPU) once, so each horse forks with them loaded instead of paying them per job.
+The worker itself never runs a torch op: a fork after torch ran ops can hang (its OpenMP pool, CUDA), importing
+is safe. Thread budget (FTJOBS_TORCH_THREADS, default OMP_NUM_THREADS or every core): OMP/MKL/OpenBLAS pools are
+sized in the environment before any import, and each horse calls torch.set_num_threads with it, so several
+workers on one host do not oversubscribe its cores (`ftjobs up` gives each worker its share).
 
 - A horse that dies (OOM kill, segfault, SIGKILL), before or after the job's first write: the worker sees it at
   once and recovers the job (the next attempt resumes from its checkpoint).
@@ -41,7 +47,9 @@ from rq.worker import WorkerStatus
 
 from ftjobs.client.models import QueuePayload
 from ftjobs.core.admission import Line
+from ftjobs.core.fleet import record_hardware
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
+from ftjobs.core.logs import bind_job, setup_logging
 from ftjobs.core.queue import TRAIN_FUNC, VALIDATE_FUNC, JobQueue, connect, redact_url
 from ftjobs.core.settings import Settings
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
@@ -72,6 +80,7 @@ class JobWorker(Worker):
             return
         self._payload = _payload(job)
         self._horse_status = None
+        bind_job(self._payload.job_id if self._payload else None, self._payload.tenant if self._payload else None)
         if self._payload is not None:
             self._renew_lease()  # ours from now on, before the horse imports anything
         line = self.jobq.line_of(job)
@@ -85,6 +94,7 @@ class JobWorker(Worker):
                 self._after_horse(payload)
             if line is not None:  # after a requeue (first in its line): its slot goes to the best next job
                 self._admission(self.jobq.admission.release, line, job.id)
+            bind_job(None, None)
 
     def _admission(self, step: Callable[[Line, str], list[str]], line: Line, rq_id: str) -> None:
         try:
@@ -165,8 +175,18 @@ class JobWorker(Worker):
 
     def main_work_horse(self, job: RQJob, queue: Queue) -> None:
         _die_with_parent()
+        _set_torch_threads(thread_budget(self.settings))
         INTERRUPTER.install(preempt_grace_s=self.settings.preempt_s / 2)  # half to end the step, half to save
         super().main_work_horse(job, queue)
+
+
+    def perform_job(self, job: RQJob, queue: Queue, *args: Any, **kw: Any) -> bool:
+        try:
+            return bool(super().perform_job(job, queue, *args, **kw))
+        finally:  # what the job ran with, in the worker's log (`-`: it never loaded torch)
+            torch = sys.modules.get("torch")
+            threads = torch.get_num_threads() if torch is not None else "-"
+            log.info("work horse %d: %s torch threads (preloaded: %s)", os.getpid(), threads, self.settings.preload)
 
 
 def _func_name(job: RQJob) -> str | None:
@@ -206,6 +226,73 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+PRELOAD_VALIDATE = ("ftjobs.jobs.validate", "sklearn.model_selection", "datasketch")
+# What every training attempt imports, lazily or not; task-specific extras (trl for dpo, bitsandbytes) stay lazy.
+PRELOAD_TRAIN = ("ftjobs.jobs.train", "ftjobs.jobs.training.continuation", "peft", "matplotlib.pyplot",
+                 "sacrebleu", "rouge_score.rouge_scorer")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_budget(settings: Settings) -> int:
+    """This worker's torch threads: FTJOBS_TORCH_THREADS, else OMP_NUM_THREADS, else every core it may use."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    with contextlib.suppress(ValueError):
+        if (omp := int(os.environ.get("OMP_NUM_THREADS", "").strip() or 0)) > 0:
+            return omp
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def apply_thread_budget(threads: int) -> None:
+    """Before anything imports torch or numpy: their thread pools read these variables once, when they start."""
+    for name in THREAD_VARS:
+        os.environ[name] = str(threads)
+
+
+def _set_torch_threads(threads: int) -> int | None:
+    """In a horse, before its job's first torch op; None when torch is not loaded (the environment covers it)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only possible before the inter-op pool started: a fresh horse
+        torch.set_num_interop_threads(threads)
+    return int(torch.get_num_threads())
+
+
+def preload(validate_only: bool) -> float:
+    """Import the job modules once, here, so every horse forks with them loaded; runs no torch op. Seconds taken."""
+
+    def stop(signum: int, frame: Any) -> None:  # a stop before the work loop: nothing runs yet, a clean exit
+        log.info("stopped while preloading")
+        raise SystemExit(0)
+
+    started = time.monotonic()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _import_all(PRELOAD_VALIDATE + (() if validate_only else PRELOAD_TRAIN))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return time.monotonic() - started
+
+
+def _import_all(names: tuple[str, ...]) -> None:
+    """Each module by name; one that is missing (an optional extra) is logged and skipped."""
+    import importlib
+    import warnings
+
+    for name in names:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if name == "matplotlib.pyplot":
+                    importlib.import_module("matplotlib").use("Agg")  # as jobs/outputs/plots.py: no display
+                importlib.import_module(name)
+        except ImportError as e:  # an optional extra not installed: the job that needs it says so itself
+            log.info("preload: %s not loaded (%s)", name, e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker until SIGTERM/SIGINT (or until the queue is empty with --burst)."""
     parser = argparse.ArgumentParser(prog="ftjobs worker", description="Run an ftjobs training worker.")
@@ -228,7 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = Settings.from_env()
     settings = settings.model_copy(update={"queue": args.queue or settings.queue})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging("worker", settings)  # FTJOBS_LOG_FORMAT; rq's per-job INFO lines and progress bars off
+    threads = thread_budget(settings)
+    apply_thread_budget(threads)
+    if settings.preload:
+        seconds = preload(args.validate_only)
+        log.info("preloaded the job modules in %.1f s (%d torch threads per job)", seconds, threads)
     connection = connect(settings.redis_url)
     # Validations first: they take seconds and tell a user early that a job cannot train.
     names = ([] if args.train_only else [settings.validate_queue]) + ([] if args.validate_only else [settings.queue])
@@ -237,11 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The reconciler gets its own connection: the forked work horse never touches it.
     reconciler = Reconciler(connect(settings.redis_url), settings)
     reconciler.start()
+    record_hardware(connection, worker.name)  # for `GET /v1/admin/workers`; probed in a child process
     print(
         f"worker {worker.name} listening on {', '.join(names)} (redis {redact_url(settings.redis_url)})", flush=True
     )
     try:
-        worker.work(burst=args.burst, logging_level="INFO")
+        worker.work(burst=args.burst, logging_level="WARNING")
     finally:
         reconciler.stop()
     return 0

@@ -149,6 +149,8 @@ class Stack:
             env["FTJOBS_MODEL_ROOTS"] = os.pathsep.join(str(p) for p in roots)
         (self.data_dir / "models").mkdir(exist_ok=True)
         env["PYTHONUNBUFFERED"] = "1"
+        if not env.get("FTJOBS_TORCH_THREADS") and not env.get("OMP_NUM_THREADS"):  # each worker's share of the cores
+            env["FTJOBS_TORCH_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // max(1, self.workers)))
         self._api = self._spawn(
             "api",
             [
@@ -161,6 +163,7 @@ class Stack:
                 self.host,
                 "--port",
                 str(self.port),
+                "--no-access-log",  # the API's own access log (service/requestid.py) leaves polls at DEBUG
             ],
         )
         for n in range(1, self.workers + 1):

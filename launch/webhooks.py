@@ -37,8 +37,10 @@ from standardwebhooks import Webhook
 
 from ftjobs.client.models.webhooks import WebhookDelivery, WebhookEndpointCreated, WebhookEventType
 from ftjobs.core import keys
+from ftjobs.core.logs import setup_logging
 from ftjobs.core.queue import connect, redact_url
 from ftjobs.core.settings import Settings
+from ftjobs.core.telemetry import count
 from ftjobs.core.webhook_targets import TargetPolicy, TargetRefused, resolve
 from ftjobs.core.webhooks import Delivery, WebhookQueue
 from ftjobs.service.version import API_VERSION
@@ -184,6 +186,8 @@ class Dispatcher:
             if not outcome.delivered and delivery.attempt <= len(retries):
                 next_due = time.time() + retries[delivery.attempt - 1]
             self.queue.finish(delivery, outcome.model_copy(update={"next_attempt_at": next_due}), next_due)
+            result = "delivered" if outcome.delivered else "retry" if next_due else "given_up"
+            count(self.redis, "webhook_deliveries_total", outcome=result)  # /metrics: ftjobs_webhook_deliveries
             log.info(
                 "%s %s -> %s attempt %d: %s",
                 delivery.event_id,
@@ -214,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftjobs webhooks-dispatcher", description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="attempts in flight at once")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
+    setup_logging("webhooks", settings)  # FTJOBS_LOG_FORMAT; httpx's line per request off
     dispatcher = Dispatcher(connect(settings.redis_url), settings, concurrency=args.concurrency)
 
     def stop(signum: int, frame: FrameType | None) -> None:

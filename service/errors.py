@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from fastapi.responses import JSONResponse
 
 from ftjobs.client.models import ErrorBody, ErrorDetail, FileProblem
+from ftjobs.core.logs import current_request_id
 
 
 def snake_case(name: str) -> str:
@@ -40,16 +41,22 @@ class ServiceError(Exception):
         return snake_case(cls.__name__)
 
     def body(self) -> ErrorBody:
-        return ErrorBody(
-            error=ErrorDetail(code=self.code(), message=self.message, param=self.param, type=self.type)
-        )
+        detail = ErrorDetail(code=self.code(), message=self.message, param=self.param, type=self.type)
+        request_id = current_request_id()  # bound by service/requestid.py for the request being answered
+        if request_id is not None:
+            detail.request_id = request_id
+        return ErrorBody(error=detail)
 
     def response(self) -> JSONResponse:
+        body = self.body()
+        headers = dict(self.headers)
+        if body.error.request_id is not None:  # also for a 500, answered outside the request-id middleware
+            headers.setdefault("X-Request-ID", body.error.request_id)
         return JSONResponse(
-            # exclude_unset: optional extras (`details`, `total`) appear only on errors that set them
-            self.body().model_dump(mode="json", exclude_unset=True),
+            # exclude_unset: optional extras (`details`, `total`, `request_id`) appear only on errors that set them
+            body.model_dump(mode="json", exclude_unset=True),
             status_code=self.status_code,
-            headers=self.headers,
+            headers=headers,
         )
 
 

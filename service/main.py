@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from ftjobs.core.logs import setup_logging
 from ftjobs.core.queue import JobQueue, connect
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage, sweep_folder
@@ -27,7 +28,9 @@ from ftjobs.service.errors import (
 from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
 from ftjobs.service.limits import RateLimiter
 from ftjobs.service.links import add_links
-from ftjobs.service.routes import artifacts, files, health, jobs, models, openai_jobs, webhooks
+from ftjobs.service.metrics import install_metrics
+from ftjobs.service.requestid import RequestIds
+from ftjobs.service.routes import admin, artifacts, dashboard, docs, files, health, jobs, models, openai_jobs, webhooks
 from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
 from ftjobs.service.sse import Streaming
 from ftjobs.service.store import Store
@@ -106,19 +109,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        docs_url=None,  # /docs and /redoc come from routes/docs.py, with local assets (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tenants = TenantsSource(settings.tenants_file, settings.api_keys)  # keys, scopes, limits; re-read
     install_error_handlers(app)
     app.add_middleware(DeclaredBodyLimit, max_bytes=MAX_JSON_BODY_BYTES, exempt_paths=["/v1/files"])
     app.add_middleware(AuthFirst)  # added last, so it runs first: 401 before a 413 or a parsed body
+    install_metrics(app, settings)  # GET /metrics; its HTTP middleware counts every response, a 401 or 429 too
+    app.add_middleware(RequestIds)  # outermost: every response (a 401 too) carries X-Request-ID
     app.include_router(health.router)
+    app.include_router(docs.router)
+    app.include_router(dashboard.router)  # the web page; its data comes from /v1
     common = error_responses(Unauthorized, InsufficientScope, RateLimited, InternalError, RedisUnavailable)
-    for module in (files, jobs, artifacts, models, webhooks, openai_jobs):
+    for module in (files, jobs, artifacts, models, webhooks, openai_jobs, admin):
         app.include_router(module.router, responses=common)
     return app
 
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory ftjobs.service.main:app_from_env`: settings from FTJOBS_* variables."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    setup_logging("api", settings)  # FTJOBS_LOG_FORMAT; uvicorn's access log gives way to service/requestid.py's
+    return create_app(settings)

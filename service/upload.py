@@ -57,6 +57,11 @@ class _Parts:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
         self._current = options.get(b"name", b"").decode("utf-8", "replace")
+        if self._current != self.file_field and b"filename" in options:  # a file in a field of another name
+            raise InvalidRequest(
+                f"Send the dataset in the multipart field {self.file_field!r}, not {self._current!r}.",
+                param=self.file_field,
+            )
         if self._current == self.file_field:
             if self.filename is not None:
                 raise InvalidRequest("Send one file per upload.", param=self.file_field)
@@ -72,7 +77,11 @@ class _Parts:
             return
         buf = self.fields.setdefault(self._current, bytearray())
         if len(buf) + end - start > MAX_FIELD_BYTES:
-            raise InvalidRequest(f"Form field {self._current!r} is too long.", param=self._current)
+            raise InvalidRequest(
+                f"Form field {self._current!r} is too long (at most {MAX_FIELD_BYTES} bytes); "
+                f"send the dataset in the multipart field {self.file_field!r}.",
+                param=self.file_field,
+            )
         buf += data[start:end]
 
     def take(self) -> bytes:

@@ -76,7 +76,7 @@ def test_lora_causal_lm_end_to_end(client, worker, tiny_causal_lm, tmp_path):  #
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter_dir = tmp_path / "out" / "adapter"
+    adapter_dir = tmp_path / "out"  # download_all writes the names without their prefix
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()

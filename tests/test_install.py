@@ -134,6 +134,8 @@ def test_the_distribution_installs_only_the_ftjobs_namespace(installed: Installe
     assert scripts == ["ftjobs"]
     for data in ("sms_spam_train.jsonl", "sms_spam_heldout.jsonl", "ATTRIBUTION.md"):
         assert f"ftjobs/launch/demo_data/{data}" in paths
+    for asset in ("index.html", "app.js", "api.js", "views.js", "chart.js", "dashboard.css"):  # /dashboard
+        assert f"ftjobs/service/static/dashboard/{asset}" in paths
 
 
 @pytest.mark.timeout(DEMO_TIMEOUT_S + 120)

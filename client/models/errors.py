@@ -33,6 +33,9 @@ class ErrorDetail(BaseModel):
         default=None, description="invalid_file only: the first problems of the file, each with line, field, code."
     )
     total: int | None = Field(default=None, description="invalid_file only: how many problems the file has in all.")
+    request_id: str | None = Field(
+        default=None, description="The request's id (also the `X-Request-ID` response header): quote it to an operator."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -49,7 +49,11 @@ class FileObject(BaseModel):
     format: FileFormat | None = Field(
         description="Row shape detected from the keys of the rows; null for a job's result file (not a dataset)."
     )
-    sha256: str
+    sha256: str = Field(description="sha256 of the stored JSONL rows (CSV and Parquet uploads converted).")
+    source_sha256: str | None = Field(
+        default=None,
+        description="sha256 of the bytes as uploaded: `GET /v1/files?sha256=` finds an upload of the same file.",
+    )
     created_at: int = Field(description="Unix seconds.")
     purpose: Literal["fine-tune", "fine-tune-results"] = Field(
         default="fine-tune", description="`fine-tune`: an upload; `fine-tune-results`: a job's metrics CSV."

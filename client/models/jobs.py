@@ -241,7 +241,15 @@ class Progress(BaseModel):
     epoch: float = 0.0
     tokens_seen: int = 0
     elapsed_seconds: float = 0.0
-    eta_seconds: float | None = None
+    eta_seconds: float | None = Field(
+        default=None, description="Seconds left: of training while `training`, of the current phase otherwise."
+    )
+    phase: Literal["training", "evaluating", "saving"] | None = Field(
+        default=None, description="What the attempt does now; null before its first step."
+    )
+    phase_done: int | None = Field(default=None, description="Units of the current phase done (`phase_unit`).")
+    phase_total: int | None = Field(default=None, description="Units the current phase has in all, where known.")
+    phase_unit: str | None = Field(default=None, description="`batches`, `examples` or `bytes`.")
 
 
 class Artifact(BaseModel):

@@ -17,6 +17,7 @@ import torch
 
 from ftjobs.client.models import Task
 from ftjobs.jobs.data.read import Row, label_of, source_target
+from ftjobs.jobs.evaluation.progress import PhaseProgress
 from ftjobs.jobs.interrupts import Cancelled
 from ftjobs.jobs.report import Reporter
 
@@ -118,6 +119,7 @@ class Evaluator:
                     self.items.append(item)
         self.predictions: dict[str, list[str]] = {}  # "baseline" / "final" -> predictions of the sampled rows
         self._last_check = time.monotonic()
+        self.on_item: Callable[[], None] | None = None  # called after each prediction (progress events)
 
     @property
     def active(self) -> bool:
@@ -136,7 +138,10 @@ class Evaluator:
                 if self.task == Task.classification:
                     self.predictions[stage] = self._classify(model, cancelled)
                     return {}
-                outputs = [self._generate(model, item, cancelled) for item in self.items]
+                outputs = []
+                for item in self.items:
+                    outputs.append(self._generate(model, item, cancelled))
+                    self._tick()
                 accuracy = self._token_accuracy(model, self.items[: self.limit])
         finally:
             model.train(was_training)
@@ -224,14 +229,29 @@ class Evaluator:
             enc = self.tokenizer(row.data["text"], truncation=True, max_length=self.max_seq_length, return_tensors="pt")
             logits = model(**{k: v.to(device) for k, v in enc.items()}).logits[0]
             predicted.append(self.labels[int(logits.argmax(-1))])
+            self._tick()
         return predicted
+
+    def units(self) -> int:
+        """How many predictions `run` makes (each one `on_item` call)."""
+        return len(self.rows[: self.samples]) if self.task == Task.classification else len(self.items)
+
+    def _tick(self) -> None:
+        if self.on_item is not None:
+            self.on_item()
 
 
 def generation_eval(evaluator: Evaluator, trainer: Any, reporter: Reporter, stage: str) -> dict[str, float]:
     """Run the generation pass; its metrics also become an eval metric point at the current step."""
     if not evaluator.active:
         return {}
-    values = evaluator.run(trainer.model, stage, Cancelled)
+    progress = PhaseProgress(reporter, "evaluating", f"{stage} generation", "examples", evaluator.units()).start()
+    evaluator.on_item = progress.advance
+    try:
+        values = evaluator.run(trainer.model, stage, Cancelled)
+    finally:
+        evaluator.on_item = None
+    progress.finish()
     if values:
         step = trainer.state.global_step
         reporter.metric("eval", step, round(trainer.state.epoch or 0.0, 4), values)

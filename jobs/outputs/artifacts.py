@@ -93,11 +93,15 @@ def publish(
     job_id: str,
     attempt: int,
     still_current: Callable[[], bool],
+    uploaded: Callable[[int], None] | None = None,
 ) -> list[Artifact] | None:
-    """Upload to staging, then move into place; None (nothing moved) if the attempt lost the job meanwhile."""
+    """Upload to staging, then move into place; None (nothing moved) if the attempt lost the job meanwhile.
+    `uploaded(bytes)` after each file: the saving phase's progress (jobs/evaluation/progress.py)."""
     staging = staging_dir(tenant, job_id, attempt)
     for a in artifacts:  # manifest last: its presence means every file it lists is there
         store.upload(local / a.name, f"{staging}/{a.name}")
+        if uploaded is not None:
+            uploaded(a.bytes)
     if not still_current():
         store.delete(staging)
         return None

@@ -13,6 +13,7 @@ from ftjobs.client.models import Artifact, JobCreate
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.data.examples import Datasets
 from ftjobs.jobs.evaluation.generation import Evaluator
+from ftjobs.jobs.evaluation.progress import PhaseProgress, last_progress
 from ftjobs.jobs.outputs import artifacts, model_card, plots, samples, trackers
 from ftjobs.jobs.outputs.results import Results
 from ftjobs.jobs.report import Reporter
@@ -38,6 +39,7 @@ def save_outputs(
     `model_name`: the base model as the tenant may see it (core/base_models.shown_model)."""
     tenant, job_id = reporter.tenant, reporter.job_id
     reporter.event("saving artifacts")
+    reporter.progress(last_progress(reporter).model_copy(update={"phase": "saving", "eta_seconds": None}))
     trackers.finish(out)  # end the tracker runs; wandb/ and mlruns/ become one .tar.gz each
     manifest_job = {
         "job_id": job_id,
@@ -78,6 +80,11 @@ def save_outputs(
         metrics=metrics,
         job=manifest_job,
     )
-    return artifacts.publish(
-        store, out, written, tenant, job_id, reporter.attempt, lambda: not reporter.cancel_requested()
-    )
+    uploading = PhaseProgress(reporter, "saving", "uploading artifacts", "bytes", sum(a.bytes for a in written))
+    published = artifacts.publish(
+        store, out, written, tenant, job_id, reporter.attempt, lambda: not reporter.cancel_requested(),
+        uploaded=uploading.start().advance,
+    )  # fmt: skip
+    if published is not None:
+        uploading.finish()
+    return published

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from ftjobs.client.models import EventType, Hyperparameters, Progress
 from ftjobs.jobs.data.examples import IGNORE_INDEX
 from ftjobs.jobs.evaluation.metrics import eval_values
+from ftjobs.jobs.evaluation.progress import PhaseProgress
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled
 from ftjobs.jobs.report import Reporter, finite
 from ftjobs.jobs.training import methods
@@ -116,6 +118,9 @@ class ReportCallback(TrainerCallback):
         self._last_cancel_check = 0.0
         self._first_step = 0
         self.earlier_seconds = 0.0  # the earlier attempts' training seconds, up to the checkpoint this one resumed
+        self.eval_label: str | None = None  # set by jobs/train.py around the baseline and final evaluations
+        self.evaluating: PhaseProgress | None = None  # the evaluation under way, batch by batch
+        self._eval_may_start = time.monotonic()  # an evaluation starts after this (a step end, `evaluation`)
 
     # ----------------------------------------------------------------- progress and cancel
 
@@ -127,7 +132,7 @@ class ReportCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # Progress every step, in the same round trip as the cancel check (one Redis call per step):
         # a cancel stops within a step of the progress the user last saw. The heartbeat is throttled.
-        now = time.monotonic()
+        now = self._eval_may_start = time.monotonic()
         beat = now - self._last_beat >= self.heartbeat_s
         if beat:
             self._last_beat = now
@@ -156,6 +161,25 @@ class ReportCallback(TrainerCallback):
                 INTERRUPTER.acknowledge()
                 self.cancelled = True
                 raise Cancelled()
+        # ... and say how far it is: "baseline evaluation: 3/8 batches, ETA 12s" (jobs/evaluation/progress.py)
+        if self.evaluating is None:
+            batches = kw.get("eval_dataloader")
+            label = self.eval_label or f"evaluation at step {state.global_step}"
+            total = len(batches) if batches is not None and hasattr(batches, "__len__") else None
+            self.evaluating = PhaseProgress(
+                self.reporter, "evaluating", label, "batches", total, self._progress(state), self._eval_may_start
+            )
+        self.evaluating.advance()
+
+    @contextmanager
+    def evaluation(self, label: str) -> Iterator[None]:
+        """Name the evaluations run inside (`baseline evaluation`) in their progress events."""
+        self.eval_label, self.evaluating = label, None
+        self._eval_may_start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.eval_label = self.evaluating = None
 
     def _progress(self, state: TrainerState) -> Progress:
         elapsed = time.monotonic() - self._started
@@ -169,6 +193,7 @@ class ReportCallback(TrainerCallback):
             tokens_seen=int(state.num_input_tokens_seen or 0),
             elapsed_seconds=round(elapsed, 3),
             eta_seconds=round(eta, 3) if eta is not None else None,
+            phase="training",
         )
 
     # ----------------------------------------------------------------- metrics
@@ -195,6 +220,9 @@ class ReportCallback(TrainerCallback):
         metrics: dict[str, Any] | None = None,
         **kw: Any,
     ) -> None:
+        if self.evaluating is not None:
+            self.evaluating.finish()
+            self.evaluating = None
         self._record("eval", state, eval_values(metrics or {}, self.causal), self.eval_history)
 
     def _record(self, split: str, state: TrainerState, values: dict[str, float], history: list) -> None:

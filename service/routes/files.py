@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from ftjobs.client.models import FILE_ID_PATTERN, FileDeleted, FileList, FileObj
 from ftjobs.core.keys import file_lines_path, file_path, file_profile_path
 from ftjobs.core.records import new_id
 from ftjobs.core.settings import Settings
+from ftjobs.core.telemetry import count_upload
 from ftjobs.service.deps import LimitsDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
@@ -70,6 +72,15 @@ AfterQuery = Annotated[
     str | None, Query(pattern=FILE_ID_PATTERN, description="Cursor: the `last_id` of the previous page.")
 ]
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size.")]
+Sha256Query = Annotated[
+    str | None,
+    Query(
+        pattern="^[0-9a-f]{64}$",
+        description="Only files whose uploaded bytes (`source_sha256`) or stored rows (`sha256`) have this "
+        "sha256 (lowercase hex): a client reuses an upload of the same file instead of sending it again.",
+    ),
+]
+SCAN_PAGE = 100  # files read at a time while looking for a sha256
 
 
 def spool_dir(settings: Settings) -> str:
@@ -126,7 +137,10 @@ async def upload_file(
             readers.append(open_reader(*parts[-1], head, settings, writer.write))
         return readers[-1]
 
+    uploaded = hashlib.sha256()  # of the bytes as sent (`source_sha256`): what a client can hash locally
+
     def consume(data: bytes) -> None:
+        uploaded.update(data)
         reader_for(data).feed(data)
 
     try:
@@ -156,6 +170,7 @@ async def upload_file(
         rows=summary.rows,
         format=summary.format,
         sha256=summary.sha256,
+        source_sha256=uploaded.hexdigest(),
         created_at=int(time.time()),
         warnings=[w.message for w in summary.warnings],
         warning_details=summary.warnings,
@@ -172,6 +187,7 @@ async def upload_file(
         await run_in_threadpool(storage.delete, file_profile_path(tenant, file_id))
         await run_in_threadpool(storage.delete, file_lines_path(tenant, file_id))
         raise
+    await run_in_threadpool(count_upload, request.app.state.redis, file.bytes)  # /metrics: ftjobs_upload_bytes
     return file
 
 
@@ -183,10 +199,21 @@ def get_file(file_id: str, tenant: TenantDep, store: StoreDep) -> FileObject:
 
 @router.get("", responses=error_responses(ValidationError))
 def list_files(
-    tenant: TenantDep, store: StoreDep, after: AfterQuery = None, limit: LimitQuery = 20
+    tenant: TenantDep, store: StoreDep, after: AfterQuery = None, limit: LimitQuery = 20, sha256: Sha256Query = None
 ) -> FileList:
-    """List uploaded files, newest first (cursor pagination with `after`)."""
-    return store.list_files(tenant, after, limit)
+    """List uploaded files, newest first (cursor pagination with `after`); `sha256` keeps only copies of one file."""
+    if sha256 is None:
+        return store.list_files(tenant, after, limit)
+    found: list[FileObject] = []
+    cursor = after
+    while len(found) <= limit:  # the tenant's files, a page at a time, until one match past the page
+        page = store.list_files(tenant, cursor, SCAN_PAGE)
+        found += [f for f in page.data if sha256 in (f.source_sha256, f.sha256)]
+        if not page.has_more:
+            break
+        cursor = page.last_id
+    data = found[:limit]
+    return FileList(data=data, has_more=len(found) > limit, last_id=data[-1].id if data else None)
 
 
 @router.get("/{file_id}/profile", responses=error_responses(FileNotFound, ValidationError))

@@ -115,6 +115,8 @@ class FakeAPI:
         q = request.url.params
         if path in self.routes:
             return self.routes[path](request)
+        if method == "GET" and path == "/v1/files":  # no earlier uploads (`?sha256=` finds none)
+            return httpx.Response(200, json={"object": "list", "data": [], "has_more": False})
         if method == "POST" and path == "/v1/files":
             assert b'name="file"' in request.read()
             return httpx.Response(200, json=file_json())

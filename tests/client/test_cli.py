@@ -242,7 +242,7 @@ def test_download_with_prefix(api: FakeAPI, capsys: pytest.CaptureFixture[str], 
     api.add_artifact(JOB, "adapter/adapter_model.safetensors", b"\0" * 64)
     api.add_artifact(JOB, "metrics.json", b"{}")
     assert run(api, "download", JOB, "--dest", str(tmp_path), "--prefix", "adapter/") == 0
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # written without the prefix
         "adapter_config.json",
         "adapter_model.safetensors",
     ]

@@ -144,7 +144,7 @@ def test_download_and_download_all(api: FakeAPI, tmp_path: Path) -> None:
     assert one == tmp_path / "metrics.json" and one.read_bytes() == b"{}"
     adapter = ftjobs.jobs.download_all(JOB, tmp_path / "adapter-out", prefix="adapter/")
     assert sorted(p.name for p in adapter) == ["adapter_config.json", "adapter_model.safetensors"]
-    weights = (tmp_path / "adapter-out" / "adapter" / "adapter_model.safetensors").read_bytes()
+    weights = (tmp_path / "adapter-out" / "adapter_model.safetensors").read_bytes()  # the prefix left out
     assert hashlib.sha256(weights).hexdigest() == hashlib.sha256(files["adapter/adapter_model.safetensors"]).hexdigest()
     everything = ftjobs.jobs.download_all(JOB, tmp_path / "all")
     assert (tmp_path / "all" / "adapter" / "adapter_config.json") in everything
@@ -185,7 +185,7 @@ def test_async_client_mirrors_the_sync_one(api: FakeAPI, tmp_path: Path) -> None
             messages = [e.message async for e in ftjobs.jobs.follow(JOB, poll_interval=0)]
             assert messages == ["running", "succeeded"]
             paths = await ftjobs.jobs.download_all(JOB, tmp_path, prefix="adapter/")
-            assert paths == [tmp_path / "adapter" / "adapter_config.json"]
+            assert paths == [tmp_path / "adapter_config.json"]
             with pytest.raises(errors.NotFound):
                 await ftjobs.jobs.get("ftjob-" + "0" * 20)
             api.header_sha["adapter/adapter_config.json"] = "0" * 64

@@ -69,12 +69,20 @@ def new_horse(worker: WorkerProcess, seen: set[int], timeout: float = 120) -> in
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in children(worker.proc.pid):
-            if pid not in seen:
+            if pid not in seen and _is_horse(pid):
                 seen.add(pid)
                 return pid
         assert worker.proc.poll() is None, worker.output()[-3000:]
         time.sleep(0.005)
     raise AssertionError(f"no new work horse after {timeout} s:\n{worker.output()[-3000:]}")
+
+
+def _is_horse(pid: int) -> bool:
+    """A forked work horse runs the worker's command line; the worker's other children (its hardware probe) not."""
+    try:
+        return b"ftjobs.jobs.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def drain(worker: WorkerProcess) -> float:

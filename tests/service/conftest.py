@@ -53,7 +53,8 @@ def assert_error(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     required = {"code", "message", "param", "type"}
-    assert required <= set(error) <= required | {"details", "total"}  # invalid_file adds details + total
+    # invalid_file adds details + total; every error answered during a request carries its request_id
+    assert required <= set(error) <= required | {"details", "total", "request_id"}
     assert error["code"] == code, error
     if param is not ...:
         assert error["param"] == param, error

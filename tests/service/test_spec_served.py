@@ -5,25 +5,40 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ftjobs.core import keys
 from ftjobs.core.storage import Storage
+from ftjobs.core.tenants import key_hash
 from ftjobs.service.handlers import route_table
 from tests.service.conftest import assert_error, worker_write
 
 KEY = "sk-spec-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PARAM = re.compile(r"{(\w+)(?::\w+)?}")
-SAMPLE = {"job_id": "ftjob-" + "0" * 20, "file_id": "file-" + "0" * 20, "name": "adapter/config.json"}
+SAMPLE = {
+    "job_id": "ftjob-" + "0" * 20,
+    "fine_tuning_job_id": "ftjob-" + "0" * 20,
+    "file_id": "file-" + "0" * 20,
+    "webhook_id": "webhook-" + "0" * 20,
+    "model": "ft:tiny:x:ftjob-" + "0" * 20,
+    "name": "adapter/config.json",
+}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 @pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
-    return {**env, "FTJOBS_API_KEYS": f"{KEY}:spec"}
+def env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """An admin key (the admin paths too), and hundreds of requests at once: a rate no default would allow."""
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        "[defaults]\nrequests_per_second = 100000\n\n"
+        f'[[tenants.spec.keys]]\nsha256 = "{key_hash(KEY)}"\nscopes = ["read", "submit", "admin"]\n'
+    )
+    return {**env, "FTJOBS_TENANTS_FILE": str(tenants)}
 
 
 @pytest.fixture
