@@ -47,11 +47,11 @@ from rq.worker import WorkerStatus
 
 from ftjobs.client.models import QueuePayload
 from ftjobs.core.admission import Line
-from ftjobs.core.fleet import record_hardware
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.core.logs import bind_job, setup_logging
 from ftjobs.core.queue import TRAIN_FUNC, VALIDATE_FUNC, JobQueue, connect, redact_url
 from ftjobs.core.settings import Settings
+from ftjobs.jobs.hardware import record_hardware
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
 from ftjobs.jobs.reconcile import Reconciler, recover
 
