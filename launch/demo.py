@@ -84,7 +84,7 @@ def run_demo(
             _say(f"\nheld-out scores ({heldout.rows} rows, macro-averaged):")
             _say(summary if summary else "(the job reported no baseline/final results)")
             adapter = api.jobs.download_all(job.id, root / "demo-adapter", prefix="adapter/")
-            _say(f"\nadapter downloaded to {root / 'demo-adapter' / 'adapter'}:")
+            _say(f"\nadapter downloaded to {root / 'demo-adapter'}:")
             for path in adapter:
                 _say(f"  {path.name}  ({path.stat().st_size:,} bytes)")
     _say(f"\ndone in {time.monotonic() - started:.0f} s; stack stopped (data kept in {root})")

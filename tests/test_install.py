@@ -148,5 +148,5 @@ def test_ftjobs_demo_runs_from_the_installed_package(installed: Installed) -> No
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "uploaded sms_spam_train.jsonl (600 rows) and sms_spam_heldout.jsonl (300 rows)" in out.stdout
     assert "held-out scores" in out.stdout
-    assert (data / "demo-adapter" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (data / "demo-adapter" / "adapter_model.safetensors").is_file()  # the prefix `adapter/` left out
     assert list(installed.empty.iterdir()) == []  # nothing written where it ran
