@@ -21,6 +21,7 @@ log = logging.getLogger("ftjobs.fleet")
 
 PROBE = """
 import json, os
+os.nice(10)  # at startup, beside the worker's own imports: the CPU is theirs
 info = {"cpu_count": os.cpu_count(), "device": "cpu", "gpu_count": 0}
 try:
     import torch
@@ -41,9 +42,8 @@ def probe_hardware(timeout_s: float = 120.0) -> WorkerHardware:
     """CPU count, torch device, first GPU's name and memory, found by a child interpreter."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout_s, check=True,
-            preexec_fn=lambda: os.nice(10),  # at startup, beside the worker's own imports: the CPU is theirs
-        )  # fmt: skip
+            [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout_s, check=True
+        )  # no preexec_fn: it is unsafe beside threads, and it keeps the child looking like a work horse for longer
         return WorkerHardware.model_validate_json(done.stdout.strip().splitlines()[-1])
     except Exception as exc:  # no torch, a broken driver: the CPU count is still worth showing
         log.warning("hardware probe failed: %s", exc)

@@ -16,6 +16,7 @@ import pytest
 
 from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
 from ftjobs.core import keys
+from ftjobs.core.fleet import hardware_key
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import (
     create_job,
@@ -77,6 +78,14 @@ def new_horse(worker: WorkerProcess, seen: set[int], timeout: float = 120) -> in
     raise AssertionError(f"no new work horse after {timeout} s:\n{worker.output()[-3000:]}")
 
 
+def probed(redis: Any, timeout: float = 120) -> None:
+    """Wait until the worker recorded its hardware: its probe child, forked and not yet exec'd, looks like a horse."""
+    deadline = time.monotonic() + timeout
+    while not redis.keys(hardware_key("*")):
+        assert time.monotonic() < deadline, "the worker never recorded its hardware"
+        time.sleep(0.05)
+
+
 def _is_horse(pid: int) -> bool:
     """A forked work horse runs the worker's command line; the worker's other children (its hardware probe) not."""
     try:
@@ -111,6 +120,7 @@ def test_a_training_horse_killed_right_after_dequeue_is_recovered_every_time(
 ) -> None:
     worker = WorkerProcess({**env, "FTJOBS_MAX_ATTEMPTS": "5"}, tmp_path / "worker.log")
     try:
+        probed(redis)
         job_id = submit(redis, env, request(tiny_causal_lm, env))
         seen: set[int] = set()
         recovered_in = []
@@ -140,6 +150,7 @@ def test_a_validation_horse_killed_right_after_dequeue_validates_again(
 ) -> None:
     worker = WorkerProcess({**env, "FTJOBS_MAX_ATTEMPTS": "5"}, tmp_path / "worker.log")
     try:
+        probed(redis)
         job_id = submit(redis, env, request(tiny_causal_lm, env), validate=True)
         seen: set[int] = set()
         for tries in (2, 3):
@@ -168,6 +179,7 @@ def test_a_worker_killed_with_its_horse_is_recovered_by_another_workers_reconcil
     first = WorkerProcess(fast, tmp_path / "first.log")
     second = None
     try:
+        probed(redis)
         job_id = submit(redis, env, request(tiny_causal_lm, env))
         horse = new_horse(first, set())
         first.proc.kill()  # the whole worker: its horse goes with it (PR_SET_PDEATHSIG)
