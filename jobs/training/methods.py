@@ -257,6 +257,13 @@ def save_weights(model: Any, method: Any, out: Path) -> list[str]:
         return _save_weights(model, method, out)
 
 
+def _unique_modules_to_save(model: Any) -> None:
+    """peft appends its own head names to a SEQ_CLS config's modules_to_save, repeating ours in adapter_config."""
+    for config in getattr(model, "peft_config", {}).values():
+        if getattr(config, "modules_to_save", None):
+            config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
+
+
 def _save_weights(model: Any, method: Any, out: Path) -> list[str]:
     if isinstance(method, FullMethod):
         model.save_pretrained(out / "model")
@@ -264,6 +271,7 @@ def _save_weights(model: Any, method: Any, out: Path) -> list[str]:
     if isinstance(method, AdapterMethod):
         adapters.save_bottleneck_adapter(model, out / "adapter", getattr(model, ADAPTER_CONFIG_ATTR))
         return ["adapter"]
+    _unique_modules_to_save(model)
     model.save_pretrained(out / "adapter")
     if not getattr(method, "merge", False):
         return ["adapter"]

@@ -124,6 +124,9 @@ def test_classification_method_trains_saves_reloads(kind: str, minilm: Path, tmp
 
     write_artifacts(tmp_path / "out", model=model, tokenizer=tokenizer, method=method, task=Task.classification,
                     labels=["neg", "pos"], metrics={}, job={})
+    saved = json.loads((tmp_path / "out/adapter/adapter_config.json").read_text())
+    heads = saved.get("modules_to_save") or []
+    assert len(heads) == len(set(heads)), heads
     reloaded = _reload("adapter" if kind == "adapter" else "peft", tmp_path / "out", minilm, load)
     fresh = load(minilm).eval()
     model.eval()
