@@ -30,7 +30,9 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # FTJOBS_REDIS_URL, FTJOBS_STORAGE_URL and FTJOBS_MODEL_ROOTS come from the deployment.
-CMD ["uvicorn", "--factory", "ftjobs.service.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+# uvloop and httptools (uvicorn[standard], the service extra): named, so an image without them fails to start.
+CMD ["uvicorn", "--factory", "ftjobs.service.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", \
+     "--loop", "uvloop", "--http", "httptools"]
 
 FROM base AS worker
 # torch first and pinned (as the Makefile does): any other torch request pulls a multi-GB CUDA build. Pick the

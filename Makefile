@@ -20,7 +20,7 @@ demo: venv
 	$(PY) -m ftjobs.launch.cli demo
 
 test: venv
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n 2 --durations=25
 
 # mypy resolves `ftjobs.*` through a tree of links to the rooms (the package-dir mapping is setuptools', not mypy's).
 ROOMS := client core service jobs launch

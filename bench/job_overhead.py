@@ -5,7 +5,8 @@ Side by side in one run, on the same machine:
           the same hyperparameters, Trainer.train(), evaluate, save the adapter (plain HF, no ftjobs);
   job     the embedded stack (Redis + API + worker): upload both files, submit, wait for `succeeded`,
           download the adapter.
-Prints wall seconds for each and the ratios job/direct (end to end, and training loop only).
+Like with like: the direct run logs at the job's cadence (the job's resolved `logging_steps`, so the job runs
+first in each round). Prints wall seconds for each and the ratios job/direct (end to end, and training loop only).
 
     .venv/bin/python bench/job_overhead.py [--epochs 2] [--repeat 1]
 """
@@ -53,7 +54,7 @@ DIRECT = textwrap.dedent(
     args = TrainingArguments(output_dir=out + "/trainer", report_to="none", per_device_train_batch_size=hp["batch_size"],
                              per_device_eval_batch_size=hp["batch_size"], num_train_epochs=hp["n_epochs"],
                              learning_rate=hp["learning_rate"], seed=hp["seed"], save_strategy="no",
-                             eval_strategy="epoch", logging_steps=5, disable_tqdm=True, label_names=["labels"])
+                             eval_strategy="epoch", logging_steps=hp["logging_steps"], disable_tqdm=True, label_names=["labels"])
     metric = lambda p: {"f1": f1_score(p.label_ids, np.argmax(p.predictions, -1), average="macro")}
     trainer = Trainer(model=model, args=args, train_dataset=enc(train), eval_dataset=enc(held),
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metric)
@@ -68,10 +69,11 @@ DIRECT = textwrap.dedent(
 )
 
 
-def run_direct(model: Path, work: Path) -> dict[str, float]:
+def run_direct(model: Path, work: Path, logging_steps: int) -> dict[str, float]:
     started = time.monotonic()
+    hp = {**HP, "logging_steps": logging_steps}
     out = subprocess.run(
-        [sys.executable, "-c", DIRECT, str(model), str(TRAIN), str(HELDOUT), str(work), json.dumps(HP)],
+        [sys.executable, "-c", DIRECT, str(model), str(TRAIN), str(HELDOUT), str(work), json.dumps(hp)],
         capture_output=True, text=True, check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,6 +96,7 @@ def run_job(api: Client, model: Path, work: Path) -> dict[str, float]:
         "train": float(job.results["train_seconds"]),
         "f1_before": job.results["baseline"]["f1"],
         "f1_after": job.results["final"]["f1"],
+        "logging_steps": job.resolved_hyperparameters["logging_steps"],
     }
 
 
@@ -112,11 +115,12 @@ def main() -> int:
         with Stack(work / "stack", port=None, workers=1, log_dir=work / "logs") as stack, Client(stack.url) as api:
             rows = []
             for i in range(args.repeat):  # alternate so drift in machine load hits both sides alike
-                d = run_direct(model, work / f"direct-{i}")
                 j = run_job(api, model, work / f"job-{i}")
+                d = run_direct(model, work / f"direct-{i}", int(j["logging_steps"]))
                 rows.append((d, j))
     print(f"MiniLM + LoRA, {TRAIN.name} (600 rows) x {HP['n_epochs']} epochs, batch {HP['batch_size']}, "
-          f"seq {HP['max_seq_length']}, eval on {HELDOUT.name} (300 rows)")
+          f"seq {HP['max_seq_length']}, eval on {HELDOUT.name} (300 rows), "
+          f"both logging every {rows[0][1]['logging_steps']} steps")
     print(f"{'run':>4} {'direct wall s':>14} {'job wall s':>11} {'ratio':>6} "
           f"{'direct train s':>15} {'job train s':>12} {'ratio':>6} {'F1 direct':>10} {'F1 job':>7}")
     for i, (d, j) in enumerate(rows):

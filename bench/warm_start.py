@@ -4,7 +4,8 @@ Each round starts the embedded stack (Redis, API, one training worker, the valid
 FTJOBS_PRELOAD=0 and once with FTJOBS_PRELOAD=1 (the order alternates between rounds), waits until both
 workers listen, then runs `--jobs` demo-sized tiny jobs one after another: LoRA on all-MiniLM-L6-v2, a
 slice of the demo's SMS-spam data, one epoch. For each job: POST /v1/jobs -> `running` (validation, queueing
-and the training horse's start) and POST -> `succeeded` (the whole job). Prints medians and the on/off ratios.
+and the training horse's start), POST -> validated (the job leaves `validating_files`: the validation horse on
+a small file) and POST -> `succeeded` (the whole job). Prints medians and the on/off ratios.
 
     .venv/bin/python bench/warm_start.py [--rounds 3] [--jobs 2] [--rows 64]
 """
@@ -57,24 +58,26 @@ def one_job(api: Client, model: Path, train: str, heldout: str) -> dict[str, flo
         method=LoraMethod(r=8, alpha=16),
         hyperparameters=Hyperparameters(n_epochs=1, batch_size=16, max_seq_length=64, learning_rate=2e-3),
     )
-    running = None
+    running = validated = None
     while True:
         job = api.jobs.get(job.id)
+        if validated is None and job.status is not JobStatus.validating_files:
+            validated = time.monotonic() - posted
         if running is None and job.status in (JobStatus.running, *DONE):
             running = time.monotonic() - posted
         if job.status in DONE:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     if job.status is not JobStatus.succeeded:
         raise SystemExit(f"job {job.id} {job.status.value}: {job.error}")
-    return {"running": running or 0.0, "job": time.monotonic() - posted}
+    return {"validated": validated or 0.0, "running": running or 0.0, "job": time.monotonic() - posted}
 
 
 def one_round(preload: bool, model: Path, n_jobs: int, n_rows: int) -> dict[str, list[float]]:
     root = Path(tempfile.mkdtemp(prefix=f"ftjobs-warm-{int(preload)}-"))
     env = {"FTJOBS_PRELOAD": "1" if preload else "0", "FTJOBS_MODEL_ROOTS": f"{model}:{root / 'models'}"}
     started = time.monotonic()
-    out: dict[str, list[float]] = {"ready": [], "running": [], "job": []}
+    out: dict[str, list[float]] = {"ready": [], "validated": [], "running": [], "job": []}
     with Stack(root, port=None, workers=1, log_dir=root / "logs", env=env) as stack:
         wait_listening(root / "logs", ["worker-1", "validator"])
         out["ready"].append(time.monotonic() - started)
@@ -85,8 +88,8 @@ def one_round(preload: bool, model: Path, n_jobs: int, n_rows: int) -> dict[str,
             heldout = api.files.upload(root / "heldout.jsonl")
             for _ in range(n_jobs):
                 result = one_job(api, model, train.id, heldout.id)
-                out["running"].append(result["running"])
-                out["job"].append(result["job"])
+                for key in ("validated", "running", "job"):
+                    out[key].append(result[key])
     return out
 
 
@@ -110,7 +113,12 @@ def main() -> int:
                   + ", ".join(f"{k} {' '.join(f'{x:.1f}' for x in v)} s" for k, v in got.items()), flush=True)
     print(f"\nmedians over {args.rounds} rounds x {args.jobs} jobs ({args.rows} rows, 1 epoch, LoRA on MiniLM)")
     print(f"{'':24}{'preload off':>12}{'preload on':>12}{'on/off':>8}")
-    labels = {"ready": "stack -> workers listen", "running": "POST -> running", "job": "POST -> succeeded"}
+    labels = {
+        "ready": "stack -> workers listen",
+        "validated": "POST -> validated",
+        "running": "POST -> running",
+        "job": "POST -> succeeded",
+    }
     summary = {}
     for key, label in labels.items():
         off, on = statistics.median(seen[False][key]), statistics.median(seen[True][key])

@@ -201,6 +201,17 @@ def describe_profile(profile: FileProfile) -> str:
             ],
         )
         lines += ["  tokens"] + [f"    {line}" for line in tokens.splitlines()]
+    if profile.label_issues is not None:  # likely label errors (cleanlab), as the first classification job found
+        found = profile.label_issues
+        lines.append(f"  label issues  {found.found} of {found.rows} rows likely mislabeled (job {found.job_id})")
+        issues = table(
+            ["line", "label", "suggested", "score"],
+            [[i.line, i.label, i.suggested, f"{i.score:.3f}"] for i in found.issues[:MAX_LABELS_SHOWN]],
+        )
+        lines += [f"    {line}" for line in issues.splitlines()] if found.issues else []
+        if len(found.issues) > MAX_LABELS_SHOWN:
+            lines.append(f"    ... and {len(found.issues) - MAX_LABELS_SHOWN} more (--json lists them)")
+        lines += [f"    note: {note}" for note in found.notes]
     lines += [f"  note        {note}" for note in profile.notes]
     return "\n".join(lines)
 

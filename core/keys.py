@@ -167,6 +167,11 @@ WEBHOOK_OUTBOX_KEY = f"{PREFIX}:webhooks:outbox"
 WEBHOOK_GROUP = "dispatchers"  # the dispatchers' consumer group on the outbox
 WEBHOOK_DUE_KEY = f"{PREFIX}:webhooks:due"  # sorted set: delivery id -> when it is due (or its lease ends)
 
+# Sorted set of finished jobs not yet archived (`active_member` form; score = when they ended, unix seconds):
+# GUARDED_WRITE adds a job when it turns terminal; core/retention.py archives its streams and removes it.
+RETENTION_DUE_KEY = f"{PREFIX}:retention:due"
+TERMINAL = ("succeeded", "failed", "cancelled")  # JobStatus's terminal values (no client import here)
+
 
 def webhooks_key(tenant: str) -> str:
     """Hash of the tenant's endpoints: endpoint id -> its JSON, secret included (needed to sign)."""
@@ -199,6 +204,11 @@ def file_profile_path(tenant: str, file_id: str) -> str:
 def file_lines_path(tenant: str, file_id: str) -> str:
     """A CSV or Parquet upload's line map: which line (row) of the uploaded file each stored JSONL row was."""
     return f"{tenant}/files/{file_id}.lines.json"
+
+
+def file_label_issues_path(tenant: str, file_id: str) -> str:
+    """A text_label file's likely label errors (LabelIssues JSON), by the first classification job's validation."""
+    return f"{tenant}/files/{file_id}.label_issues.json"
 
 
 def file_tokens_dir(tenant: str, file_id: str) -> str:
@@ -284,6 +294,11 @@ if new_status and new_status ~= status then
   if #KEYS >= 5 and hooked[cjson.decode(new_status)] and redis.call('EXISTS', KEYS[5]) == 1 then
     local tenant = cjson.decode(redis.call('HGET', KEYS[1], 'tenant'))
     redis.call('XADD', KEYS[4], '*', 'tenant', tenant, 'job', id, 'status', cjson.decode(new_status))
+  end
+  local ended = {""" + ", ".join(f"{s} = true" for s in TERMINAL) + """}
+  if ended[cjson.decode(new_status)] then  -- due for archiving (core/retention.py), scored by when it ended
+    local owner = cjson.decode(redis.call('HGET', KEYS[1], 'tenant'))
+    redis.call('ZADD', '""" + RETENTION_DUE_KEY + """', redis.call('TIME')[1], owner .. '|' .. id)
   end
 end
 local entry = ARGV[4 + 2 * n]

@@ -33,6 +33,9 @@ class Settings(BaseModel):
     model_roots: tuple[Path, ...] = Field(description="Absolute, normalised folders base models may come from.")
     queue: str = "ftjobs-default"  # the training queue (one per hardware class)
     validate_queue: str = "ftjobs-validate"  # every job's file validation, served first by every worker
+    # Hardware class -> training queue (FTJOBS_HARDWARE_QUEUES="cpu=ftjobs-cpu,gpu=ftjobs-gpu"): a job's
+    # resources.hardware picks its queue; workers on that hardware serve it (`ftjobs worker --queue ftjobs-gpu`).
+    hardware_queues: dict[str, str] = Field(default_factory=dict)
     max_upload_bytes: int = Field(default=GIB, ge=1)
     # One dataset row (a JSONL line, a CSV record, a Parquet row as JSON) at most, at upload and on the worker.
     max_row_bytes: int = Field(default=MIB, ge=1024)
@@ -53,7 +56,10 @@ class Settings(BaseModel):
     # A worker's torch/OpenMP/MKL threads (None: every core it may use); `ftjobs up` gives each worker its share.
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     # Import torch, transformers and peft once in the worker, so each job's work horse forks with them loaded.
-    preload: bool = False
+    preload: bool = True
+    # Memory one training job may use, in MiB (None: what the worker's device has available); the memory
+    # preflight (jobs/training/preflight.py) fails a job whose estimate clearly exceeds it.
+    job_memory_mb: int | None = Field(default=None, ge=1)
     # Log lines of every process (core/logs.py): `text` for a terminal, `json` (one object a line) for a collector.
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -68,6 +74,9 @@ class Settings(BaseModel):
     webhook_timeout_s: float = Field(default=10, gt=0, le=60)
     webhook_lease_s: float = Field(default=60, gt=0)
     metrics_token: str = Field(default="", repr=False)  # when set, GET /metrics wants it as a bearer token
+    # A finished job's events and metric points move from Redis to the artifact store this long after it ended
+    # (core/retention.py; reads fall back to the store); 0 keeps them in Redis for ever.
+    retention_s: int = Field(default=7 * DAY_S, ge=0)
 
     @field_validator("webhook_allow_cidrs")
     @classmethod
@@ -96,6 +105,7 @@ class Settings(BaseModel):
             model_roots=tuple(_path(r) for r in roots) or (data_dir / "models",),
             queue=_str(env, "FTJOBS_QUEUE") or "ftjobs-default",
             validate_queue=_str(env, "FTJOBS_VALIDATE_QUEUE") or "ftjobs-validate",
+            hardware_queues=_pairs(env, "FTJOBS_HARDWARE_QUEUES"),
             max_upload_bytes=_int(env, "FTJOBS_MAX_UPLOAD_BYTES", GIB),
             max_row_bytes=_int(env, "FTJOBS_MAX_ROW_BYTES", MIB),
             job_timeout_s=_int(env, "FTJOBS_JOB_TIMEOUT_S", 7 * DAY_S),
@@ -109,7 +119,8 @@ class Settings(BaseModel):
             checkpoint_steps=_int(env, "FTJOBS_CHECKPOINT_STEPS", 0),
             preempt_s=_float(env, "FTJOBS_PREEMPT_S", 30),
             torch_threads=_int(env, "FTJOBS_TORCH_THREADS", 0) or None,
-            preload=_flag(env, "FTJOBS_PRELOAD", default=False),
+            preload=_flag(env, "FTJOBS_PRELOAD", default=True),
+            job_memory_mb=_int(env, "FTJOBS_JOB_MEMORY_MB", 0) or None,
             log_format=(_str(env, "FTJOBS_LOG_FORMAT") or "text").lower(),  # type: ignore[arg-type]
             log_level=(_str(env, "FTJOBS_LOG_LEVEL") or "INFO").upper(),  # type: ignore[arg-type]
             sse_keepalive_s=_float(env, "FTJOBS_SSE_KEEPALIVE_S", 15),
@@ -120,7 +131,12 @@ class Settings(BaseModel):
             webhook_timeout_s=_float(env, "FTJOBS_WEBHOOK_TIMEOUT_S", 10),
             webhook_lease_s=_float(env, "FTJOBS_WEBHOOK_LEASE_S", 60),
             metrics_token=_str(env, "FTJOBS_METRICS_TOKEN"),
+            retention_s=_int(env, "FTJOBS_RETENTION_S", 7 * DAY_S),
         )
+
+    def training_queue(self, hardware: str | None) -> str | None:
+        """The training queue of a hardware class (None: the class is not served here); no class: `queue`."""
+        return self.queue if hardware is None else self.hardware_queues.get(hardware)
 
     @property
     def auth_enabled(self) -> bool:
@@ -173,6 +189,11 @@ def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
 def _list(env: Mapping[str, str], name: str) -> list[str]:
     """A comma-separated variable's items (blanks dropped)."""
     return [item.strip() for item in _str(env, name).split(",") if item.strip()]
+
+
+def _pairs(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """A comma-separated variable of `key=value` items, as a dict (blanks around each part dropped)."""
+    return {key.strip(): value.strip() for key, _, value in (item.partition("=") for item in _list(env, name))}
 
 
 def _floats(env: Mapping[str, str], name: str) -> tuple[float, ...]:

@@ -48,6 +48,7 @@ from ftjobs.core.keys import (
 )
 from ftjobs.core.queue import JobQueue, rq_job_id
 from ftjobs.core.records import as_text
+from ftjobs.core.retention import Retention
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage, remove_checkpoints
 from ftjobs.jobs.report import Reporter
@@ -149,6 +150,7 @@ class Reconciler(threading.Thread):
         self.settings = settings
         self.queue = JobQueue(redis, settings)
         self.storage = Storage(settings.storage_url)
+        self.retention = Retention(redis, self.storage, settings.retention_s)  # finished jobs' streams -> store
         self.interval_s = max(0.2, settings.stale_after_s / 4)
         self._stop_event = threading.Event()
 
@@ -162,6 +164,11 @@ class Reconciler(threading.Thread):
                 self.sweep()
             except Exception:  # a Redis blip must not kill the thread; the next sweep retries
                 log.warning("reconciler sweep failed", exc_info=True)
+            try:
+                self.retention.backfill()  # once per deployment (a marker key), then a no-op
+                self.retention.sweep()  # one worker at a time (a lock), a few seconds at most
+            except Exception:
+                log.warning("retention sweep failed", exc_info=True)
             if self._stop_event.wait(self.interval_s):
                 return
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -38,7 +39,7 @@ from ftjobs.core.storage import Storage, remove_checkpoints
 from ftjobs.jobs.data.inputs import hyperparameters, short
 from ftjobs.jobs.errors import JobFailed
 from ftjobs.jobs.evaluation.bias import bias_report
-from ftjobs.jobs.evaluation.diagnostics import diagnose, forgetting
+from ftjobs.jobs.evaluation.diagnostics import diagnose, forgetting, tracked_metric
 from ftjobs.jobs.evaluation.generation import generation_eval
 from ftjobs.jobs.evaluation.metrics import summary
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Paused, Preempted
@@ -46,7 +47,7 @@ from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import EarlyStoppingOutcome, Results
 from ftjobs.jobs.outputs.save import save_outputs
 from ftjobs.jobs.report import Heartbeat, Reporter, ServerPaths
-from ftjobs.jobs.training import checkpoints, dpo, safeguards
+from ftjobs.jobs.training import checkpoints, distributed, dpo, preflight, safeguards
 from ftjobs.jobs.training.inputs import load_inputs
 from ftjobs.jobs.training.model import build_model
 from ftjobs.jobs.training.run import Baseline, Run, build_trainer
@@ -88,7 +89,10 @@ def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any
     with stop, tempfile.TemporaryDirectory(prefix="ftjobs-") as tmp:
         reporter.hidden = ServerPaths.for_settings(settings, [Path(tmp)])
         try:
-            status, results, outputs = train_job(record, settings, store, reporter, Path(tmp))
+            if distributed.processes(record) > 1:  # DDP: this horse supervises the ranks torchrun starts
+                status, results, outputs = distributed.supervise(p, record, settings, store, reporter, Path(tmp))
+            else:
+                status, results, outputs = train_job(record, settings, store, reporter, Path(tmp))
         except Cancelled:
             status = JobStatus.cancelled
         except Paused as e:  # checkpointed at a step end: the job waits, paused, with no worker, until resumed
@@ -98,17 +102,8 @@ def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any
         except Preempted:  # the worker is stopping: it requeues the job, which resumes from its checkpoint
             trackers.end(JobStatus.cancelled)
             return {**summary, "status": "preempted"}
-        except JobFailed as e:
-            error = e.to_error()
-        except (torch.OutOfMemoryError, MemoryError) as e:
-            advice = "try a smaller batch_size or max_seq_length, or LoRA"
-            error = JobError(code="out_of_memory", message=f"{type(e).__name__}: {short(e)}; {advice}")
-        except JobTimeoutException as e:  # RQ's limit for one attempt (FTJOBS_JOB_TIMEOUT_S)
-            error = JobError(code="timeout", message=short(e))
-        # Our fault or the environment's: the record gets one line, the worker's stderr the traceback.
         except Exception as e:
-            traceback.print_exc()
-            error = JobError(code="internal_error", message=f"{type(e).__name__}: {short(e)}")
+            error = job_error(e)
         trackers.end(status)  # W&B/MLflow runs a failure or a cancel left open (a no-op after finish)
     INTERRUPTER.disarm()  # from here on only our own guarded writes: nothing may interrupt them
     if error is not None:
@@ -117,6 +112,20 @@ def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any
         _save_record(store, reporter)
         remove_checkpoints(store, p.tenant, p.job_id)  # finished: its checkpoints are of no further use
     return {**summary, "status": status.value, "error": error.code if error else None}
+
+
+def job_error(e: Exception) -> JobError:
+    """The record's error for what stopped a job (a rank's too: jobs/training/distributed.py)."""
+    if isinstance(e, JobFailed):
+        return e.to_error()
+    if isinstance(e, torch.OutOfMemoryError | MemoryError):
+        advice = "try a smaller batch_size or max_seq_length, or LoRA"
+        return JobError(code="out_of_memory", message=f"{type(e).__name__}: {short(e)}; {advice}")
+    if isinstance(e, JobTimeoutException):  # RQ's limit for one attempt (FTJOBS_JOB_TIMEOUT_S)
+        return JobError(code="timeout", message=short(e))
+    # Our fault or the environment's: the record gets one line, the worker's stderr the traceback.
+    traceback.print_exc()
+    return JobError(code="internal_error", message=f"{type(e).__name__}: {short(e)}")
 
 
 # ----------------------------------------------------------------------------- the story of one job
@@ -132,6 +141,7 @@ def train_job(
     _quiet_libraries()
 
     inputs = load_inputs(request, hp, settings.model_roots, store, reporter, work)
+    preflight.check(inputs, reporter, settings.job_memory_mb)  # before the weights load: fail now, not at an OOM
     model = build_model(inputs, reporter)
     run = build_trainer(inputs, model, settings, store, reporter, work)
     results = Results(data=inputs.prepared.report or None)
@@ -145,6 +155,8 @@ def train_job(
     if run.limits is not None and run.limits.exceeded is not None:  # stopped at a tenant limit: no artifacts
         raise run.limits.exceeded
     evaluate_final(run, trained_evals, reporter, results)
+    if not distributed.is_main():  # a DDP rank besides 0: rank 0 alone saves and reports the outcome
+        return JobStatus.succeeded, results, None
     published = save(run, results, store, reporter, work)
     if published is None:
         return JobStatus.cancelled, results, None
@@ -203,12 +215,15 @@ def evaluate_final(run: Run, trained_evals: list[dict[str, Any]], reporter: Repo
             last = callback.eval_history[-1]
         results.final = summary(last["values"])
         results.final.update(generation_eval(run.evaluator, trainer, reporter, "final"))
+        results.generation = run.evaluator.echo()
         if run.scorer is not None:
             results.final.update(run.scorer("final"))
         if run.keeper and run.keeper.last and run.baseline.predictions:
             results.confusion_matrix, results.groups = bias_report(
                 data, run.inputs.request.group_field, run.baseline.predictions, run.keeper.last
             )
+            if results.groups is not None and getattr(trainer, "group_loss", None) is not None:
+                results.groups["debias"] = trainer.group_loss.report()  # data.debias: groups and their weights
     if stopping:
         results.early_stopping = EarlyStoppingOutcome(
             metric=stopping["metric_for_best_model"],
@@ -222,7 +237,8 @@ def evaluate_final(run: Run, trained_evals: list[dict[str, Any]], reporter: Repo
             run.reference_before, safeguards.mean_loss(trainer.model, run.reference_batches)
         )
     kept_step = results.early_stopping.best_step if results.early_stopping else None
-    results.diagnostics = diagnose(callback.train_history, trained_evals, kept_step)
+    metric, greater = tracked_metric(run.inputs.request.task, run.inputs.hp.early_stopping)  # the task's, not loss
+    results.diagnostics = diagnose(callback.train_history, trained_evals, kept_step, metric, greater)
     for flag in results.diagnostics:
         reporter.event(f"{flag['flag']}: {flag['message']}", level=EventLevel.warning)
 
@@ -286,3 +302,7 @@ def _save_record(store: Storage, reporter: Reporter) -> None:
             store.write_json(job_record_path(reporter.tenant, reporter.job_id), record)
     except Exception:
         log.exception("could not write the final job record to the store")
+
+
+if __name__ == "__main__":  # one rank of a multi-process job, started by torchrun (jobs/training/distributed.py)
+    raise SystemExit(distributed.rank_main(sys.argv[1:], train_job, job_error))

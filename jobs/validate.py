@@ -26,11 +26,12 @@ from redis import Redis
 from rq import get_current_job
 from transformers import AutoTokenizer
 
-from ftjobs.client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload
+from ftjobs.client.models import EventLevel, JobCreate, JobError, JobStatus, QueuePayload, Task
 from ftjobs.core.keys import file_tokens_dir
 from ftjobs.core.queue import JobQueue, connect
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage
+from ftjobs.jobs.data import label_issues
 from ftjobs.jobs.data.augment import augment_model_path
 from ftjobs.jobs.data.examples import build_datasets
 from ftjobs.jobs.data.inputs import fetch_rows, hyperparameters, load, resolve_model_path, short
@@ -133,6 +134,14 @@ def check_files(
         reporter.event(message, data=step)
     if any(m in MODEL_AUGMENT for m in options.augment):
         reporter.event("data: model-based augmentation runs at the start of training")
+    if request.task == Task.classification:  # the training file's likely label errors, for its profile (once)
+        found = label_issues.profile_file(store, tenant, request.training_file, job_id, work)
+        if found is not None and found.found:
+            reporter.event(
+                f"label issues: {found.found} of {found.rows} rows of the training file look mislabeled "
+                "(its profile lists them; data.drop_label_issues drops them from the training split)",
+                level=EventLevel.warning,
+            )
 
     tokenizer = load(AutoTokenizer.from_pretrained, model_path)
     data = build_datasets(

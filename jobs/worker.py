@@ -4,10 +4,11 @@ An RQ forking `Worker` (JSON payloads, never pickle) that holds a lease on the j
 takes it, plus a reconciler thread (jobs/reconcile.py) that moves on jobs whose attempt died anywhere. RQ
 forks a work horse per job, which dies with its worker (PR_SET_PDEATHSIG).
 
-Warm starts (FTJOBS_PRELOAD=1; off by default for now): before its work loop the worker imports the job modules (torch,
+Warm starts (FTJOBS_PRELOAD, on by default): before its work loop the worker imports the job modules (torch,
 transformers, peft, ...; ~7 s of CPU) once, so each horse forks with them loaded instead of paying them per job.
 The worker itself never runs a torch op: a fork after torch ran ops can hang (its OpenMP pool, CUDA), importing
-is safe. Thread budget (FTJOBS_TORCH_THREADS, default OMP_NUM_THREADS or every core): OMP/MKL/OpenBLAS pools are
+is safe; if an import set CUDA up all the same (bitsandbytes does, on a GPU), the worker restarts itself without
+preloading. Thread budget (FTJOBS_TORCH_THREADS, default OMP_NUM_THREADS or every core): OMP/MKL/OpenBLAS pools are
 sized in the environment before any import, and each horse calls torch.set_num_threads with it, so several
 workers on one host do not oversubscribe its cores (`ftjobs up` gives each worker its share).
 
@@ -226,7 +227,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-PRELOAD_VALIDATE = ("ftjobs.jobs.validate", "sklearn.model_selection", "datasketch")
+PRELOAD_VALIDATE = ("ftjobs.jobs.validate", "sklearn.model_selection", "datasketch", "cleanlab.filter")
 # What every training attempt imports, lazily or not; task-specific extras (trl for dpo, bitsandbytes) stay lazy.
 PRELOAD_TRAIN = ("ftjobs.jobs.train", "ftjobs.jobs.training.continuation", "peft", "matplotlib.pyplot",
                  "sacrebleu", "rouge_score.rouge_scorer")
@@ -277,6 +278,12 @@ def preload(validate_only: bool) -> float:
     return time.monotonic() - started
 
 
+def _cuda_initialised() -> bool:
+    """Whether torch set CUDA up in this process (a fork after that cannot use the GPU)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
 def _import_all(names: tuple[str, ...]) -> None:
     """Each module by name; one that is missing (an optional extra) is logged and skipped."""
     import importlib
@@ -320,6 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_thread_budget(threads)
     if settings.preload:
         seconds = preload(args.validate_only)
+        if _cuda_initialised():  # an import (bitsandbytes, via peft) set CUDA up: a forked horse could not use it
+            log.warning("preloading initialised CUDA, which forked work horses cannot use: restarting without it")
+            os.execve(sys.executable, [sys.executable, "-m", "ftjobs.jobs.worker", *(sys.argv[1:] if argv is None
+                      else argv)], {**os.environ, "FTJOBS_PRELOAD": "0"})  # fmt: skip
         log.info("preloaded the job modules in %.1f s (%d torch threads per job)", seconds, threads)
     connection = connect(settings.redis_url)
     # Validations first: they take seconds and tell a user early that a job cannot train.

@@ -164,6 +164,8 @@ class Stack:
                 "--port",
                 str(self.port),
                 "--no-access-log",  # the API's own access log (service/requestid.py) leaves polls at DEBUG
+                # uvloop and httptools where installed (uvicorn[standard], the service extra); asyncio and h11 if not
+                *("--loop", "auto", "--http", "auto"),
             ],
         )
         for n in range(1, self.workers + 1):

@@ -9,49 +9,56 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from ftjobs.client.models import DEFAULT_TENANT
+from ftjobs.core import keys
 from ftjobs.core.queue import JobQueue
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage
 from ftjobs.core.tenants import ALL_SCOPES, ApiKey, Scope, TenantLimits, TenantsSource
 from ftjobs.service.errors import InsufficientScope, RedisUnavailable, ServiceError, Unauthorized
-from ftjobs.service.limits import RateLimiter
+from ftjobs.service.limits import RATE_SCRIPT, RateDecision, burst_of
+from ftjobs.service.reads import AsyncReads, serve_job
 from ftjobs.service.store import Store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_storage(request: Request) -> Storage:
+async def get_reads(request: Request) -> AsyncReads:
+    reads: AsyncReads = request.app.state.reads
+    return reads
+
+
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def get_tenants(request: Request) -> TenantsSource:
+async def get_tenants(request: Request) -> TenantsSource:
     tenants: TenantsSource = request.app.state.tenants
     return tenants
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 
@@ -61,6 +68,7 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[Store, Depends(get_store)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+ReadsDep = Annotated[AsyncReads, Depends(get_reads)]
 TenantsDep = Annotated[TenantsSource, Depends(get_tenants)]
 
 bearer = HTTPBearer(
@@ -99,7 +107,7 @@ def require_scope(key: ApiKey, scope: Scope) -> None:
         )
 
 
-def get_caller(request: Request, tenants: TenantsDep) -> ApiKey:
+async def get_caller(request: Request, tenants: TenantsDep) -> ApiKey:
     """The caller's key, as `AuthFirst` found it (or looked up again when the middleware is not in front)."""
     caller = getattr(request.state, "caller", None)
     if isinstance(caller, ApiKey):
@@ -112,7 +120,7 @@ def get_caller(request: Request, tenants: TenantsDep) -> ApiKey:
 CallerDep = Annotated[ApiKey, Depends(get_caller)]
 
 
-def get_tenant(
+async def get_tenant(
     caller: CallerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],  # declares the scheme in OpenAPI
 ) -> str:
@@ -123,12 +131,29 @@ def get_tenant(
 TenantDep = Annotated[str, Depends(get_tenant)]
 
 
-def get_limits(tenant: TenantDep, tenants: TenantsDep) -> TenantLimits:
+async def get_limits(tenant: TenantDep, tenants: TenantsDep) -> TenantLimits:
     """The caller's tenant's limits as the tenants file says now."""
     return tenants.current().limits(tenant)
 
 
 LimitsDep = Annotated[TenantLimits, Depends(get_limits)]
+
+
+class AsyncRateLimiter:
+    """`limits.RateLimiter` on the event loop: the same GCRA script over the async client (no thread hop)."""
+
+    def __init__(self, redis: AsyncRedis) -> None:
+        self._script = redis.register_script(RATE_SCRIPT)
+
+    async def check(self, tenant: str, limits: TenantLimits) -> RateDecision | None:
+        """The verdict for one more request; None when the tenant has no rate limit."""
+        if limits.requests_per_second is None:
+            return None
+        burst = burst_of(limits)
+        interval_us = max(1, round(1_000_000 / limits.requests_per_second))
+        reply = await self._script(keys=[keys.rate_key(tenant)], args=[interval_us, burst])
+        allowed, remaining, retry_us, reset_us = (int(x) for x in reply)
+        return RateDecision(bool(allowed), burst, remaining, retry_us / 1e6, reset_us / 1e6)
 
 
 class AuthFirst:
@@ -148,21 +173,22 @@ class AuthFirst:
         try:
             caller = authenticate(tenants, Headers(scope=scope).get("authorization"))
             require_scope(caller, required_scope(scope["method"], scope["path"]))
-            limiter: RateLimiter = state.limiter
-            decision = await run_in_threadpool(limiter.check, caller.tenant, tenants.current().limits(caller.tenant))
+            limiter: AsyncRateLimiter = state.async_limiter
+            decision = await limiter.check(caller.tenant, tenants.current().limits(caller.tenant))
             if decision is not None and not decision.allowed:
                 raise decision.error()
+            scope.setdefault("state", {})["caller"] = caller
+            if decision is not None:
+                send = with_headers(send, decision.headers())
+            if await serve_job(scope, send, state.reads, caller.tenant):  # the polled job GET, without routing
+                return
         except ServiceError as error:
             await error.response()(scope, receive, send)
             return
         except (RedisConnectionError, RedisTimeoutError):
             await RedisUnavailable().response()(scope, receive, send)
             return
-        scope.setdefault("state", {})["caller"] = caller
-        if decision is None:
-            await self.app(scope, receive, send)
-        else:
-            await self.app(scope, receive, with_headers(send, decision.headers()))
+        await self.app(scope, receive, send)
 
 
 def with_headers(send: Send, headers: Mapping[str, str]) -> Send:

@@ -1,10 +1,11 @@
 """Stored dataset profiles: saved at upload, computed on first request for files uploaded before profiles
-existed (by streaming the dataset through the upload's reader), with the token statistics jobs wrote."""
+existed (by streaming the dataset through the upload's reader), with the token statistics and label issues jobs
+wrote."""
 
 from __future__ import annotations
 
-from ftjobs.client.models import FileObject, FileProfile, TokenStats
-from ftjobs.core.keys import file_path, file_profile_path, file_tokens_dir
+from ftjobs.client.models import FileObject, FileProfile, LabelIssues, TokenStats
+from ftjobs.core.keys import file_label_issues_path, file_path, file_profile_path, file_tokens_dir
 from ftjobs.core.storage import Storage
 from ftjobs.service.readers import JsonlReader
 
@@ -20,7 +21,18 @@ def load_profile(storage: Storage, file: FileObject) -> FileProfile:
     with the token statistics jobs' validations wrote next to the file."""
     profile = _stored_profile(storage, file)
     profile.tokens = token_stats(storage, file)
+    profile.label_issues = label_issues(storage, file)
     return profile
+
+
+def label_issues(storage: Storage, file: FileObject) -> LabelIssues | None:
+    """`<file>.label_issues.json`, written by the first classification job's validation (None: none yet)."""
+    path = file_label_issues_path(file.tenant, file.id)
+    try:
+        with storage.open(path) as fh:
+            return LabelIssues.model_validate_json(fh.read())
+    except (OSError, ValueError):  # not written yet (or unreadable): the profile goes without
+        return None
 
 
 def token_stats(storage: Storage, file: FileObject) -> list[TokenStats]:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from redis.asyncio import Redis as AsyncRedis
 
 from ftjobs.core.logs import setup_logging
 from ftjobs.core.queue import JobQueue, connect
 from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage, sweep_folder
 from ftjobs.core.tenants import TenantsSource
-from ftjobs.service.deps import AuthFirst
+from ftjobs.service.deps import AsyncRateLimiter, AuthFirst
 from ftjobs.service.errors import (
     InsufficientScope,
     InternalError,
@@ -29,6 +31,7 @@ from ftjobs.service.handlers import DeclaredBodyLimit, install_error_handlers
 from ftjobs.service.limits import RateLimiter
 from ftjobs.service.links import add_links
 from ftjobs.service.metrics import install_metrics
+from ftjobs.service.reads import AsyncReads
 from ftjobs.service.requestid import RequestIds
 from ftjobs.service.routes import admin, artifacts, dashboard, docs, files, health, jobs, models, openai_jobs, webhooks
 from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
@@ -37,6 +40,7 @@ from ftjobs.service.store import Store
 from ftjobs.service.version import API_VERSION
 
 log = logging.getLogger("ftjobs.service")
+GIL_SWITCH_S = 0.0005  # s; see lifespan
 SWEEP_INTERVAL_S = 600  # stale temporary files are looked for at startup, then this often
 
 DESCRIPTION = (
@@ -85,12 +89,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # An upload's rows are checked in a worker thread: the event loop waits at most this long for the GIL
+        # (Python's default, 5 ms, is what a read waited per hand-over during an upload).
+        sys.setswitchinterval(GIL_SWITCH_S)
         redis = connect(settings.redis_url, ride_out_outages=False)  # an unreachable Redis is a quick 503
         app.state.redis = redis
-        app.state.store = Store(redis)
-        app.state.limiter = RateLimiter(redis)
-        app.state.queue = JobQueue(redis, settings)
         app.state.storage = Storage(settings.storage_url)
+        app.state.store = Store(redis, app.state.storage)  # the store: archived events and metrics
+        app.state.limiter = RateLimiter(redis)
+        # The polled reads and the rate limit, on the event loop (service/reads.py): no thread hop per request.
+        aredis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+        app.state.reads = AsyncReads(aredis)
+        app.state.async_limiter = AsyncRateLimiter(aredis)
+        app.state.queue = JobQueue(redis, settings)
         app.state.streaming = Streaming(settings)  # live event streams (service/sse.py)
         # In the background: a large store must not delay startup.
         sweeper = asyncio.create_task(sweep_forever(app.state.storage, settings))
@@ -101,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with suppress(asyncio.CancelledError):
                 await sweeper
             redis.close()
+            with suppress(RuntimeError):  # its connections belong to a loop already closed (an app run by hand)
+                await aredis.aclose()
             await app.state.streaming.aclose()
 
     app = FtjobsAPI(
@@ -125,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     common = error_responses(Unauthorized, InsufficientScope, RateLimited, InternalError, RedisUnavailable)
     for module in (files, jobs, artifacts, models, webhooks, openai_jobs, admin):
         app.include_router(module.router, responses=common)
+    # The route a job GET answered in AuthFirst would have reached (service/reads.py): its metrics label.
+    app.state.job_route = next(r for r in jobs.router.routes if isinstance(r, APIRoute) and r.name == "get_job")
     return app
 
 

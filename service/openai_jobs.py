@@ -38,6 +38,7 @@ from ftjobs.client.models import (
 from ftjobs.client.models.openai import OpenAIHyperparameters
 from ftjobs.core import keys
 from ftjobs.core.records import as_text, decode_entry
+from ftjobs.core.retention import archived_page
 from ftjobs.service.errors import InvalidRequest, JobNotFound, ModelNotFound, ValidationError
 from ftjobs.service.store import Store, stream_cursor
 
@@ -271,9 +272,10 @@ def list_events(store: Store, tenant: str, job_id: str, after: str | None, limit
             return FineTuningJobEventList(data=[], has_more=False)
         high = f"({cursor}"
     raw = store.redis.xrevrange(keys.events_key(tenant, job_id), max=high, min="-", count=limit + 1)
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw)
-    events = [
-        to_openai_event(Event.model_validate({**decode_entry(body), "id": as_text(sid)})) for sid, body in entries
-    ]
+    entries = [(as_text(sid), decode_entry(body)) for sid, body in cast(list[tuple[bytes, dict[bytes, bytes]]], raw)]
+    if not entries and store.storage is not None:  # archived after the job ended (core/retention.py)
+        before = high[1:] if after is not None else None
+        entries = archived_page(store.redis, store.storage, tenant, job_id, "events", before, limit + 1, True)[0]
+    events = [to_openai_event(Event.model_validate({**body, "id": sid})) for sid, body in entries]
     page = events[:limit]
     return FineTuningJobEventList(data=page, has_more=len(events) > limit, last_id=page[-1].id if page else None)

@@ -236,6 +236,7 @@ def delete_file(store: Store, storage: Storage, tenant: str, file_id: str) -> No
     for path in (
         keys.file_path(tenant, file_id), keys.file_profile_path(tenant, file_id),
         keys.file_lines_path(tenant, file_id), keys.file_tokens_dir(tenant, file_id),
+        keys.file_label_issues_path(tenant, file_id),
     ):  # fmt: skip
         storage.delete(path)
 

@@ -8,10 +8,11 @@ on this module, never the other way round.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from typing import Any
+
+import orjson
 
 from ftjobs.client.models import FieldProfile, FileFormat, FileProfile, LabelCount, LengthStats
 from ftjobs.core.rows import ROW_FIELDS, preference_parts
@@ -30,8 +31,13 @@ PROFILE_FIELDS: dict[FileFormat, tuple[str, ...]] = {
 
 
 def _digest(value: Any) -> int:
-    data = json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    """A 64-bit digest of a row's canonical JSON, for counting duplicates within one upload (kept in memory only:
+    Python's keyed hash serves, at a tenth of blake2b's cost)."""
+    try:  # orjson: ~5x json.dumps; an integer past 64 bits (orjson refuses it) goes through json
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        data = json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
+    return hash(data)
 
 
 def length_stats(histogram: Counter[int]) -> LengthStats | None:
@@ -78,30 +84,35 @@ class ProfileBuilder:
 
     def add(self, fmt: FileFormat, row: dict[str, Any]) -> bool:
         """Profile one valid row; True if it duplicates an earlier row exactly."""
+        # Once per row of a million-row upload: `is` on the enum (its `==` is slower), no per-row containers.
         self.rows += 1
         self.format = fmt
         if len(self.columns) < MAX_COLUMNS:
-            self.columns.update(list(row)[:MAX_COLUMNS])
-        for name in PROFILE_FIELDS[fmt]:
+            self.columns.update(row if len(row) <= MAX_COLUMNS else list(row)[:MAX_COLUMNS])
+        fields = PROFILE_FIELDS[fmt]
+        for name in fields:
             if name == "messages":
                 value = "\n".join(m["content"] for m in row["messages"])
-            elif fmt == FileFormat.preference:  # a string, or messages: their contents together
-                part = preference_parts(row)[PROFILE_FIELDS[fmt].index(name)]
+            elif fmt is FileFormat.preference:  # a string, or messages: their contents together
+                part = preference_parts(row)[fields.index(name)]
                 value = part if isinstance(part, str) else "\n".join(m["content"] for m in part)
             else:
                 value = row[name]
             if not value.strip():
                 self.empty[name] += 1
-            self.chars.setdefault(name, Counter())[len(value)] += 1
-            self.words.setdefault(name, Counter())[len(value.split())] += 1
+            if name not in self.chars:  # not setdefault: a Counter made per row costs more than the rest
+                self.chars[name], self.words[name] = Counter(), Counter()
+            self.chars[name][len(value)] += 1
+            self.words[name][len(value.split())] += 1
         label = None
-        if fmt == FileFormat.text_label:
+        if fmt is FileFormat.text_label:
             label = str(row["label"])
             if label in self.label_counts or len(self.label_counts) < MAX_DISTINCT_LABELS:
                 self.label_counts[label] += 1
         if self.rows > MAX_TRACKED_ROWS:
             return False
-        known = {k: row[k] for k in row if k in ROW_FIELDS}  # extra keys do not make a row distinct
+        # Extra keys do not make a row distinct.
+        known = row if ROW_FIELDS.issuperset(row) else {k: row[k] for k in row if k in ROW_FIELDS}
         digest = _digest(known)
         duplicate = digest in self._rows_seen
         self._rows_seen.add(digest)

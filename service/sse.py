@@ -13,6 +13,7 @@ setting here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -29,7 +30,9 @@ from ftjobs.client.models import Event, JobStatus
 from ftjobs.core import keys
 from ftjobs.core.keys import JobField
 from ftjobs.core.records import as_text, decode_entry
+from ftjobs.core.retention import ARCHIVED_FIELD, archived_after
 from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage
 from ftjobs.service.errors import TooManyStreams
 
 log = logging.getLogger("ftjobs.service")
@@ -111,6 +114,7 @@ class Streaming:
             settings.redis_url, socket_connect_timeout=2, socket_timeout=settings.sse_keepalive_s + 10
         )
         self.slots = StreamSlots(settings.sse_max_streams)
+        self.storage = Storage(settings.storage_url)  # a finished job's events, once archived (core/retention.py)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -134,7 +138,7 @@ def ends_job(event: Event) -> bool:
 
 
 async def follow_events(
-    redis: AsyncRedis, tenant: str, job_id: str, after: str | None, keepalive_s: float
+    redis: AsyncRedis, tenant: str, job_id: str, after: str | None, keepalive_s: float, storage: Storage | None = None
 ) -> AsyncIterator[Event | None]:
     """The job's events after `after`, then each new one as it is written; None after `keepalive_s` without one.
 
@@ -143,6 +147,11 @@ async def follow_events(
     """
     key, cursor = keys.events_key(tenant, job_id), after or "0-0"
     status = await job_status(redis, tenant, job_id)
+    if status is not None and status.is_terminal and storage is not None:
+        if await redis.hexists(keys.job_key(tenant, job_id), ARCHIVED_FIELD):  # its events are in the store now
+            for archived_id, body in await asyncio.to_thread(archived_after, storage, tenant, job_id, "events", after):
+                yield Event.model_validate({**body, "id": archived_id})
+            return
     block: int | None = None  # the backlog first, without waiting
     while True:
         entries = stream_entries(await redis.xread({key: cursor}, count=BATCH, block=block))
@@ -201,7 +210,7 @@ def event_stream_response(
 ) -> EventSourceResponse:
     """The streaming answer for a job the caller may read (checked before): TooManyStreams past the limit."""
     slot = streaming.slots.acquire(tenant)
-    events = follow_events(streaming.redis, tenant, job_id, after, streaming.keepalive_s)
+    events = follow_events(streaming.redis, tenant, job_id, after, streaming.keepalive_s, streaming.storage)
     return EventSourceResponse(
         sse_body(events, slot, render),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy buffering

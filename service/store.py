@@ -43,6 +43,8 @@ from ftjobs.core.records import (
     new_record,
     status_entry,
 )
+from ftjobs.core.retention import archived_page
+from ftjobs.core.storage import Storage
 from ftjobs.core.tenants import TenantLimits
 from ftjobs.service.errors import FileNotFound, IdempotencyKeyReused, JobNotCancellable, JobNotFound
 from ftjobs.service.limits import ADD_FILE, USAGE, Usage, file_usage_keys, quota_exceeded
@@ -92,8 +94,9 @@ def stream_cursor(after: str) -> str:
 class Store:
     """Redis-backed state of one deployment; every lookup is scoped by tenant."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, storage: Storage | None = None) -> None:
         self.redis = redis
+        self.storage = storage  # where a finished job's streams go after FTJOBS_RETENTION_S (core/retention.py)
         self._guarded_write = redis.register_script(keys.GUARDED_WRITE)
         self._add_file = redis.register_script(ADD_FILE)
         self._usage = redis.register_script(USAGE)
@@ -292,6 +295,11 @@ class Store:
 
     # ------------------------------------------------------------------ the status index
 
+    @property
+    def status_index_ready(self) -> bool:
+        """ensure_status_index has run in this process (it is then a no-op)."""
+        return self._status_index_ready
+
     def ensure_status_index(self) -> None:
         """Index the jobs created before the status index existed, once per deployment (then once per process)."""
         if self._status_index_ready:
@@ -323,12 +331,16 @@ class Store:
     def events(self, tenant: str, job_id: str, after: str | None, limit: int) -> EventList:
         self.require_job(tenant, job_id)
         entries, has_more = self._stream_page(keys.events_key(tenant, job_id), after, limit)
+        if not entries and self.storage is not None:  # archived: the same page, from the store
+            entries, has_more = archived_page(self.redis, self.storage, tenant, job_id, "events", after, limit)
         data = [Event.model_validate({**body, "id": sid}) for sid, body in entries]
         return EventList(data=data, has_more=has_more, last_id=data[-1].id if data else None)
 
     def metrics(self, tenant: str, job_id: str, after: str | None, limit: int) -> MetricList:
         self.require_job(tenant, job_id)
         entries, has_more = self._stream_page(keys.metrics_key(tenant, job_id), after, limit)
+        if not entries and self.storage is not None:  # archived: the same page, from the store
+            entries, has_more = archived_page(self.redis, self.storage, tenant, job_id, "metrics", after, limit)
         data = [MetricPoint.model_validate({**body, "id": sid}) for sid, body in entries]
         return MetricList(data=data, has_more=has_more, last_id=data[-1].id if data else None)
 

@@ -35,6 +35,8 @@ from ftjobs.client.models.files import (
     FileProfile,
     FileWarning,
     LabelCount,
+    LabelIssue,
+    LabelIssues,
     LengthStats,
     SourceFormat,
     TokenStats,
@@ -82,7 +84,7 @@ from ftjobs.client.models.openai import (
     FineTuningJobList,
     ModelDeleted,
 )
-from ftjobs.client.models.training import DEDUP_THRESHOLD, DataOptions, EarlyStopping, Hyperparameters
+from ftjobs.client.models.training import DEDUP_THRESHOLD, DataOptions, EarlyStopping, EvalGeneration, Hyperparameters
 from ftjobs.client.models.webhooks import (
     WEBHOOK_ID_PATTERN,
     WebhookDelivery,
@@ -134,6 +136,7 @@ __all__ = [
     "ArtifactList",
     "DataOptions",
     "EarlyStopping",
+    "EvalGeneration",
     "ErrorBody",
     "ErrorDetail",
     "Event",
@@ -157,6 +160,8 @@ __all__ = [
     "JobList",
     "JobStatus",
     "LabelCount",
+    "LabelIssue",
+    "LabelIssues",
     "LengthStats",
     "ListObject",
     "LoraMethod",

@@ -108,6 +108,27 @@ class TokenStats(BaseModel):
     histogram: dict[str, int] = Field(default_factory=dict, description="Power-of-two buckets: `<=64`: count.")
 
 
+class LabelIssue(BaseModel):
+    """One row that is likely mislabeled."""
+
+    line: int = Field(description="Line (CSV line, Parquet row) of the uploaded file, 1-based.")
+    label: str = Field(description="The label the row has.")
+    suggested: str = Field(description="The label the out-of-sample model finds most probable.")
+    score: float = Field(description="Label quality in [0, 1]: the out-of-sample probability of the given label.")
+
+
+class LabelIssues(BaseModel):
+    """text_label files: rows most likely mislabeled (cleanlab confident learning), as a job's validation found."""
+
+    job_id: str = Field(description="The job whose validation checked the file (the first classification job).")
+    created_at: float
+    rows: int = Field(description="Rows checked.")
+    found: int = Field(description="Rows flagged; `issues` lists the most suspect first (up to 100).")
+    method: str
+    issues: list[LabelIssue] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
 class FileProfile(BaseModel):
     """`GET /v1/files/{id}/profile`: what is in a dataset, computed while it streamed in."""
 
@@ -130,6 +151,11 @@ class FileProfile(BaseModel):
         default_factory=list,
         description="Token lengths computed by the validation of jobs training on this file, newest first "
         "(the last few jobs).",
+    )
+    label_issues: LabelIssues | None = Field(
+        default=None,
+        description="text_label files: likely label errors, found when a classification job first validates the "
+        "file as its training_file (null until then).",
     )
 
 

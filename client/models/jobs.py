@@ -6,12 +6,13 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ftjobs.client.models.common import FILE_ID_PATTERN, JOB_ID_PATTERN, STRICT, TENANT_PATTERN, ListObject, Page
 from ftjobs.client.models.files import FileFormat
 from ftjobs.client.models.methods import METHOD_NAMES, PROMPT_METHODS, LoraMethod, Method
-from ftjobs.client.models.training import DataOptions, Hyperparameters
+from ftjobs.client.models.resources import Resources
+from ftjobs.client.models.training import DataOptions, EvalGeneration, Hyperparameters
 
 
 class JobStatus(StrEnum):
@@ -107,6 +108,10 @@ class JobCreate(BaseModel):
     data: DataOptions = Field(
         default_factory=DataOptions, description="Cleaning, balancing and augmentation (reported in results.data)."
     )
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Training processes per job (data-parallel), GPUs per process, and the hardware class (queue).",
+    )
     suffix: str | None = Field(
         default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="Short name for the fine-tuned model."
     )
@@ -128,6 +133,11 @@ class JobCreate(BaseModel):
     eval_samples: int = Field(
         default=8, ge=0, le=100, description="Validation examples saved with their predictions as eval_samples.jsonl."
     )
+    eval_generation: EvalGeneration = Field(
+        default_factory=EvalGeneration,
+        description="causal_lm/seq2seq: how the generation evaluation decodes (batch size, new tokens, repetition "
+        "controls); echoed as results.generation beside the scores it produced.",
+    )
     integrations: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
         max_length=3,
@@ -146,6 +156,21 @@ class JobCreate(BaseModel):
         if v is not None and info.data.get("task") != Task.classification:
             raise ValueError("group_field is for task classification only")
         return v
+
+    @field_validator("data")
+    @classmethod
+    def _data_options_for_task(cls, data: DataOptions, info: ValidationInfo) -> DataOptions:
+        # task, group_field and hyperparameters are declared before data: info.data has them (when valid)
+        classification = info.data.get("task") == Task.classification
+        if data.drop_label_issues and not classification:
+            raise ValueError("drop_label_issues is for task classification only")
+        if data.debias != "none":
+            if not classification or not info.data.get("group_field"):
+                raise ValueError(f"debias {data.debias!r} needs task classification and a group_field")
+            hp = info.data.get("hyperparameters")
+            if hp is not None and hp.replay_ratio > 0:
+                raise ValueError("debias weights training rows by their group: replay_ratio's reference rows have none")
+        return data
 
     @field_validator("hyperparameters")
     @classmethod
@@ -169,6 +194,24 @@ class JobCreate(BaseModel):
             raise ValueError("replay_ratio is not supported for task dpo: reference rows are not preference pairs")
         return hp
 
+    @field_validator("hyperparameters")
+    @classmethod
+    def _batching_settings(cls, hp: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
+        task, method = info.data.get("task"), info.data.get("method")
+        if hp.packing and task != Task.causal_lm:
+            raise _nested("packing", hp.packing, f"packing is for task causal_lm only, not {task}")
+        if hp.packing and method is not None and method.type in PROMPT_METHODS:
+            raise _nested("packing", hp.packing, f"packing does not work with {method.type}: its virtual tokens "
+                          "would sit in one example's positions only")  # fmt: skip
+        if hp.group_by_length and hp.packing:
+            raise _nested("group_by_length", True, "group_by_length is for unpacked data: packed rows are all full")
+        if hp.group_by_length and task == Task.dpo:
+            raise _nested("group_by_length", True, "group_by_length is not supported for task dpo")
+        if hp.gradient_checkpointing and method is not None and method.type == "prefix_tuning":
+            # transformers drops the attention cache in a checkpointed layer, and the prefixes live in it
+            raise _nested("gradient_checkpointing", True, "gradient_checkpointing does not work with prefix_tuning")
+        return hp
+
     @field_validator("method")
     @classmethod
     def _dpo_method(cls, method: Any, info: ValidationInfo) -> Any:
@@ -182,6 +225,12 @@ class JobCreate(BaseModel):
         if "\x00" in v or any(part == ".." for part in re.split(r"[\\/]", v)):
             raise ValueError("model must not contain '..' or NUL")
         return v
+
+
+def _nested(field: str, value: Any, message: str) -> ValidationError:
+    """A hyperparameters error located at its own field, so the 4xx names `hyperparameters.<field>`."""
+    details = {"type": "value_error", "loc": (field,), "input": value, "ctx": {"error": ValueError(message)}}
+    return ValidationError.from_exception_data("Hyperparameters", [details])  # type: ignore[list-item]
 
 
 def resolve_hyperparameters(req: JobCreate) -> dict[str, Any]:
@@ -198,6 +247,9 @@ def resolve_hyperparameters(req: JobCreate) -> dict[str, Any]:
             hp["learning_rate"] = 2e-3  # demo data: F1 0.96 after 2 epochs at 2e-3; mostly all-majority at 5e-4
         else:
             hp["learning_rate"] = 2e-4
+    processes = getattr(getattr(req, "resources", None), "processes", None) or 1  # data-parallel processes
+    steps = req.hyperparameters.gradient_accumulation_steps
+    hp["effective_batch_size"] = req.hyperparameters.batch_size * steps * processes  # examples (packed: rows) a step
     return hp
 
 
@@ -292,8 +344,8 @@ class Job(BaseModel):
     results: dict[str, Any] = Field(
         default_factory=dict,
         description="Summary at the end: `baseline` and `final` evaluation metrics, first/last train loss, "
-        "`diagnostics` (overfitting/underfitting flags), and when they apply `early_stopping`, `forgetting`, "
-        "`confusion_matrix` and `groups`.",
+        "`diagnostics` (overfitting/underfitting flags), `generation` (the eval_generation options behind "
+        "bleu/rouge), and when they apply `early_stopping`, `forgetting`, `confusion_matrix` and `groups`.",
     )
     attempt: int = Field(default=0, description="Current attempt number (1 for the first run).")
     cancel_requested: bool = False

@@ -47,7 +47,11 @@ class Hyperparameters(BaseModel):
         default=None, ge=1, le=10_000_000, description="Stop after this many steps (overrides n_epochs)."
     )
     eval_steps: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Evaluate every N steps; null evaluates once per epoch."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Evaluate every N steps; null: about 12 evaluations a run, at most 4 an epoch (a run of many "
+        "epochs: once an epoch); resolved_hyperparameters.eval_steps says which.",
     )
     train_on_inputs: bool = Field(
         default=False,
@@ -106,6 +110,21 @@ class Hyperparameters(BaseModel):
         le=100.0,
         description="task dpo only: the DPO temperature (TRL's beta): how far the trained model may move from the "
         "reference; higher keeps it closer.",
+    )
+    packing: bool = Field(
+        default=False,
+        description="causal_lm: pack training examples into rows of max_seq_length (best-fit decreasing), each "
+        "example attending only to itself (position_ids restart per example); batch_size then counts rows. "
+        "Prompt tokens stay masked; evaluation is not packed.",
+    )
+    group_by_length: bool = Field(
+        default=False,
+        description="Batch training examples of similar length together (randomly within mega-batches): less "
+        "padding, a cheaper alternative to packing.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass instead of keeping them: less memory, ~30% slower.",
     )
 
     @field_validator("learning_rate")
@@ -196,6 +215,24 @@ class DataOptions(BaseModel):
     augment_temperature: float = Field(
         default=0.0, ge=0.0, le=2.0, description="paraphrase/back_translate: 0 = greedy, else seeded sampling."
     )
+    drop_label_issues: bool = Field(
+        default=False,
+        description="classification: drop the training split's rows most likely mislabeled (cleanlab's confident "
+        "learning over 5-fold TF-IDF + logistic regression probabilities) before training.",
+    )
+    debias: Literal["none", "group_balance", "group_dro"] = Field(
+        default="none",
+        description="classification with group_field: group_balance weights each training row's loss by the "
+        "inverse frequency of its group; group_dro minimises the worst group's loss with online group weights "
+        "(Sagawa et al. 2020: exponentiated-gradient steps of group_dro_step_size on per-group losses). "
+        "results.groups.change reports the worst-group metrics and the gap before vs after.",
+    )
+    group_dro_step_size: float = Field(
+        default=0.01,
+        gt=0.0,
+        le=10.0,
+        description="debias group_dro: the step size of the group weights' update q_g *= exp(step * loss_g).",
+    )
 
     @field_validator("dedup_threshold")
     @classmethod
@@ -203,6 +240,14 @@ class DataOptions(BaseModel):
         dedup = info.data.get("dedup", "minhash")  # absent: dedup itself was invalid and is reported
         if v is not None and dedup != "minhash":
             raise ValueError(f"dedup_threshold is for dedup minhash only, not {dedup!r}")
+        return v
+
+    @field_validator("group_dro_step_size")
+    @classmethod
+    def _step_size_needs_dro(cls, v: float, info: ValidationInfo) -> float:
+        debias = info.data.get("debias", "group_dro")  # absent: debias itself was invalid and is reported
+        if v != DataOptions.model_fields["group_dro_step_size"].default and debias != "group_dro":
+            raise ValueError(f"group_dro_step_size is for debias group_dro only, not {debias!r}")
         return v
 
     @field_validator("augment_model", "augment_back_model")
@@ -217,3 +262,37 @@ class DataOptions(BaseModel):
     @property
     def active(self) -> bool:
         return self != DataOptions()
+
+
+class EvalGeneration(BaseModel):
+    """How the generation evaluation (causal_lm/seq2seq, before and after training) decodes: greedy, in batches."""
+
+    model_config = STRICT
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Validation examples generated together (sorted by prompt length, padded); 1 = one at a time. "
+        "Greedy outputs do not depend on it; memory and speed do.",
+    )
+    max_new_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="Most tokens generated per example; each example also stops 4 tokens past its reference's "
+        "length, and a causal_lm example at max_seq_length.",
+    )
+    repetition_penalty: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=10.0,
+        description="Lowers the score of every token already generated (causal_lm: or in the prompt), CTRL's penalty; "
+        "1 = none. 1.1-1.3 curbs greedy loops such as `été été été`.",
+    )
+    no_repeat_ngram_size: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="Never repeat an n-gram of this many tokens within one output (causal_lm: the prompt counts too); "
+        "0 = off.",
+    )

@@ -3,8 +3,9 @@
 Every step is a plain function over `Row`s and is reported with its rows in and out, so a job's
 `results["data"]` (and the `data_report.json` artifact) says exactly what happened to the data. The
 order matters: clean and dedup the training file, split off the validation rows (seeded, stratified),
-then augment and balance the training split only, so no augmented copy of a row can leak into
-validation. With default `DataOptions` nothing runs and the rows pass through untouched.
+drop likely label errors from the training split (jobs/data/label_issues.py), then augment and balance
+the training split only, so no augmented copy of a row can leak into validation. With default `DataOptions`
+nothing runs and the rows pass through untouched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from ftjobs.client.models import DEDUP_THRESHOLD, DataOptions, Hyperparameters, JobCreate, Task
 from ftjobs.core.keys import job_dir
 from ftjobs.core.storage import Storage
-from ftjobs.jobs.data import augment, clean
+from ftjobs.jobs.data import augment, clean, label_issues
 from ftjobs.jobs.data.inputs import fetch_rows
 from ftjobs.jobs.data.read import Row
 from ftjobs.jobs.data.split import class_weights, resample, split_rows
@@ -148,6 +149,10 @@ def clean_and_split(
         report["split"] = {"seed": seed, "fraction": validation_split, "train": len(train)}
         report["split"]["validation"] = len(validation)
         steps.add("split", n, len(train), validation=len(validation))
+    if classification and options.drop_label_issues:  # on the training split only: validation stays as given
+        n = len(train)
+        train, details = label_issues.drop_issues(train, seed)
+        steps.add("drop_label_issues", n, len(train), **details)
     return PreparedData(train, validation, report, notes=notes)
 
 

@@ -18,7 +18,7 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], n_labels: int) -> li
 
 
 def group_metrics(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str], n_labels: int) -> dict[str, Any]:
-    """Accuracy and macro F1 per group, and the gap between the best and the worst group."""
+    """Accuracy and macro F1 per group, the worst group's, and the gap between the best and the worst group."""
     per: dict[str, dict[str, float]] = {}
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     for g in sorted(set(groups)):
@@ -33,7 +33,8 @@ def group_metrics(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence
         m: (max(v[m] for v in per.values()) - min(v[m] for v in per.values())) if per else math.nan
         for m in ("accuracy", "f1")
     }
-    return {"per_group": per, "gap": gap}
+    worst = {m: min(v[m] for v in per.values()) if per else math.nan for m in ("accuracy", "f1")}
+    return {"per_group": per, "gap": gap, "worst": worst}
 
 
 def row_groups(rows: Sequence[Any], field: str) -> list[str]:
@@ -50,8 +51,8 @@ def bias_report(
     groups = row_groups(data.validation_rows, group_field) if group_field else []
     if not groups or len(groups) != len(after[0]):  # one group per validation example, in order
         return confusions, None
-    return confusions, {
-        "field": group_field,
-        "baseline": group_metrics(*before, groups, n),
-        "final": group_metrics(*after, groups, n),
+    baseline, final = group_metrics(*before, groups, n), group_metrics(*after, groups, n)
+    change = {  # final - baseline: worst-group metrics up and the gap down is what debiasing is for
+        key: {m: final[key][m] - baseline[key][m] for m in ("accuracy", "f1")} for key in ("worst", "gap")
     }
+    return confusions, {"field": group_field, "baseline": baseline, "final": final, "change": change}

@@ -3,6 +3,7 @@
 The Trainer's evaluation gives the loss; this pass asks what the model actually *says*. It runs before
 training (the baseline) and after, on at most `eval_generation_limit` validation rows, and keeps the
 first `eval_samples` predictions (classification: predicted labels) for the qualitative review artifact.
+The request's `eval_generation` options say how it decodes (batched.py generates the batches).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any
 
 import torch
 
-from ftjobs.client.models import Task
+from ftjobs.client.models import EvalGeneration, Task
 from ftjobs.jobs.data.read import Row, label_of, source_target
+from ftjobs.jobs.evaluation.batched import EXTRA_NEW_TOKENS as EXTRA_NEW_TOKENS  # tests budget with it
+from ftjobs.jobs.evaluation.batched import generate_all
 from ftjobs.jobs.evaluation.progress import PhaseProgress
 from ftjobs.jobs.interrupts import Cancelled
 from ftjobs.jobs.report import Reporter
 
-MAX_NEW_TOKENS = 256  # cap on one generation, whatever the reference length
-EXTRA_NEW_TOKENS = 4  # room past the reference length (its EOS, a slightly longer answer)
 CANCEL_CHECK_S = 2.0  # seconds between cancel checks during generation
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -102,8 +103,10 @@ class Evaluator:
         max_seq_length: int,
         labels: Sequence[str] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        options: EvalGeneration | None = None,
     ) -> None:
         self.task, self.tokenizer, self.labels = task, tokenizer, labels
+        self.options = options if options is not None else EvalGeneration()
         self.limit, self.samples, self.max_seq_length = limit, samples, max_seq_length
         self.should_stop = should_stop
         self.rows = list(rows)
@@ -119,7 +122,7 @@ class Evaluator:
                     self.items.append(item)
         self.predictions: dict[str, list[str]] = {}  # "baseline" / "final" -> predictions of the sampled rows
         self._last_check = time.monotonic()
-        self.on_item: Callable[[], None] | None = None  # called after each prediction (progress events)
+        self.on_item: Callable[[int], None] | None = None  # called with n after each n predictions (progress)
 
     @property
     def active(self) -> bool:
@@ -138,10 +141,16 @@ class Evaluator:
                 if self.task == Task.classification:
                     self.predictions[stage] = self._classify(model, cancelled)
                     return {}
-                outputs = []
-                for item in self.items:
-                    outputs.append(self._generate(model, item, cancelled))
-                    self._tick()
+                outputs = generate_all(
+                    model,
+                    self.tokenizer,
+                    self.items,
+                    self.options,
+                    max_seq_length=self.max_seq_length,
+                    seq2seq=self.task == Task.seq2seq,
+                    before_batch=lambda: self._check(cancelled, every_call=True),
+                    after_batch=self._tick,
+                )
                 accuracy = self._token_accuracy(model, self.items[: self.limit])
         finally:
             model.train(was_training)
@@ -151,6 +160,12 @@ class Evaluator:
         if accuracy is not None:
             metrics["token_accuracy"] = accuracy
         return metrics
+
+    def echo(self) -> dict[str, Any] | None:
+        """results.generation: the options that produced the generation scores (None: nothing generated)."""
+        if self.task == Task.classification or not self.active:
+            return None
+        return {**self.options.model_dump(), "examples": len(self.items[: self.limit])}
 
     def sample_rows(self) -> list[dict[str, Any]]:
         """eval_samples.jsonl rows: input, reference, and the prediction before and after training."""
@@ -169,33 +184,15 @@ class Evaluator:
             out.append(entry)
         return out
 
-    # ----------------------------------------------------------------- one row at a time
+    # ----------------------------------------------------------------- helpers
 
-    def _check(self, cancelled: type[Exception]) -> None:
+    def _check(self, cancelled: type[Exception], every_call: bool = False) -> None:
+        """Raise `cancelled` on a stop request; read at most every CANCEL_CHECK_S unless `every_call` (a batch)."""
         now = time.monotonic()
-        if now - self._last_check >= CANCEL_CHECK_S:
+        if every_call or now - self._last_check >= CANCEL_CHECK_S:
             self._last_check = now
             if self.should_stop():
                 raise cancelled()
-
-    def _generate(self, model: Any, item: Item, cancelled: type[Exception]) -> str:
-        self._check(cancelled)
-        device = next(model.parameters()).device
-        ids = torch.tensor([item.prompt_ids], device=device)
-        budget = min(MAX_NEW_TOKENS, len(item.reference_ids) + EXTRA_NEW_TOKENS)
-        if self.task == Task.causal_lm:
-            budget = min(budget, max(1, self.max_seq_length - len(item.prompt_ids)))
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=budget,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )[0]
-        new = out if self.task == Task.seq2seq else out[len(item.prompt_ids) :]
-        return str(self.tokenizer.decode(new, skip_special_tokens=True)).strip()
 
     def _token_accuracy(self, model: Any, items: Sequence[Item]) -> float | None:
         """Teacher-forced next-token accuracy on the reference tokens (+ EOS): how often argmax is right."""
@@ -233,12 +230,12 @@ class Evaluator:
         return predicted
 
     def units(self) -> int:
-        """How many predictions `run` makes (each one `on_item` call)."""
+        """How many predictions `run` makes (`on_item` gets them in batches)."""
         return len(self.rows[: self.samples]) if self.task == Task.classification else len(self.items)
 
-    def _tick(self) -> None:
+    def _tick(self, n: int = 1) -> None:
         if self.on_item is not None:
-            self.on_item()
+            self.on_item(n)
 
 
 def generation_eval(evaluator: Evaluator, trainer: Any, reporter: Reporter, stage: str) -> dict[str, float]:

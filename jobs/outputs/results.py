@@ -33,6 +33,7 @@ class Results:
     train_loss_first: float | None = None  # the first and last logged train loss
     train_loss_last: float | None = None
     final: Scores | None = None  # the trained model (the best kept one under early stopping)
+    generation: dict[str, Any] | None = None  # the eval_generation options behind bleu/rouge, and examples scored
     confusion_matrix: dict[str, Any] | None = None  # classification: {labels, baseline, final}
     groups: dict[str, Any] | None = None  # per-group metrics when the request names a group_field
     early_stopping: EarlyStoppingOutcome | None = None

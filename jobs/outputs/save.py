@@ -12,6 +12,7 @@ from typing import Any
 from ftjobs.client.models import Artifact, JobCreate
 from ftjobs.core.storage import Storage
 from ftjobs.jobs.data.examples import Datasets
+from ftjobs.jobs.evaluation.diagnostics import tracked_metric
 from ftjobs.jobs.evaluation.generation import Evaluator
 from ftjobs.jobs.evaluation.progress import PhaseProgress, last_progress
 from ftjobs.jobs.outputs import artifacts, model_card, plots, samples, trackers
@@ -51,8 +52,11 @@ def save_outputs(
     }
     measured = results.as_json()
     metrics = {**measured, "history": history}  # history: {"train": [...], "eval": [...]} metric points
-    samples.write_eval_samples(out, evaluator.sample_rows())
-    plots.write_loss_curve(out, metrics["history"])
+    rows = evaluator.sample_rows()
+    samples.write_eval_samples(out, rows)
+    metric = tracked_metric(request.task, request.hyperparameters.early_stopping)  # the curve's and card's metric
+    plots.write_loss_curve(out, history, title=f"{job_id}: {request.task} ({request.method.type})", metric=metric[0])
+    resolved = reporter.with_resolved({})  # the record's resolved values: the method as trained, target modules ...
     model_card.write_model_card(
         out,
         job={**manifest_job, "suffix": request.suffix},
@@ -62,13 +66,14 @@ def save_outputs(
             "n_train": len(data.train),
             "n_validation": len(data.validation) if data.validation else 0,
         },
-        hyperparameters={
-            **hyperparameters,
-            "total_steps": total_steps,
-            **{f"method.{k}": v for k, v in request.method.model_dump().items()},
-        },
+        hyperparameters={**hyperparameters, **resolved, "total_steps": total_steps},
         results=measured,
-        weights_dir="model" if request.method.type == "full" else "adapter",
+        method=resolved.get("method") or request.method.model_dump(mode="json"),
+        labels=data.labels if request.task == "classification" else None,
+        history=history,
+        samples=rows,
+        metric=metric,
+        files=sorted({p.relative_to(out).parts[0] + ("/" if p.is_dir() else "") for p in out.iterdir()}),
     )
     written = artifacts.write_artifacts(
         out,

@@ -31,10 +31,9 @@ import dataclasses
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import PrinterCallback, TrainingArguments
 
 from ftjobs.jobs.data.examples import ExampleDataset
-from ftjobs.jobs.report import finite
 from ftjobs.jobs.training import methods, safeguards
 from ftjobs.jobs.training.inputs import Inputs
 from ftjobs.jobs.training.model import TrainableModel
@@ -55,19 +54,7 @@ def _trl() -> Any:
 class DpoReportCallback(ReportCallback):
     """The job's ReportCallback, with DPO's rewards in the train-split metric points."""
 
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> None:
-        logs = logs or {}
-        if "loss" not in logs or "train_loss" in logs:  # eval logs arrive via on_evaluate; skip the run summary
-            return
-        keys = ("loss", "learning_rate", "grad_norm", *TRAIN_METRICS)
-        self._record("train", state, finite({k: logs[k] for k in keys if k in logs}), self.train_history)
+    train_keys = (*ReportCallback.train_keys, *TRAIN_METRICS)
 
 
 def dpo_config(args: TrainingArguments, beta: float, max_length: int) -> Any:

@@ -20,7 +20,7 @@ from ftjobs.jobs.interrupts import INTERRUPTER
 from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import Scores
 from ftjobs.jobs.report import Reporter
-from ftjobs.jobs.training import checkpoints, dpo, safeguards
+from ftjobs.jobs.training import checkpoints, debias, dpo, packing, safeguards
 from ftjobs.jobs.training.epoch_weights import EpochWeightsCallback
 from ftjobs.jobs.training.inputs import Inputs
 from ftjobs.jobs.training.limits import LimitsCallback, check_planned_steps, tenant_limits
@@ -62,7 +62,8 @@ def build_trainer(
     request, hp, data, tokenizer = inputs.request, inputs.hp, inputs.data, inputs.tokenizer
     causal = request.task in (Task.causal_lm, Task.seq2seq)  # a language-model loss: perplexity
     preference = request.task == Task.dpo  # TRL's DPOTrainer (jobs/training/dpo.py)
-    schedule = plan_schedule(inputs)
+    train_set, packed = packing.training_set(inputs, reporter)  # packed rows (hyperparameters.packing) or examples
+    schedule = plan_schedule(packing.with_training_set(inputs, train_set))  # steps count what the Trainer batches
     limits = tenant_limits(settings, reporter.tenant)
     check_planned_steps(limits, schedule.total_steps)  # before any tracker or Trainer: nothing to clean up
     report_to = trackers.start(
@@ -74,6 +75,7 @@ def build_trainer(
         attempt=reporter.attempt,
     )
     resolved = resolved_settings(inputs, built, schedule, report_to)
+    resolved["packing_stats"] = packed.as_json() if packed else None
     reporter.resolved(resolved)
     callback = (dpo.DpoReportCallback if preference else ReportCallback)(reporter, settings.heartbeat_s, causal)
     # What the model says (greedy generations scored with BLEU/ROUGE, or predicted labels), not just its loss.
@@ -86,6 +88,7 @@ def build_trainer(
         max_seq_length=hp.max_seq_length,
         labels=data.labels,
         should_stop=lambda: _stop_seen(reporter),
+        options=request.eval_generation,
     )
     baseline = Baseline()
     # Resumable checkpoints (jobs/training/checkpoints.py): their callback asks the Trainer to save, then uploads.
@@ -99,7 +102,7 @@ def build_trainer(
     )
     saving = {"save_total_limit": 1, **({"save_only_model": False} if saver.enabled else {})}
     args = training_arguments(
-        hp,
+        hp.model_copy(update={"eval_steps": schedule.eval_steps}),  # as resolved (null: the schedule's choice)
         work / "trainer",
         report_to,
         schedule.logging_steps,
@@ -125,7 +128,7 @@ def build_trainer(
     trainer = JobTrainer(
         model=built.model,
         args=args,
-        train_dataset=data.train,
+        train_dataset=train_set,
         eval_dataset=data.validation,
         processing_class=tokenizer,
         data_collator=PadCollator(built.pad_id, 8 if torch.cuda.is_available() else None),
@@ -138,6 +141,9 @@ def build_trainer(
     )
     if inputs.prepared.class_weights and data.labels:
         trainer.class_weights = torch.tensor([inputs.prepared.class_weights.get(name, 1.0) for name in data.labels])
+    if request.group_field:  # data.debias: group-balanced or group DRO loss over the training rows' groups
+        rows, examples = inputs.prepared.train, data.train.examples
+        trainer.group_loss = debias.attach(request.data, request.group_field, rows, examples)
     return Run(
         inputs, schedule, trainer, callback, evaluator, keeper, reference_batches, reference_before, baseline, guard
     )

@@ -52,9 +52,13 @@ class JobTrainer(Trainer):
         super()._issue_warnings_after_load(load_result)
 
     class_weights: torch.Tensor | None = None  # per class id: weighted cross-entropy when training (data.balance)
+    group_loss: Any = None  # data.debias: a jobs/training/debias.py GroupLoss over the batch's group ids
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, **kw: Any) -> Any:
-        if self.class_weights is not None and model.training:
+        groups = inputs.pop("group_ids", None)  # debias.GROUP_KEY: training examples only, never a model input
+        if groups is not None and self.group_loss is not None and model.training:
+            result = self._group_loss(model, inputs, groups, return_outputs, kw.get("num_items_in_batch"))
+        elif self.class_weights is not None and model.training:
             result = self._weighted_loss(model, inputs, return_outputs)
         else:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
@@ -70,6 +74,24 @@ class JobTrainer(Trainer):
         if scaled:
             penalty = penalty / getattr(self, "current_gradient_accumulation_steps", 1)
         loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss
+
+    def _group_loss(
+        self, model: Any, inputs: Any, groups: torch.Tensor, return_outputs: bool, num_items: Any
+    ) -> Any:
+        """Per-example cross-entropy (with class_weights, if any) combined over groups by `group_loss`."""
+        outputs = model(**inputs)
+        weight = None
+        if self.class_weights is not None:
+            weight = self.class_weights.to(device=outputs.logits.device, dtype=outputs.logits.dtype)
+        losses = torch.nn.functional.cross_entropy(outputs.logits, inputs["labels"], weight=weight, reduction="none")
+        loss = self.group_loss(losses, groups)
+        # A micro-batch mean: divide by the accumulation steps where the Trainer will not (as for penalties below).
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = self.model_accepts_loss_kwargs and num_items is not None
+        if scaled:
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)
         return (loss, outputs) if return_outputs else loss
 
     def _weighted_loss(self, model: Any, inputs: Any, return_outputs: bool) -> Any:
@@ -106,6 +128,8 @@ class PadCollator:
 
 class ReportCallback(TrainerCallback):
     """Progress + heartbeat (throttled), train/eval metric points and events, and the cancel check."""
+
+    train_keys: tuple[str, ...] = ("loss", "learning_rate", "grad_norm")  # what a train log line records
 
     def __init__(self, reporter: Reporter, heartbeat_s: float, causal: bool) -> None:
         self.reporter = reporter
@@ -209,7 +233,7 @@ class ReportCallback(TrainerCallback):
         logs = logs or {}
         if "loss" not in logs or "train_loss" in logs:  # eval logs arrive via on_evaluate; skip the run summary
             return
-        values = finite({k: logs[k] for k in ("loss", "learning_rate", "grad_norm") if k in logs})
+        values = finite({k: logs[k] for k in self.train_keys if k in logs})
         self._record("train", state, values, self.train_history)
 
     def on_evaluate(
@@ -293,4 +317,8 @@ def training_arguments(
         bf16=bf16,
         dataloader_num_workers=0,  # no forks inside the work horse
         dataloader_pin_memory=torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if hp.group_by_length else "random",
+        # use_reentrant=False: LoRA's frozen inputs need no requires_grad hack (transformers adds one anyway)
+        activation_checkpointing=hp.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
     )

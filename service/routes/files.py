@@ -8,7 +8,7 @@ import os
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +17,7 @@ from ftjobs.core.keys import file_lines_path, file_path, file_profile_path
 from ftjobs.core.records import new_id
 from ftjobs.core.settings import Settings
 from ftjobs.core.telemetry import count_upload
-from ftjobs.service.deps import LimitsDep, SettingsDep, StorageDep, StoreDep, TenantDep
+from ftjobs.service.deps import LimitsDep, ReadsDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
     FileTooLarge,
@@ -37,6 +37,7 @@ from ftjobs.service.limits import check_upload
 from ftjobs.service.openai_results import delete_file as remove_file
 from ftjobs.service.parquet import ParquetReader, is_parquet
 from ftjobs.service.readers import CsvReader, JsonlReader, Reader, Sink, is_csv
+from ftjobs.service.reads import FILES, checked, page_json
 from ftjobs.service.upload import read_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -191,29 +192,36 @@ async def upload_file(
     return file
 
 
-@router.get("/{file_id}", responses=error_responses(FileNotFound, ValidationError))
-def get_file(file_id: str, tenant: TenantDep, store: StoreDep) -> FileObject:
+# The polled reads are async over redis.asyncio (service/reads.py): no thread hop; the records are checked and
+# written out by pydantic in one call per page (`response_model` keeps the spec).
+@router.get("/{file_id}", response_model=FileObject, responses=error_responses(FileNotFound, ValidationError))
+async def get_file(file_id: str, tenant: TenantDep, reads: ReadsDep) -> Response:
     """Get an uploaded file's metadata."""
-    return store.get_file(tenant, file_id)
+    raw = await reads.file_json(tenant, file_id)
+    if raw is None:
+        raise FileNotFound(f"No file {file_id!r}.")
+    return Response(FileObject.model_validate_json(raw).model_dump_json(), media_type="application/json")
 
 
-@router.get("", responses=error_responses(ValidationError))
-def list_files(
-    tenant: TenantDep, store: StoreDep, after: AfterQuery = None, limit: LimitQuery = 20, sha256: Sha256Query = None
-) -> FileList:
+@router.get("", response_model=FileList, responses=error_responses(ValidationError))
+async def list_files(
+    tenant: TenantDep, reads: ReadsDep, after: AfterQuery = None, limit: LimitQuery = 20, sha256: Sha256Query = None
+) -> Response:
     """List uploaded files, newest first (cursor pagination with `after`); `sha256` keeps only copies of one file."""
     if sha256 is None:
-        return store.list_files(tenant, after, limit)
+        raws, has_more, last_id = await reads.files(tenant, after, limit)
+        return Response(page_json(checked(FILES, raws), has_more, last_id), media_type="application/json")
     found: list[FileObject] = []
     cursor = after
     while len(found) <= limit:  # the tenant's files, a page at a time, until one match past the page
-        page = store.list_files(tenant, cursor, SCAN_PAGE)
-        found += [f for f in page.data if sha256 in (f.source_sha256, f.sha256)]
-        if not page.has_more:
+        raws, more, cursor = await reads.files(tenant, cursor, SCAN_PAGE)
+        scanned = FILES.validate_json(b"[" + b",".join(raws) + b"]")
+        found += [f for f in scanned if sha256 in (f.source_sha256, f.sha256)]
+        if not more:
             break
-        cursor = page.last_id
     data = found[:limit]
-    return FileList(data=data, has_more=len(found) > limit, last_id=data[-1].id if data else None)
+    page = FileList(data=data, has_more=len(found) > limit, last_id=data[-1].id if data else None)
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{file_id}/profile", responses=error_responses(FileNotFound, ValidationError))

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import AfterValidator
+from starlette.concurrency import run_in_threadpool
 
 from ftjobs.client.models import (
     JOB_ID_PATTERN,
@@ -25,7 +26,7 @@ from ftjobs.core.queue import JobQueue
 from ftjobs.core.records import new_id
 from ftjobs.core.storage import remove_checkpoints
 from ftjobs.service import pausing, sse
-from ftjobs.service.deps import LimitsDep, QueueDep, SettingsDep, StorageDep, StoreDep, TenantDep
+from ftjobs.service.deps import LimitsDep, QueueDep, ReadsDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     FileNotFound,
     IdempotencyKeyInProgress,
@@ -106,11 +107,11 @@ def replayed_job(store: Store, tenant: str, job_id: str) -> Job:
     raise IdempotencyKeyInProgress("A request with this Idempotency-Key is still in progress; retry shortly.")
 
 
-def submit(store: Store, queue: JobQueue, tenant: str, job_id: str) -> None:
+def submit(store: Store, queue: JobQueue, tenant: str, job_id: str, training_queue: str | None = None) -> None:
     """Enqueue the job's file validation (it stays validating_files until a worker has checked the files
     with the model's tokenizer, then queues it); a job that cannot be enqueued is failed."""
     try:
-        queue.enqueue_validation(tenant, job_id)
+        queue.enqueue_validation(tenant, job_id, queue=training_queue)
     except Exception:
         try:
             store.mark_failed(
@@ -161,6 +162,11 @@ def create_job(
     check_files(store, tenant, req)
     check_parent(store, tenant, req)
     check_job_limits(store, tenant, req, limits)
+    training_queue = settings.training_queue(req.resources.hardware)  # docs/scaling.md
+    if training_queue is None:
+        served = ", ".join(sorted(settings.hardware_queues)) or "none"
+        raise ValidationError(f"no workers for hardware {req.resources.hardware!r} (served: {served})",
+                              param="resources.hardware")  # fmt: skip
     job_id = new_id("ftjob-")
     if idempotency_key:
         existing = store.claim_idempotency_key(tenant, idempotency_key, job_id, request_sha256(req))
@@ -169,7 +175,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return replayed_job(store, tenant, existing)
     try:
-        store.create_job(tenant, req, job_id, queue=settings.queue, max_active=limits.max_active_jobs)
+        store.create_job(tenant, req, job_id, queue=training_queue, max_active=limits.max_active_jobs)
     except Exception:
         if idempotency_key:
             try:
@@ -177,26 +183,34 @@ def create_job(
             except Exception:
                 log.warning("could not release idempotency key for %s", job_id)
         raise
-    submit(store, queue, tenant, job_id)
+    submit(store, queue, tenant, job_id, training_queue)
     return store.get_job(tenant, job_id)
 
 
-@router.get("", responses=error_responses(ValidationError))
-def list_jobs(
+# The polled reads below are async over redis.asyncio (service/reads.py) and answer the model's JSON as bytes
+# (`response_model` keeps the spec): no thread hop, no second validation of what the reader built.
+@router.get("", response_model=JobList, responses=error_responses(ValidationError))
+async def list_jobs(
     tenant: TenantDep,
     store: StoreDep,
+    reads: ReadsDep,
     after: JobAfter = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
-) -> JobList:
+) -> Response:
     """List jobs, newest first (cursor pagination with `after`)."""
-    return store.list_jobs(tenant, after, limit, status)
+    if status is not None and not store.status_index_ready:
+        await run_in_threadpool(store.ensure_status_index)  # once per process (a backfill, once per deployment)
+    return json_response(await reads.jobs(tenant, after, limit, status))
 
 
-@router.get("/{job_id}", responses=error_responses(JobNotFound, ValidationError))
-def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
+@router.get("/{job_id}", response_model=Job, responses=error_responses(JobNotFound, ValidationError))
+async def get_job(job_id: str, tenant: TenantDep, store: StoreDep, reads: ReadsDep) -> Response:
     """Get a job: status, progress, last metrics, results, error and artifacts."""
-    return store.get_job(tenant, job_id)
+    job = await reads.job(tenant, job_id)
+    if job is None:  # the sync store says why (404), or finds it where the hot path does not look
+        job = await run_in_threadpool(store.get_job, tenant, job_id)
+    return json_response(job.model_dump_json().encode())
 
 
 @router.post("/{job_id}/cancel", responses=error_responses(JobNotFound, JobNotCancellable, ValidationError))
@@ -234,12 +248,12 @@ def resume_job(job_id: str, tenant: TenantDep, store: StoreDep, queue: QueueDep)
         **error_responses(JobNotFound, ValidationError, RateLimited, TooManyStreams),
     },
 )
-def list_events(
+async def list_events(
     job_id: str,
     request: Request,
     tenant: TenantDep,
     store: StoreDep,
-    streaming: sse.StreamingDep,
+    reads: ReadsDep,
     after: StreamAfter = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
     last_event_id: LastEventId = None,
@@ -253,18 +267,31 @@ def list_events(
     with `Last-Event-ID`."""
     cursor = last_event_id or after  # a reconnecting EventSource repeats the URL's `after`: the header wins
     if stream or sse.wants_event_stream(request.headers.get("accept")):
-        store.require_job(tenant, job_id)
+        await run_in_threadpool(store.require_job, tenant, job_id)
+        streaming: sse.Streaming = request.app.state.streaming  # not sse.StreamingDep: a sync one costs a thread hop
         return sse.event_stream_response(streaming, tenant, job_id, cursor)
-    return store.events(tenant, job_id, cursor, limit)
+    page = await reads.events(tenant, job_id, cursor, limit)
+    if page is None:  # not in Redis, or an empty page: the store says why, or reads the archive
+        return await run_in_threadpool(store.events, tenant, job_id, cursor, limit)
+    return json_response(page)
 
 
-@router.get("/{job_id}/metrics", responses=error_responses(JobNotFound, ValidationError))
-def list_metrics(
+@router.get("/{job_id}/metrics", response_model=MetricList, responses=error_responses(JobNotFound, ValidationError))
+async def list_metrics(
     job_id: str,
     tenant: TenantDep,
     store: StoreDep,
+    reads: ReadsDep,
     after: StreamAfter = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-) -> MetricList:
+) -> MetricList | Response:
     """List a job's metric points, oldest first (cursor: the last seen point id)."""
-    return store.metrics(tenant, job_id, after, limit)
+    page = await reads.metrics(tenant, job_id, after, limit)
+    if page is None:  # not in Redis, or an empty page: the store says why, or reads the archive
+        return await run_in_threadpool(store.metrics, tenant, job_id, after, limit)
+    return json_response(page)
+
+
+def json_response(body: bytes) -> Response:
+    """A 200 whose body is a model's JSON already (FastAPI passes a Response through as it is)."""
+    return Response(body, media_type="application/json")

@@ -120,7 +120,8 @@ def test_wandb_and_mlflow_run_offline_and_are_kept_as_artifacts(
     assert not any(n.startswith(("wandb/", "mlruns/")) for n in names)  # each store is one artifact
     train_loss = points(redis, job_id, "train", "loss")
     eval_loss = points(redis, job_id, "eval", "loss")
-    assert len(train_loss) >= 3 and 0 in eval_loss and len(eval_loss) == 2  # baseline and after the epoch
+    # The baseline, then the job's evaluations (resolved eval_steps: several a run), each seen by every tracker below.
+    assert len(train_loss) >= 3 and 0 in eval_loss and len(eval_loss) >= 2, eval_loss
 
     # TensorBoard: the Trainer's scalars, the same numbers as the job's metric points (downloaded through the API).
     assert any(n.startswith("tensorboard/events.out.tfevents.") for n in names)

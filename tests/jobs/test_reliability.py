@@ -118,7 +118,8 @@ def assert_one_point_per_step(redis: Any, job_id: str) -> None:
 def test_a_training_horse_killed_right_after_dequeue_is_recovered_every_time(
     redis, env, tiny_causal_lm: Path, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess({**env, "FTJOBS_MAX_ATTEMPTS": "5"}, tmp_path / "worker.log")
+    # preload off: this tests the window before the job's first write, which a preloaded horse only narrows
+    worker = WorkerProcess({**env, "FTJOBS_MAX_ATTEMPTS": "5", "FTJOBS_PRELOAD": "0"}, tmp_path / "worker.log")
     try:
         probed(redis)
         job_id = submit(redis, env, request(tiny_causal_lm, env))
@@ -148,7 +149,8 @@ def test_a_training_horse_killed_right_after_dequeue_is_recovered_every_time(
 def test_a_validation_horse_killed_right_after_dequeue_validates_again(
     redis, env, tiny_causal_lm: Path, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess({**env, "FTJOBS_MAX_ATTEMPTS": "5"}, tmp_path / "worker.log")
+    # preload off: this tests the window before the job's first write, which a preloaded horse only narrows
+    worker = WorkerProcess({**env, "FTJOBS_MAX_ATTEMPTS": "5", "FTJOBS_PRELOAD": "0"}, tmp_path / "worker.log")
     try:
         probed(redis)
         job_id = submit(redis, env, request(tiny_causal_lm, env), validate=True)
@@ -175,7 +177,7 @@ def test_a_validation_horse_killed_right_after_dequeue_validates_again(
 def test_a_worker_killed_with_its_horse_is_recovered_by_another_workers_reconciler(
     redis, env, tiny_causal_lm: Path, tmp_path: Path
 ) -> None:
-    fast = {**env, "FTJOBS_STALE_AFTER_S": "3", "FTJOBS_MAX_ATTEMPTS": "3"}
+    fast = {**env, "FTJOBS_STALE_AFTER_S": "3", "FTJOBS_MAX_ATTEMPTS": "3", "FTJOBS_PRELOAD": "0"}  # as above
     first = WorkerProcess(fast, tmp_path / "first.log")
     second = None
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import eventually, submit, wait_for
-from tests.jobs.test_reliability import children, request
+from tests.jobs.test_reliability import children, new_horse, request
 
 BUDGET = "1"  # not the machine's core count (>= 2 here), so a default could not pass for it
 
@@ -58,20 +58,24 @@ def test_a_preloaded_worker_runs_jobs_in_a_row_and_recovers_a_killed_horse(
         first = submit(redis, env, request(tiny_causal_lm, env), validate=True)  # a validation horse, then training
         assert wait_for(redis, first, worker=worker, timeout=300)["status"] == "succeeded"
 
+        # Killed twice: right after dequeue (a preloaded horse writes within milliseconds, so before or just
+        # after its first write: either way the worker requeues it at once), then mid-training.
+        assert eventually(lambda: not horses(worker), timeout=60)  # the first job's horses are gone
         crashed = submit(redis, env, request(tiny_causal_lm, env, n_epochs=3))
-        wait_for(redis, crashed, ["running"], worker=worker, timeout=300)
+        os.kill(new_horse(worker, set()), signal.SIGKILL)
+        wait_for(redis, crashed, ["running"], worker=worker, timeout=300, until=lambda r: r["attempt"] == 2)
         running = horses(worker)
         assert len(running) == 1, running
         os.kill(running[0], signal.SIGKILL)
         job = wait_for(redis, crashed, worker=worker, timeout=300)
-        assert job["status"] == "succeeded" and job["attempt"] == 2, job
+        assert job["status"] == "succeeded" and job["attempt"] == 3, job
 
         last = submit(redis, env, request(tiny_causal_lm, env))
         assert wait_for(redis, last, worker=worker, timeout=300)["status"] == "succeeded"
         assert worker.proc.poll() is None  # one worker process served every job
     finally:
         worker.stop()
-    # validation + training, the killed attempt's retry, the last job: each horse ran with the budget
+    # validation + training, the killed attempts' retry, the last job: each horse that finished ran with the budget
     assert horse_threads(worker) == [BUDGET] * 4, worker.output()[-3000:]
 
 
