@@ -178,23 +178,33 @@ def test_a_worker_killed_with_its_horse_is_recovered_by_another_workers_reconcil
     redis, env, tiny_causal_lm: Path, tmp_path: Path
 ) -> None:
     fast = {**env, "FTJOBS_STALE_AFTER_S": "3", "FTJOBS_MAX_ATTEMPTS": "3", "FTJOBS_PRELOAD": "0"}  # as above
-    first = WorkerProcess(fast, tmp_path / "first.log")
     second = None
+    # A round whose kill lands after the job's first write (a loaded machine: the horse outran the test) tests
+    # nothing: it is dropped (Redis flushed, no worker alive) and tried again, at most three times.
+    for round_ in range(3):
+        first = WorkerProcess(fast, tmp_path / f"first-{round_}.log")
+        try:
+            probed(redis)
+            job_id = submit(redis, env, request(tiny_causal_lm, env))
+            horse = new_horse(first, set())
+            first.proc.kill()  # the whole worker: its horse goes with it (PR_SET_PDEATHSIG)
+            first.proc.wait()
+            deadline = time.monotonic() + 10
+            while alive(horse) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not alive(horse), "the work horse outlived its worker"
+            status = read_job(redis, job_id)["status"]
+        finally:
+            first.stop()
+        if status == "queued":  # RQ took it, but it never started
+            break
+        redis.flushall()
+    else:
+        pytest.fail("in three rounds the worker's kill never landed before the job's first write")
     try:
-        probed(redis)
-        job_id = submit(redis, env, request(tiny_causal_lm, env))
-        horse = new_horse(first, set())
-        first.proc.kill()  # the whole worker: its horse goes with it (PR_SET_PDEATHSIG)
-        first.proc.wait()
-        deadline = time.monotonic() + 10
-        while alive(horse) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not alive(horse), "the work horse outlived its worker"
-        assert read_job(redis, job_id)["status"] == "queued"  # RQ took it, but it never started
         second = WorkerProcess(fast, tmp_path / "second.log")
         job = wait_for(redis, job_id, worker=second, timeout=300)
     finally:
-        first.stop()
         if second is not None:
             second.stop()
     assert job["status"] == "succeeded" and job["attempt"] == 2, job
