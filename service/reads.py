@@ -19,8 +19,7 @@ from starlette.types import Scope, Send
 
 from ftjobs.client.models import FILE_ID_PATTERN, JOB_ID_PATTERN, Event, FileObject, Job, JobStatus, MetricPoint
 from ftjobs.core import keys
-from ftjobs.core.keys import JobField
-from ftjobs.service.store import LAST_STREAM_ID, RECORD_FIELDS, REQUEST_FIELDS, stream_cursor
+from ftjobs.service.store import LAST_STREAM_ID, job_from_record, stream_cursor
 
 # One page of an index with its records: ZRANGE <index> <high> - BYLEX REV LIMIT 0 <n>, then each member's record
 # (HGETALL for jobs, GET for files). KEYS[1] = the index; ARGV = high ("+" or "(<id>"), n, record key prefix, "hash"
@@ -45,12 +44,7 @@ _FILE_ID = re.compile(FILE_ID_PATTERN)
 def job_view(pairs: list[Any] | dict[Any, Any]) -> Job:
     """The Job of a job hash as HGETALL (flat field/value list) or a pipeline (a dict) returns it."""
     items = pairs.items() if isinstance(pairs, dict) else zip(pairs[::2], pairs[1::2], strict=True)
-    record = {k.decode(): orjson.loads(v) for k, v in items}  # orjson: ~5x json's decode of the same record
-    request = record.get(JobField.request) or {}
-    view = {k: request[k] for k in REQUEST_FIELDS if k in request}
-    view.update({k: record[k] for k in RECORD_FIELDS if record.get(k) is not None})
-    view["resolved_hyperparameters"] = record.get(JobField.resolved) or {}
-    return Job.model_validate(view)
+    return job_from_record({k.decode(): orjson.loads(v) for k, v in items})  # orjson: ~5x json's decode
 
 
 def page_json(data: bytes, has_more: bool, last_id: str | None) -> bytes:

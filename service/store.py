@@ -71,7 +71,11 @@ RECORD_FIELDS = (
 
 def job_from_hash(raw: Mapping[Any, Any]) -> Job:
     """The API view of a job hash as Redis returns it (bytes keys, JSON values)."""
-    record = decode_hash(raw)
+    return job_from_record(decode_hash(raw))
+
+
+def job_from_record(record: dict[str, Any]) -> Job:
+    """The API view of a decoded job record: the request as submitted merged with what the worker keeps."""
     request = record.get(JobField.request) or {}
     view = {k: request[k] for k in REQUEST_FIELDS if k in request}
     view.update({k: record[k] for k in RECORD_FIELDS if record.get(k) is not None})
