@@ -11,18 +11,38 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis as redis_lib
 
 from ftjobs.core import keys
 from ftjobs.core.retention import ARCHIVED_FIELD, Retention, archive_path
 from ftjobs.core.storage import Storage
+from ftjobs.core.tenants import key_hash
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import eventually
 from tests.service.conftest import ROWS, jsonl, upload
 from tests.service.tenant_jobs import tiny_job_request
 
 TENANT = "default"
+KEY = "sk-retention-0123456789abcdef"
 RETENTION_S = 10  # long enough to read everything from Redis first, on a busy machine
+
+
+@pytest.fixture
+def env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Hundreds of reads in a few seconds (every page size, before and after): more than the default rate allows."""
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(
+        f'[defaults]\nrequests_per_second = 100000\n\n[[tenants.{TENANT}.keys]]\nsha256 = "{key_hash(KEY)}"\n'
+    )
+    return {**env, "FTJOBS_TENANTS_FILE": str(tenants)}
+
+
+@pytest.fixture
+def http(http):  # type: ignore[no-untyped-def]
+    """The app's client with the tenant's key on every request (a tenants file turns auth on)."""
+    http.headers.update({"Authorization": f"Bearer {KEY}"})
+    return http
 
 
 def pages(http: httpx.Client, url: str, limit: int) -> list[dict[str, Any]]:
