@@ -1,11 +1,13 @@
 """The API's hot reads against a bare FastAPI hello, side by side: real uvicorn processes, real Redis.
 
-    .venv/bin/python bench/api_reads.py [--seconds 5] [--connections 32]
+    .venv/bin/python bench/api_reads.py [--seconds 2] [--rounds 5] [--connections 32] [--routes get list ...]
 
 Both apps run under the same uvicorn command line (`--no-access-log`, uvicorn's default loop and HTTP parser: uvloop
 and httptools when installed). The API has auth on (a key in a tenants file, a request rate high enough never to
 refuse), so every request pays the key lookup and the rate limiter's Redis script. Load: N keep-alive
-connections on one asyncio loop in this process, each sending GETs back to back; req/s, p50 and p99 per route.
+connections on one asyncio loop in this process, each sending GETs back to back; req/s, p50 and p99 per route, and
+the ratio to the hello as the median over rounds of each run against the hello run just before it (the machine's
+load drifts between rounds).
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def load(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per round and app")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating hello/route rounds per route")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating hello/route rounds per route")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=100, help="job records of the tenant")
     parser.add_argument("--events", type=int, default=300, help="events and metric points of the job read")
@@ -158,6 +160,7 @@ def main() -> None:
         type=Path,
         help="also serve another checkout's API (PYTHONPATH: a folder holding its `ftjobs` package) in each round",
     )
+    parser.add_argument("--routes", nargs="*", help="only these routes: get, list, events, metrics, files")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, api_env(Path(tmp)) as (env, redis):
         job_id = seed(redis, args.jobs, args.events)
@@ -169,6 +172,9 @@ def main() -> None:
             "metrics (100)": f"/v1/jobs/{job_id}/metrics?limit=100",
             "file list": "/v1/files",
         }
+        if args.routes:
+            short = dict(zip(("get", "list", "events", "metrics", "files"), routes, strict=True))
+            routes = {short[r]: routes[short[r]] for r in args.routes}
         results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
         before_env = {**env, "PYTHONPATH": str(args.before)} if args.before else env
         with (
@@ -179,9 +185,9 @@ def main() -> None:
             ) as before_url,
         ):
             with httpx.Client(base_url=api_url, headers=auth) as http:
-                assert http.get(routes["job get"]).status_code == 200
+                assert http.get(f"/v1/jobs/{job_id}").status_code == 200
             load(hello_url, "/hello", 1, args.connections)  # warm-up
-            load(api_url, routes["job get"], 1, args.connections, auth)
+            load(api_url, f"/v1/jobs/{job_id}", 1, args.connections, auth)
             # The machine's load drifts: each route alternates with the floor, round by round.
             for name, path in routes.items():
                 runs = results.setdefault(name, {"hello": [], "before": [], "after": []})
@@ -191,6 +197,7 @@ def main() -> None:
                         runs["before"].append(load(before_url, path, args.seconds, args.connections, auth))
                     runs["after"].append(load(api_url, path, args.seconds, args.connections, auth))
     print(f"{args.connections} connections, {args.rounds} x {args.seconds:.1f} s per route and app, uvicorn's defaults")
+    print("x hello: the median over the rounds of the route's req/s over the hello's run just before it")
     print(f"{'route':<16}{'':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'x hello':>9}")
     for name, runs in results.items():
         hello_rps = statistics.mean(f[0] for f in runs["hello"])
@@ -200,7 +207,8 @@ def main() -> None:
                 rps = statistics.mean(r[0] for r in runs[label])
                 p50 = statistics.median(r[1] for r in runs[label])
                 p99 = statistics.median(r[2] for r in runs[label])
-                print(f"{'':<16}{label:<8}{rps:>9.0f}{p50:>9.1f}{p99:>9.1f}{rps / hello_rps:>9.3f}")
+                ratio = statistics.median(r[0] / h[0] for r, h in zip(runs[label], runs["hello"], strict=True))
+                print(f"{'':<16}{label:<8}{rps:>9.0f}{p50:>9.1f}{p99:>9.1f}{ratio:>9.3f}")
 
 
 if __name__ == "__main__":

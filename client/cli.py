@@ -24,7 +24,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from ftjobs.client import admin, webhook_commands
+from ftjobs.client import admin, annotate_commands, export_commands, monitor_commands, sweep_commands, webhook_commands
 from ftjobs.client.cli_base import Parser, drop_stdout, flush_stdout, learning_rate, package_version
 from ftjobs.client.client import Client
 from ftjobs.client.completion import SHELLS, completion_script
@@ -39,6 +39,7 @@ from ftjobs.client.display import (
 )
 from ftjobs.client.errors import APIError, FtjobsError
 from ftjobs.client.models import FILE_ID_PATTERN, JobStatus, Method, Task
+from ftjobs.client.submit_flags import add_training_flags, hyperparameter_fields, resource_fields
 from ftjobs.client.transfers import file_sha256, transfer_bars
 
 # --------------------------------------------------------------------------- output
@@ -71,14 +72,6 @@ def cmd_submit(args: argparse.Namespace, api: Client) -> int:
     lora = {
         k: v for k, v in (("r", args.lora_r), ("alpha", args.lora_alpha), ("quantize", args.quantize)) if v is not None
     }
-    hp = {
-        "n_epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "max_seq_length": args.max_seq_length,
-        "max_steps": args.max_steps,
-        "seed": args.seed,
-    }
     job = api.jobs.create(
         model=args.model,
         training_file=training,
@@ -86,7 +79,8 @@ def cmd_submit(args: argparse.Namespace, api: Client) -> int:
         task=args.task,
         method={"type": args.method, **lora},  # validated by the API, like everything else here
         parent_job_id=args.parent_job_id,
-        hyperparameters={k: v for k, v in hp.items() if v is not None},
+        hyperparameters=hyperparameter_fields(args),
+        resources=resource_fields(args),
         suffix=args.suffix,
         idempotency_key=args.idempotency_key,
     )
@@ -230,9 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="ftjobs", description="Fine-tune language models as jobs.")
     parser.add_argument("--version", action="version", version=f"ftjobs {package_version()}")
-    parser.add_argument(
-        "--url", default=None, help="API base URL (default $FTJOBS_URL or http://127.0.0.1:8000)"
-    )
+    parser.add_argument("--url", default=None, help="API base URL (default $FTJOBS_URL or http://127.0.0.1:8000)")
     parser.add_argument("--api-key", default=None, help="bearer key (default $FTJOBS_API_KEY)")
     parser.add_argument("--json", action="store_true", default=False, help="print the API's JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -250,12 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha")
     p.add_argument("--quantize", choices=["4bit"], help="LoRA on a 4-bit base (QLoRA; bitsandbytes on the worker)")
     p.add_argument("--parent-job-id", help="continue training from this succeeded job's weights")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=learning_rate, help="a float or 'auto'")
-    p.add_argument("--max-seq-length", type=int)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--seed", type=int)
+    add_training_flags(p)  # hyperparameters and resources
     p.add_argument("--suffix")
     p.add_argument("--idempotency-key", help="re-submitting with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="wait until the job ends; exit 1 unless it succeeded")
@@ -302,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("resume", "resume a paused job from its checkpoint")
     p.add_argument("job")
 
-    webhook_commands.add_parser(command)
+    for commands in (webhook_commands, monitor_commands, sweep_commands, export_commands, annotate_commands):
+        commands.add_parser(command)
 
     p = command("completion", "print a shell completion script: eval \"$(ftjobs completion bash)\" in ~/.bashrc")
     p.add_argument("shell", choices=SHELLS)
@@ -343,6 +331,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "webhooks": webhook_commands.run,
+    **monitor_commands.COMMANDS,
+    "sweep": sweep_commands.run,
+    **export_commands.COMMANDS,
+    **annotate_commands.COMMANDS,
     "queue": admin.cmd_queue,
     "workers": admin.cmd_workers,
 }

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 import httpx
 
+from ftjobs.client.annotations import Annotations, AsyncAnnotations
 from ftjobs.client.base import (
     DEFAULT_BASE_URL,
     BaseClient,
@@ -40,91 +40,27 @@ from ftjobs.client.base import (
     Step,
     Stream,
 )
+from ftjobs.client.exports import AsyncExports, Exports
+from ftjobs.client.methods import (
+    _async,
+    _async_iter,
+    _async_list,
+    _AsyncResource,
+    _sync,
+    _sync_iter,
+    _sync_list,
+    _SyncResource,
+)
 from ftjobs.client.models import Health
-from ftjobs.client.resources import FilesPlans, JobsPlans, ModelsPlans, Plans, ServicePlans
+from ftjobs.client.monitors import AsyncEvaluations, AsyncMonitors, Evaluations, Monitors
+from ftjobs.client.resources import FilesPlans, JobsPlans, ModelsPlans, ServicePlans
+from ftjobs.client.sweeps import AsyncSweeps, Sweeps
 from ftjobs.client.webhooks import AsyncWebhooks, Webhooks
 
 __all__ = ["Client", "AsyncClient", "DEFAULT_BASE_URL"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
-
-# --------------------------------------------------------------------------- method generators
-
-
-class _SyncResource:
-    _plans_class: type[Plans]
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._plans: Any = self._plans_class(client)
-
-
-class _AsyncResource:
-    _plans_class: type[Plans]
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-        self._plans: Any = self._plans_class(client)
-
-
-def _sync(plan: Callable[Concatenate[Any, P], Plan[T]]) -> Callable[Concatenate[_SyncResource, P], T]:
-    def method(self: _SyncResource, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._client._run(plan(self._plans, *args, **kwargs))
-
-    functools.update_wrapper(method, plan)
-    return method
-
-
-def _sync_iter(
-    plan: Callable[Concatenate[Any, P], Stream[T]],
-) -> Callable[Concatenate[_SyncResource, P], Iterator[T]]:
-    def method(self: _SyncResource, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
-        return self._client._iterate(plan(self._plans, *args, **kwargs))
-
-    functools.update_wrapper(method, plan)
-    return method
-
-
-def _sync_list(
-    plan: Callable[Concatenate[Any, P], Stream[T]],
-) -> Callable[Concatenate[_SyncResource, P], builtins.list[T]]:
-    def method(self: _SyncResource, /, *args: P.args, **kwargs: P.kwargs) -> builtins.list[T]:
-        return builtins.list(self._client._iterate(plan(self._plans, *args, **kwargs)))
-
-    functools.update_wrapper(method, plan)
-    return method
-
-
-def _async(
-    plan: Callable[Concatenate[Any, P], Plan[T]],
-) -> Callable[Concatenate[_AsyncResource, P], Coroutine[Any, Any, T]]:
-    async def method(self: _AsyncResource, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._client._run(plan(self._plans, *args, **kwargs))
-
-    functools.update_wrapper(method, plan)
-    return method
-
-
-def _async_iter(
-    plan: Callable[Concatenate[Any, P], Stream[T]],
-) -> Callable[Concatenate[_AsyncResource, P], AsyncIterator[T]]:
-    def method(self: _AsyncResource, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
-        return self._client._iterate(plan(self._plans, *args, **kwargs))
-
-    functools.update_wrapper(method, plan)
-    return method
-
-
-def _async_list(
-    plan: Callable[Concatenate[Any, P], Stream[T]],
-) -> Callable[Concatenate[_AsyncResource, P], Coroutine[Any, Any, builtins.list[T]]]:
-    async def method(self: _AsyncResource, /, *args: P.args, **kwargs: P.kwargs) -> builtins.list[T]:
-        return [item async for item in self._client._iterate(plan(self._plans, *args, **kwargs))]
-
-    functools.update_wrapper(method, plan)
-    return method
-
 
 # --------------------------------------------------------------------------- resources
 
@@ -235,10 +171,9 @@ class Client(BaseClient):
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.Client(timeout=timeout)
         self._service = ServicePlans(self)
-        self.files = Files(self)
-        self.jobs = Jobs(self)
-        self.models = Models(self)
-        self.webhooks = Webhooks(self)
+        self.files, self.jobs, self.sweeps = Files(self), Jobs(self), Sweeps(self)
+        self.models, self.webhooks, self.exports = Models(self), Webhooks(self), Exports(self)
+        self.evaluations, self.monitors, self.annotations = Evaluations(self), Monitors(self), Annotations(self)
 
     def health(self) -> Health:
         """`GET /healthz`: the API process is up."""
@@ -333,10 +268,10 @@ class AsyncClient(BaseClient):
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
         self._service = ServicePlans(self)
-        self.files = AsyncFiles(self)
-        self.jobs = AsyncJobs(self)
-        self.models = AsyncModels(self)
-        self.webhooks = AsyncWebhooks(self)
+        self.files, self.jobs, self.sweeps = AsyncFiles(self), AsyncJobs(self), AsyncSweeps(self)
+        self.models, self.webhooks, self.exports = AsyncModels(self), AsyncWebhooks(self), AsyncExports(self)
+        self.evaluations, self.monitors = AsyncEvaluations(self), AsyncMonitors(self)
+        self.annotations = AsyncAnnotations(self)
 
     async def health(self) -> Health:
         """`GET /healthz`: the API process is up."""
@@ -387,9 +322,7 @@ class AsyncClient(BaseClient):
                 await step.response.aclose()
         return None
 
-    async def _iterate(
-        self, plan: Stream[T] | Plan[Any], result: builtins.list[Any] | None = None
-    ) -> AsyncIterator[T]:
+    async def _iterate(self, plan: Stream[T] | Plan[Any], result: builtins.list[Any] | None = None) -> AsyncIterator[T]:
         value: Any = None
         error: Exception | None = None
         try:

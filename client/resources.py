@@ -44,6 +44,7 @@ from ftjobs.client.models import (
     Task,
 )
 from ftjobs.client.models.jobs import TERMINAL_STATUSES
+from ftjobs.client.models.resources import Resources
 from ftjobs.client.transfers import CountingReader, Progress, relative_to_prefix, total_size
 
 PathLike = str | os.PathLike[str]
@@ -174,6 +175,7 @@ class JobsPlans(Plans):
         eval_generation_limit: int | None = None,
         eval_samples: int | None = None,
         integrations: builtins.list[str] | None = None,
+        resources: Resources | Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Plan[Job]:
         """Submit a fine-tuning job: a `JobCreate`, or its fields as keywords (the server validates them).
@@ -181,23 +183,9 @@ class JobsPlans(Plans):
         Every submit carries an `Idempotency-Key` (a fresh uuid4 unless given), so a retried POST never
         creates a second job; pass your own key to make a re-run of your script return the same job.
         """
-        fields = {
-            "model": model,
-            "training_file": training_file,
-            "task": task,
-            "validation_file": validation_file,
-            "method": method,
-            "parent_job_id": parent_job_id,
-            "reference_file": reference_file,
-            "group_field": group_field,
-            "hyperparameters": hyperparameters,
-            "data": data,
-            "suffix": suffix,
-            "metadata": metadata,
-            "eval_generation_limit": eval_generation_limit,
-            "eval_samples": eval_samples,
-            "integrations": integrations,
-        }
+        fields = dict(locals())  # the keyword fields as given (nothing else is defined yet)
+        for name in ("self", "request", "idempotency_key"):
+            del fields[name]
         if request is not None:
             if any(v is not None for v in fields.values()):
                 raise TypeError("jobs.create() takes a JobCreate or keyword fields, not both")

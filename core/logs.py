@@ -168,7 +168,9 @@ class _Component(logging.Filter):
         return True
 
 
-def bind_job(job_id: str | None, tenant: str | None) -> None:
-    """Set the job and tenant for the lines that follow (the worker, around each job; a forked horse inherits)."""
+def bind_job(job_id: str | None, tenant: str | None, request_id: str | None = None) -> None:
+    """Set the job, tenant and request id for the lines that follow (the worker, around each job; a forked horse
+    inherits). `request_id`: the API request that created (or resumed) the job, carried in its RQ job's meta."""
     job_id_var.set(job_id)
     tenant_var.set(tenant)
+    request_id_var.set(request_id)

@@ -31,6 +31,7 @@ from rq.utils import now as rq_now
 from ftjobs.client.models import QueuePayload
 from ftjobs.core.admission import Admission, Line
 from ftjobs.core.keys import JobField, job_key
+from ftjobs.core.logs import current_request_id
 from ftjobs.core.settings import Settings
 from ftjobs.core.tenants import TenantsSource
 
@@ -116,6 +117,9 @@ class JobQueue:
             result_ttl=RESULT_TTL_S,
             failure_ttl=FAILURE_TTL_S,
             description=description,
+            # The request that created the job (the API's, or the one a worker bound while handing the job on):
+            # the worker's log lines about this job carry it (core/logs.bind_job).
+            meta={"request_id": request_id} if (request_id := current_request_id()) else None,
         )
         job.enqueued_at = rq_now()
         line = Line(name, payload.tenant, training=payload.attempt > 0)

@@ -72,7 +72,9 @@ class TenantLimits(BaseModel):
     # Per job (enforced by the worker; a request asking for more is refused by the API)
     max_job_steps: int | None = Field(default=1_000_000, ge=1, description="Optimizer steps per job.")
     max_job_tokens: int | None = Field(default=None, ge=1, description="Training tokens per job (all epochs).")
-    max_job_wall_s: float | None = Field(default=None, gt=0, description="Wall time of one job's training.")
+    max_job_wall_s: float | None = Field(  # a day by default: no job holds a worker forever
+        default=86_400, gt=0, description="Wall time of one job's training (seconds, every attempt together)."
+    )
 
 
 class ApiKey(BaseModel):
@@ -121,6 +123,7 @@ class Tenants:
         self.keys = dict(keys or {})
         self.defaults = defaults or TenantLimits()
         self.overrides = {t: dict(o) for t, o in (overrides or {}).items()}
+        self._limits: dict[str, TenantLimits] = {}  # merged once per snapshot: every API request asks
 
     @property
     def auth_enabled(self) -> bool:
@@ -134,7 +137,9 @@ class Tenants:
         override = self.overrides.get(tenant)
         if not override:
             return self.defaults
-        return self.defaults.model_copy(update=override)
+        if (merged := self._limits.get(tenant)) is None:
+            merged = self._limits[tenant] = self.defaults.model_copy(update=override)
+        return merged
 
 
 def parse(

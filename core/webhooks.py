@@ -111,6 +111,23 @@ def event_body(entry_id: str, status: str, job_id: str, job: dict[str, Any]) -> 
     return json.dumps(event, separators=(",", ":"))
 
 
+def add_event(redis: Redis, tenant: str, type_: str, job_id: str, data: dict[str, Any]) -> bool:
+    """Queue an event that is not a job's status change (`monitor.degraded`: core/monitors.py) for the tenant's
+    endpoints; like a status change, only while the tenant has endpoints. Returns whether it was queued."""
+    if not redis.hlen(keys.webhooks_key(tenant)):
+        return False
+    entry = {"tenant": tenant, "job": job_id, "type": type_, "data": json.dumps(data, separators=(",", ":"))}
+    redis.xadd(keys.WEBHOOK_OUTBOX_KEY, entry)  # type: ignore[arg-type]
+    return True
+
+
+def other_event_body(entry_id: str, type_: str, data: dict[str, Any]) -> str:
+    """The JSON POSTed for an `add_event` entry: {id, type, created_at, data} as for a status change."""
+    created_at = int(entry_id.partition("-")[0]) // 1000
+    event = {"id": event_id(entry_id), "type": type_, "created_at": created_at, "data": data}
+    return json.dumps(event, separators=(",", ":"))
+
+
 def endpoints(redis: Redis, tenant: str) -> list[WebhookEndpointCreated]:
     """The tenant's endpoints with their secrets, newest first."""
     raw = cast(dict[bytes, bytes], redis.hgetall(keys.webhooks_key(tenant)))
@@ -164,14 +181,17 @@ class WebhookQueue:
         """One delivery per endpoint that wants the entry's event, due now, and the entry acknowledged: one MULTI.
         Returns how many deliveries were scheduled."""
         tenant, job_id, status = fields.get("tenant", ""), fields.get("job", ""), fields.get("status", "")
-        type_ = EVENT_TYPE_PREFIX + status
+        type_ = fields.get("type") or EVENT_TYPE_PREFIX + status  # an `add_event` entry names its own type
         wanted = [e for e in endpoints(self.redis, tenant) if not e.event_types or type_ in e.event_types]
         pipe = self.redis.pipeline(transaction=True)
         if wanted:
-            names = (keys.JobField.request, keys.JobField.error)
-            raw = self.redis.hmget(keys.job_key(tenant, job_id), names)
-            job = {str(name): json.loads(value) for name, value in zip(names, raw, strict=True) if value is not None}
-            body = event_body(entry_id, status, job_id, job)
+            if "data" in fields:
+                body = other_event_body(entry_id, type_, json.loads(fields["data"]))
+            else:
+                names = (keys.JobField.request, keys.JobField.error)
+                raw = self.redis.hmget(keys.job_key(tenant, job_id), names)
+                job = {str(n): json.loads(value) for n, value in zip(names, raw, strict=True) if value is not None}
+                body = event_body(entry_id, status, job_id, job)
             for endpoint in wanted:
                 delivery_id = f"{event_id(entry_id)}.{endpoint.id}"
                 record = {"tenant": tenant, "endpoint": endpoint.id, "event": event_id(entry_id)}

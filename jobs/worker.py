@@ -47,14 +47,18 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from ftjobs.client.models import QueuePayload
+from ftjobs.core import annotation, exports
 from ftjobs.core.admission import Line
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.core.logs import bind_job, setup_logging
+from ftjobs.core.monitors import MONITOR_FUNC
 from ftjobs.core.queue import TRAIN_FUNC, VALIDATE_FUNC, JobQueue, connect, redact_url
 from ftjobs.core.settings import Settings
 from ftjobs.jobs.hardware import record_hardware
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
+from ftjobs.jobs.monitor import MonitorPayload, ScheduledRuns
 from ftjobs.jobs.reconcile import Reconciler, recover
+from ftjobs.jobs.sweep_driver import SweepDriver
 
 log = logging.getLogger("ftjobs.worker")
 
@@ -81,7 +85,8 @@ class JobWorker(Worker):
             return
         self._payload = _payload(job)
         self._horse_status = None
-        bind_job(self._payload.job_id if self._payload else None, self._payload.tenant if self._payload else None)
+        payload, request_id = self._payload, (job.meta or {}).get("request_id")
+        bind_job(payload.job_id if payload else None, payload.tenant if payload else None, request_id)
         if self._payload is not None:
             self._renew_lease()  # ours from now on, before the horse imports anything
         line = self.jobq.line_of(job)
@@ -203,7 +208,21 @@ def _ours(job: RQJob) -> bool:
         plain_call = not job.args and set(job.kwargs or {}) == {"payload"}
     except Exception:
         return False
+    if _func_name(job) == MONITOR_FUNC:  # a monitor's scheduled run (jobs/monitor.py): its own payload
+        return plain_call and _monitor_payload(job)
+    if _func_name(job) == exports.EXPORT_FUNC:  # an export for serving (jobs/export_job.py): its own payload
+        return plain_call and exports.payload_fields((job.kwargs or {}).get("payload")) is not None
+    if _func_name(job) == annotation.ANNOTATE_FUNC:  # labeling functions on a file (jobs/annotate_job.py)
+        return plain_call and annotation.payload_fields((job.kwargs or {}).get("payload")) is not None
     return _func_name(job) in (TRAIN_FUNC, VALIDATE_FUNC) and plain_call and _payload(job) is not None
+
+
+def _monitor_payload(job: RQJob) -> bool:
+    try:
+        MonitorPayload.model_validate((job.kwargs or {}).get("payload"))
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _payload(job: RQJob) -> QueuePayload | None:
@@ -340,14 +359,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The reconciler gets its own connection: the forked work horse never touches it.
     reconciler = Reconciler(connect(settings.redis_url), settings)
     reconciler.start()
+    sweeps = SweepDriver(connect(settings.redis_url), settings)  # starts and settles sweeps' trials
+    sweeps.start()
+    # RQ's scheduler, for the monitors' runs waiting in the validation queue's ScheduledJobRegistry (jobs/monitor.py)
+    scheduler = None if args.train_only else ScheduledRuns(connect(settings.redis_url), settings.validate_queue)
+    if scheduler is not None:
+        scheduler.start()
     record_hardware(connection, worker.name)  # for `GET /v1/admin/workers`; probed in a child process
-    print(
-        f"worker {worker.name} listening on {', '.join(names)} (redis {redact_url(settings.redis_url)})", flush=True
-    )
+    log.info("worker %s listening on %s (redis %s)", worker.name, ", ".join(names), redact_url(settings.redis_url))
     try:
         worker.work(burst=args.burst, logging_level="WARNING")
     finally:
         reconciler.stop()
+        sweeps.stop()
+        if scheduler is not None:
+            scheduler.stop()
     return 0
 
 

@@ -23,8 +23,8 @@ from ftjobs.core.settings import Settings
 from ftjobs.core.storage import Storage
 from ftjobs.core.tenants import ALL_SCOPES, ApiKey, Scope, TenantLimits, TenantsSource
 from ftjobs.service.errors import InsufficientScope, RedisUnavailable, ServiceError, Unauthorized
-from ftjobs.service.limits import RATE_SCRIPT, RateDecision, burst_of
-from ftjobs.service.reads import AsyncReads, serve_job
+from ftjobs.service.limits import RATE_SCRIPT, RateDecision
+from ftjobs.service.reads import AsyncReads, job_get, rate_args, rate_decision, send_job
 from ftjobs.service.store import Store
 
 
@@ -147,13 +147,9 @@ class AsyncRateLimiter:
 
     async def check(self, tenant: str, limits: TenantLimits) -> RateDecision | None:
         """The verdict for one more request; None when the tenant has no rate limit."""
-        if limits.requests_per_second is None:
+        if (args := rate_args(limits)) is None:
             return None
-        burst = burst_of(limits)
-        interval_us = max(1, round(1_000_000 / limits.requests_per_second))
-        reply = await self._script(keys=[keys.rate_key(tenant)], args=[interval_us, burst])
-        allowed, remaining, retry_us, reset_us = (int(x) for x in reply)
-        return RateDecision(bool(allowed), burst, remaining, retry_us / 1e6, reset_us / 1e6)
+        return rate_decision(await self._script(keys=[keys.rate_key(tenant)], args=args), args[1])
 
 
 class AuthFirst:
@@ -173,15 +169,22 @@ class AuthFirst:
         try:
             caller = authenticate(tenants, Headers(scope=scope).get("authorization"))
             require_scope(caller, required_scope(scope["method"], scope["path"]))
-            limiter: AsyncRateLimiter = state.async_limiter
-            decision = await limiter.check(caller.tenant, tenants.current().limits(caller.tenant))
+            limits = tenants.current().limits(caller.tenant)
+            record: list[bytes] = []
+            if (job_id := job_get(scope)) is None:
+                limiter: AsyncRateLimiter = state.async_limiter
+                decision = await limiter.check(caller.tenant, limits)
+            else:  # the polled job GET: the rate and the record in one round trip (service/reads.py)
+                reads: AsyncReads = state.reads
+                decision, record = await reads.job_with_rate(caller.tenant, job_id, limits)
             if decision is not None and not decision.allowed:
                 raise decision.error()
             scope.setdefault("state", {})["caller"] = caller
+            if record:  # answered here, without routing; a job not found goes on to the route (its 404)
+                await send_job(scope, send, reads.job_json(record), decision)
+                return
             if decision is not None:
                 send = with_headers(send, decision.headers())
-            if await serve_job(scope, send, state.reads, caller.tenant):  # the polled job GET, without routing
-                return
         except ServiceError as error:
             await error.response()(scope, receive, send)
             return

@@ -123,6 +123,30 @@ class WebhookNotFound(NotFound):
     default_message = "No such webhook endpoint."
 
 
+class MonitorNotFound(NotFound):
+    """No monitor with this id for this tenant."""
+
+    default_message = "No such monitor."
+
+
+class ExportNotFound(NotFound):
+    """The job has no export with that id (exports are per job), or the export has no file of that name."""
+
+    default_message = "Export not found."
+
+
+class AnnotationNotFound(NotFound):
+    """No annotation with this id for this tenant."""
+
+    default_message = "No such annotation."
+
+
+class CheckpointNotFound(NotFound):
+    """The job kept no checkpoint at this step (its epochs' checkpoints are listed by the OpenAI API)."""
+
+    default_message = "No such checkpoint."
+
+
 class MethodNotAllowed(ServiceError):
     """The route exists, but not for this HTTP method (see the `Allow` header)."""
 
@@ -151,6 +175,11 @@ class JobNotPaused(Conflict):
 
 class ParentJobNotSucceeded(Conflict):
     """parent_job_id names a job that has not succeeded (it has no final weights to continue from)."""
+
+
+class JobNotExportable(Conflict):
+    """Only a succeeded training job's weights can be exported (not a running, failed or evaluation job's, nor one
+    whose fine-tuned model was deleted)."""
 
 
 class IdempotencyKeyReused(Conflict):
@@ -269,6 +298,11 @@ class ModelNotAllowed(InvalidRequest):
 class JobLimitExceeded(InvalidRequest):
     """The job asks for more than a per-job limit of the tenant allows (e.g. steps over `max_job_steps`);
     `param` names the field."""
+
+
+class ExportNotSupported(InvalidRequest):
+    """The export format does not fit the job: its task, method or base architecture (GGUF: llama-architecture
+    causal LMs; vLLM: LoRA adapters; merged safetensors: methods that merge into the base); `param` is `format`."""
 
 
 class WebhookUrlNotAllowed(InvalidRequest):

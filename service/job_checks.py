@@ -50,12 +50,28 @@ def check_models(req: JobCreate, roots: Sequence[str]) -> None:
     """Every model a job loads: the base model and the data augmentation models. Each is then kept (in the
     record, and so in everything the worker reports) as a tenant may see it: `tenant_form`."""
     check_model(req.model, roots)
+    check_links(req.model, roots)
     req.model = tenant_form(req.model, roots)
     for field in ("augment_model", "augment_back_model"):
         value = getattr(req.data, field)
         if value is not None:
             check_model(value, roots, param=f"data.{field}")
+            check_links(value, roots, param=f"data.{field}")
             setattr(req.data, field, tenant_form(value, roots))
+
+
+def check_links(model: str, roots: Sequence[str], param: str = "model") -> None:
+    """A model folder the API can see under the roots, with a file linking out of them (vocab.txt -> /etc/passwd):
+    refused here, as the worker would refuse it before loading (a folder only the workers see: checked there)."""
+    paths = [Path(r) for r in roots]
+    try:
+        resolve_model(model, paths)
+    except ModelEscapesRoots as exc:  # named as the tenant may see it: relative to its root
+        shown = shown_model(model, paths)
+        message = f"{param} {shown!r}: its file {exc.file!r} links outside the model roots."
+        raise ModelNotAllowed(message, param=param) from None
+    except (OSError, RuntimeError):  # unreadable here, or a symlink loop: the worker's own check decides
+        pass
 
 
 def tenant_form(model: str, roots: Sequence[str]) -> str:

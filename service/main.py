@@ -33,7 +33,23 @@ from ftjobs.service.links import add_links
 from ftjobs.service.metrics import install_metrics
 from ftjobs.service.reads import AsyncReads
 from ftjobs.service.requestid import RequestIds
-from ftjobs.service.routes import admin, artifacts, dashboard, docs, files, health, jobs, models, openai_jobs, webhooks
+from ftjobs.service.routes import (
+    admin,
+    artifacts,
+    dashboard,
+    docs,
+    evaluations,
+    exports,
+    files,
+    health,
+    jobs,
+    models,
+    monitors,
+    openai_jobs,
+    sweeps,
+    webhooks,
+)
+from ftjobs.service.routes import annotations as annotation_routes  # `annotations` is the __future__ feature
 from ftjobs.service.routes.jobs import MAX_JSON_BODY_BYTES
 from ftjobs.service.sse import Streaming
 from ftjobs.service.store import Store
@@ -113,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await sweeper
             redis.close()
             with suppress(RuntimeError):  # its connections belong to a loop already closed (an app run by hand)
+                await app.state.reads.aclose()
                 await aredis.aclose()
             await app.state.streaming.aclose()
 
@@ -136,7 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(dashboard.router)  # the web page; its data comes from /v1
     common = error_responses(Unauthorized, InsufficientScope, RateLimited, InternalError, RedisUnavailable)
-    for module in (files, jobs, artifacts, models, webhooks, openai_jobs, admin):
+    routers = (files, jobs, evaluations, sweeps, monitors, artifacts, exports, annotation_routes, models, webhooks,
+               openai_jobs, admin)  # fmt: skip
+    for module in routers:
         app.include_router(module.router, responses=common)
     # The route a job GET answered in AuthFirst would have reached (service/reads.py): its metrics label.
     app.state.job_route = next(r for r in jobs.router.routes if isinstance(r, APIRoute) and r.name == "get_job")

@@ -158,6 +158,7 @@ class HTTPMetrics:
         self.app = app
         self.requests = requests
         self.duration = duration
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # labels -> (counter, histogram)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -181,8 +182,10 @@ class HTTPMetrics:
             try:
                 method = scope["method"] if scope["method"] in METHODS else "other"
                 labels = (method, route_template(scope), str(status))
-                self.requests.labels(*labels).inc()
-                self.duration.labels(*labels).observe((streamed or time.perf_counter()) - started)
+                if (children := self._children.get(labels)) is None:  # labels() takes a lock: once per label set
+                    children = self._children[labels] = (self.requests.labels(*labels), self.duration.labels(*labels))
+                children[0].inc()
+                children[1].observe((streamed or time.perf_counter()) - started)
             except Exception:  # a figure must never fail the request it counts
                 log.warning("metrics: request not counted", exc_info=True)
 

@@ -185,6 +185,14 @@ def auto_learning_rate(job: Job) -> float:
     return float(resolve_hyperparameters(probe)["learning_rate"])
 
 
+def job_eta(job: Job) -> float | None:
+    """Seconds until the job ends, where known: training's ETA, or the final evaluation's (the last phase). Not an
+    evaluation before training (the baseline), whose ETA is only that phase's."""
+    progress = job.progress
+    trained = progress.total_steps is not None and progress.step >= progress.total_steps
+    return progress.eta_seconds if progress.phase == "training" or progress.phase == "evaluating" and trained else None
+
+
 def to_openai_job(job: Job, result_files: list[str]) -> FineTuningJob:
     hp = job.hyperparameters
     rate = hp.learning_rate
@@ -198,7 +206,7 @@ def to_openai_job(job: Job, result_files: list[str]) -> FineTuningJob:
     if method_type == "dpo":
         beta = next((getattr(hp, f) for f in BETA_FIELDS if hasattr(hp, f)), None)
         shown["beta"] = beta
-    eta = job.progress.eta_seconds
+    eta = job_eta(job)
     tokens = job.results.get("tokens_seen")
     return FineTuningJob.model_validate(
         {

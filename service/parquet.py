@@ -122,25 +122,35 @@ class ParquetReader(Reader):
         try:
             with pq.ParquetFile(self.path, thrift_string_size_limit=MAX_FOOTER_BYTES, **options) as first:
                 metadata = first.metadata
-            # Text columns come as dictionary arrays: a value many rows repeat is held once, not once per row.
+            # Text columns dictionary-encoded in a row group come as dictionary arrays: a value many rows repeat
+            # is held once, not once per row (check_sizes says which: never a chunk that fell back to plain).
             text = [f.name for f in metadata.schema.to_arrow_schema() if _is_text(f.type)]
             columns = [metadata.schema.column(i) for i in range(len(metadata.schema))]
             nested = frozenset(c.path for c in columns if c.max_repetition_level > 0)
-            parquet = pq.ParquetFile(self.path, metadata=metadata, read_dictionary=text, **options)
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise self._invalid(filename, f"not a readable Parquet file ({_short(exc)})") from None
+        readers: dict[frozenset[str], Any] = {}  # one ParquetFile per set of dictionary columns
         try:
-            with parquet, open(self.path, "rb") as fh:
+            with open(self.path, "rb") as fh:
                 try:
                     groups = read_footer(fh, os.path.getsize(self.path), footer)
                 except PageHeaderError as exc:
                     raise self._invalid(filename, f"not a readable Parquet file ({exc})") from None
                 self._check_decoded_size(filename, groups)
                 plans = check_sizes(fh, groups, nested, filename, self.max_row_bytes, frozenset(text))
-                for plan in plans:
-                    if not self._read_row_group(parquet, plan):
-                        break
+            for plan in plans:
+                if plan.dictionary not in readers:
+                    try:
+                        readers[plan.dictionary] = pq.ParquetFile(
+                            self.path, metadata=metadata, read_dictionary=sorted(plan.dictionary), **options
+                        )
+                    except (pa.ArrowException, OSError) as exc:
+                        raise self._invalid(filename, f"not a readable Parquet file ({_short(exc)})") from None
+                if not self._read_row_group(readers[plan.dictionary], plan):
+                    break
         finally:
+            for reader in readers.values():
+                reader.close()
             pa.default_memory_pool().release_unused()  # give the decoded batches' memory back to the system
         fmt = self.rows.finish(filename)
         return UploadSummary(self.rows.rows, self.stored_bytes, self._sha.hexdigest(), fmt, self.rows.warnings())

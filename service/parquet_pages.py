@@ -177,6 +177,7 @@ class RowGroupPlan:
     first_row: int
     rows: int
     batch_rows: int
+    dictionary: frozenset[str] = frozenset()  # the columns read as dictionary arrays in this row group
 
 
 @dataclass
@@ -231,12 +232,16 @@ def check_sizes(
     """Refuse what cannot fit the limits (from page headers, nothing decompressed); plan the batches.
 
     `nested`: the columns with repeated values (lists). Columns named in `as_dictionary` are read as
-    dictionary arrays: a repeated value is held once per batch.
+    dictionary arrays where a row group's chunk of them is dictionary-encoded throughout: a repeated value is
+    held once per batch. A chunk that fell back to plain pages (a writer's dictionary grew too large) is read as
+    plain values: pyarrow would build a dictionary of every value read so far in the row group, each batch's
+    dictionary holding all earlier batches' values (memory and time growing with the row group, not the batch).
     """
     max_page = max_page_bytes(max_row_bytes)
     plans, first_row = [], 1
     for g, group in enumerate(groups):
         row_bound = slack = 0  # decoded bytes: one row can take (summed over the columns); a batch's two ends
+        dictionary: set[str] = set()
         for chunk in group.columns:
             try:
                 pages = read_pages(fh, chunk.start, chunk.length)
@@ -247,16 +252,25 @@ def check_sizes(
                     details=[FileProblem(code="invalid_parquet", message=str(exc), field=chunk.path)],
                     total=1,
                 ) from None
+            if chunk.path in as_dictionary and all_dictionary(pages):
+                dictionary.add(chunk.path)
             where = _Where(
-                filename, g, first_row, group.rows, chunk.path, chunk.path in nested, chunk.path in as_dictionary,
+                filename, g, first_row, group.rows, chunk.path, chunk.path in nested, chunk.path in dictionary,
                 max_row_bytes,
             )  # fmt: skip
             per_row, ends = where.bound(pages, max_page)
             row_bound, slack = row_bound + per_row, slack + ends
         batch = min(MAX_BATCH_ROWS, max(1, (BATCH_BUDGET - slack) // max(row_bound, 1)))
-        plans.append(RowGroupPlan(g, first_row, group.rows, batch))
+        plans.append(RowGroupPlan(g, first_row, group.rows, batch, frozenset(dictionary)))
         first_row += group.rows
     return plans
+
+
+def all_dictionary(pages: list[Page]) -> bool:
+    """A column chunk whose data pages all index its dictionary page (no fallback to plain values)."""
+    return any(p.kind == DICTIONARY_PAGE for p in pages) and all(
+        p.kind == DICTIONARY_PAGE or p.encoding in DICTIONARY_INDICES for p in pages
+    )
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -30,13 +31,19 @@ PROFILE_FIELDS: dict[FileFormat, tuple[str, ...]] = {
 }
 
 
-def _digest(value: Any) -> int:
-    """A 64-bit digest of a row's canonical JSON, for counting duplicates within one upload (kept in memory only:
-    Python's keyed hash serves, at a tenth of blake2b's cost)."""
+def row_digest(known: dict[str, Any]) -> int:
+    """A 64-bit digest of a row's known fields, for counting duplicates within one upload (kept in memory only:
+    Python's keyed hash). Fields of strings and integers (every shape but chat and preference rows) hash as
+    (names, values), which `ProfileBuilder.add_columns` computes for a whole batch at once; others as canonical
+    JSON."""
+    names = tuple(sorted(known))
+    values = tuple([known[k] for k in names])
+    if all(type(v) is str or type(v) is int for v in values):
+        return hash((names, values))
     try:  # orjson: ~5x json.dumps; an integer past 64 bits (orjson refuses it) goes through json
-        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        data = orjson.dumps(known, option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        data = json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
+        data = json.dumps(known, sort_keys=True, ensure_ascii=False).encode()
     return hash(data)
 
 
@@ -113,18 +120,69 @@ class ProfileBuilder:
             return False
         # Extra keys do not make a row distinct.
         known = row if ROW_FIELDS.issuperset(row) else {k: row[k] for k in row if k in ROW_FIELDS}
-        digest = _digest(known)
+        digest = row_digest(known)
         duplicate = digest in self._rows_seen
         self._rows_seen.add(digest)
         self.exact_duplicates += duplicate
         if label is not None:
-            text = _digest(row["text"])
-            if text in self._text_labels:
-                self.duplicate_texts += 1
-                self.conflicting_labels += self._text_labels[text] != label
-            else:
-                self._text_labels[text] = label
+            self._text_label(row["text"], label)
         return duplicate
+
+    def _text_label(self, text: str, label: str) -> None:
+        key = hash(text)
+        if key in self._text_labels:
+            self.duplicate_texts += 1
+            self.conflicting_labels += self._text_labels[key] != label
+        else:
+            self._text_labels[key] = label
+
+    def add_columns(self, fmt: FileFormat, columns: dict[str, list[Any]], count: int) -> list[int]:
+        """Profile `count` valid rows given by column: each row has exactly the fields of `columns` (strings, and a
+        label that may be an integer), which are FIELDS[fmt]. The same figures as `add` row by row, in C loops
+        (map, Counter.update, set operations) rather than a Python call per row; returns the indices of the rows
+        that duplicate an earlier row."""
+        start, self.rows, self.format = self.rows, self.rows + count, fmt
+        if len(self.columns) < MAX_COLUMNS:
+            self.columns.update(columns)
+        for name in PROFILE_FIELDS[fmt]:
+            values = columns[name]
+            if blank := values.count("") + list(map(str.isspace, values)).count(True):
+                self.empty[name] += blank
+            if name not in self.chars:
+                self.chars[name], self.words[name] = Counter(), Counter()
+            self.chars[name].update(map(len, values))
+            self.words[name].update(map(len, map(str.split, values)))
+        labels: list[str] = []
+        if fmt is FileFormat.text_label:
+            labels = list(map(str, columns["label"]))
+            batch = Counter(labels)
+            if len(self.label_counts) + len(batch) <= MAX_DISTINCT_LABELS:
+                self.label_counts.update(batch)
+            else:
+                for label in labels:
+                    if label in self.label_counts or len(self.label_counts) < MAX_DISTINCT_LABELS:
+                        self.label_counts[label] += 1
+        tracked = max(0, min(count, MAX_TRACKED_ROWS - start))
+        if not tracked:
+            return []
+        names = tuple(sorted(columns))
+        rows = zip(*(columns[k] if tracked == count else columns[k][:tracked] for k in names), strict=True)
+        digests = list(map(hash, zip(repeat(names), rows)))  # row_digest of each row
+        duplicates: list[int] = []
+        seen = self._rows_seen
+        if seen.isdisjoint(digests) and len(set(digests)) == tracked:
+            seen.update(digests)
+        else:  # some row repeats one: which
+            for i, digest in enumerate(digests):
+                if digest in seen:
+                    duplicates.append(i)
+                else:
+                    seen.add(digest)
+            self.exact_duplicates += len(duplicates)
+        if labels:
+            for text, label in zip(columns["text"][:tracked], labels[:tracked], strict=True):
+                self._text_label(text, label)
+        return duplicates
 
     def build(self, file_id: str) -> FileProfile:
         assert self.format is not None

@@ -2,9 +2,13 @@
 
 Read-only twins of `service/store.py`'s readers for the routes that are polled (a job, the job and file lists, a
 job's events and metrics). Stream entries and file records are written by our own code as the models' JSON, so
-they are spliced into the page as stored (no parse, no re-validation); a job's view still goes through the Job
-model (it merges the request with the record and fills the defaults). Whatever these do not find in Redis is
-handed to the sync `Store` (in a thread), which says why (404) or finds it elsewhere.
+they are spliced into the page as stored (no parse, no re-validation); a job's view goes through the Job model
+(it merges the request with the record and fills the defaults), once per distinct record: views are kept by the
+record's content, so a polled job or list page that did not change costs no decoding. Whatever these do not find
+in Redis is handed to the sync `Store` (in a thread), which says why (404) or finds it elsewhere.
+
+The most polled request, `GET /v1/jobs/{job_id}`, is answered by `AuthFirst` before routing: the tenant's request
+rate and the job's record in one round trip over the auto-pipelined client (`service/pipelined.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from starlette.types import Scope, Send
 
 from ftjobs.client.models import FILE_ID_PATTERN, JOB_ID_PATTERN, Event, FileObject, Job, JobStatus, MetricPoint
 from ftjobs.core import keys
+from ftjobs.core.tenants import TenantLimits
+from ftjobs.service.limits import RATE_SCRIPT, RateDecision, burst_of
+from ftjobs.service.pipelined import PipelinedRedis
 from ftjobs.service.store import LAST_STREAM_ID, job_from_record, stream_cursor
 
 # One page of an index with its records: ZRANGE <index> <high> - BYLEX REV LIMIT 0 <n>, then each member's record
@@ -33,7 +40,21 @@ for i, id in ipairs(ids) do
 end
 return out
 """
-JOBS = TypeAdapter(list[Job])
+# The job GET in one round trip: the tenant's request rate (limits.RATE_SCRIPT, as a function) and, when the request
+# is allowed, the job's record. KEYS[1] = the rate key, KEYS[2] = the job's key; ARGV = RATE_SCRIPT's (interval,
+# burst), both "" when the tenant has no rate limit. Returns RATE_SCRIPT's four numbers and HGETALL's pairs (empty
+# when there is no such job, or when the request is refused).
+JOB_GET_SCRIPT = f"""
+local function rate()
+{RATE_SCRIPT}
+end
+local verdict = {{1, 0, 0, 0}}
+if ARGV[1] ~= '' then verdict = rate() end
+verdict[5] = verdict[1] == 1 and redis.call('HGETALL', KEYS[2]) or {{}}
+return verdict
+"""
+MAX_VIEWS = 1024  # job views kept rendered (the polled jobs and list pages)
+MAX_VIEW_RECORD_BYTES = 32 * 1024  # a larger record is rendered at each read (the cache holds <= ~64 MB)
 FILES = TypeAdapter(list[FileObject])
 EVENTS = TypeAdapter(list[Event])
 METRICS = TypeAdapter(list[MetricPoint])
@@ -45,6 +66,19 @@ def job_view(pairs: list[Any] | dict[Any, Any]) -> Job:
     """The Job of a job hash as HGETALL (flat field/value list) or a pipeline (a dict) returns it."""
     items = pairs.items() if isinstance(pairs, dict) else zip(pairs[::2], pairs[1::2], strict=True)
     return job_from_record({k.decode(): orjson.loads(v) for k, v in items})  # orjson: ~5x json's decode
+
+
+def rate_args(limits: TenantLimits) -> tuple[int, int] | None:
+    """RATE_SCRIPT's ARGV for the tenant's request rate: (microseconds per request, burst); None for no limit."""
+    if limits.requests_per_second is None:
+        return None
+    return max(1, round(1_000_000 / limits.requests_per_second)), burst_of(limits)
+
+
+def rate_decision(reply: list[Any], burst: int) -> RateDecision:
+    """RATE_SCRIPT's reply {allowed, remaining, retry_after_us, reset_after_us} as a RateDecision."""
+    allowed, remaining, retry_us, reset_us = (int(x) for x in reply[:4])
+    return RateDecision(bool(allowed), burst, remaining, retry_us / 1e6, reset_us / 1e6)
 
 
 def page_json(data: bytes, has_more: bool, last_id: str | None) -> bytes:
@@ -70,6 +104,52 @@ class AsyncReads:
     def __init__(self, redis: AsyncRedis) -> None:
         self.redis = redis
         self._page = redis.register_script(PAGE_SCRIPT)
+        self._job_get = redis.register_script(JOB_GET_SCRIPT)
+        self._rate = redis.register_script(RATE_SCRIPT)
+        self._pipelined = PipelinedRedis.for_client(redis)  # the job GET's script (None: redis-py's client)
+        self._views: dict[tuple[bytes, ...], tuple[bytes, JobStatus, str]] = {}  # a record as HGETALL gave it -> _view
+
+    async def job_with_rate(
+        self, tenant: str, job_id: str, limits: TenantLimits
+    ) -> tuple[RateDecision | None, list[bytes]]:
+        """The tenant's rate verdict for one more request (None: no rate limit) and, when allowed, the job's record
+        as HGETALL's pairs (empty when there is no such job), in one round trip; `job_id` is a valid id."""
+        args = rate_args(limits)
+        rate_key, job_key = keys.rate_key(tenant), keys.job_key(tenant, job_id)
+        if self._pipelined is None:
+            reply = await self._job_get(keys=(rate_key, job_key), args=args or ("", ""))
+            return (rate_decision(reply, args[1]) if args else None), reply[4]
+        if args is None:
+            return None, await self._pipelined.call("HGETALL", job_key)
+        # The script and HGETALL in one write: Redis spends less than on the script's own HGETALL (a record read
+        # for a refused request is dropped here).
+        reply, record = await self._pipelined.evalsha_with(
+            self._rate.sha, RATE_SCRIPT, [rate_key], args, ("HGETALL", job_key)
+        )
+        decision = rate_decision(reply, args[1])
+        return decision, record if decision.allowed else []
+
+    async def aclose(self) -> None:
+        if self._pipelined is not None:
+            await self._pipelined.aclose()
+
+    def job_json(self, record: list[bytes]) -> bytes:
+        """The Job view of a record (HGETALL's pairs) as JSON."""
+        return self._view(record)[0]
+
+    def _view(self, record: list[bytes]) -> tuple[bytes, JobStatus, str]:
+        """A record's view as JSON, its status and id: a record read again unchanged (a polled job, a polled list)
+        is not decoded, validated and serialized again (the view is a function of the record alone)."""
+        key = tuple(record)
+        view = self._views.get(key)
+        if view is None:
+            job = job_view(record)
+            view = job.model_dump_json().encode(), job.status, job.id
+            if sum(map(len, record)) <= MAX_VIEW_RECORD_BYTES:
+                if len(self._views) >= MAX_VIEWS:
+                    del self._views[next(iter(self._views))]  # the oldest
+                self._views[key] = view
+        return view
 
     async def job(self, tenant: str, job_id: str) -> Job | None:
         """The job, or None when there is no such job (or the id cannot name one)."""
@@ -84,7 +164,7 @@ class AsyncReads:
         index = keys.tenant_jobs_key(tenant) if status is None else keys.status_index_key(tenant, status)
         prefix = keys.job_key(tenant, "")
         batch, cursor = limit + 1, after
-        jobs: list[Job] = []
+        jobs: list[bytes] = []
         last_id: str | None = None
         has_more = False
         while not has_more:
@@ -92,17 +172,17 @@ class AsyncReads:
             for _, raw in cast(list[list[Any]], pairs):
                 if not raw:
                     continue
-                job = job_view(raw)
-                if status is None or job.status == status:
+                body, job_status, job_id = self._view(raw)
+                if status is None or job_status == status:
                     if len(jobs) == limit:
                         has_more = True
                         break
-                    jobs.append(job)
-                    last_id = job.id
+                    jobs.append(body)
+                    last_id = job_id
             if len(pairs) < batch:
                 break
             cursor = pairs[-1][0].decode()
-        return page_json(JOBS.dump_json(jobs), has_more, last_id)
+        return page_json(b"[" + b",".join(jobs) + b"]", has_more, last_id)
 
     async def files(self, tenant: str, after: str | None, limit: int) -> tuple[list[bytes], bool, str | None]:
         """A page of the tenant's file records as stored (FileObject JSON), has_more, and the page's last id,
@@ -154,19 +234,20 @@ class AsyncReads:
 JOB_PATH = re.compile(r"/v1/jobs/(ftjob-[0-9a-f]{20})")  # JOB_ID_PATTERN, as the route's path
 
 
-async def serve_job(scope: Scope, send: Send, reads: AsyncReads, tenant: str) -> bool:
-    """`GET /v1/jobs/{job_id}` (the most polled request) answered here when the job is in Redis: True if sent.
-    Called by `AuthFirst` after the key, scope and rate checks; anything else (a 404 too) goes on to the route
-    (routes/jobs.py), which is the same read and declares the operation in the spec."""
+def job_get(scope: Scope) -> str | None:
+    """The job id of a `GET /v1/jobs/{job_id}` (the most polled request), else None."""
+    if scope["method"] != "GET":
+        return None
     match = JOB_PATH.fullmatch(scope["path"])
-    if match is None or scope["method"] != "GET":
-        return False
-    job = await reads.job(tenant, match[1])
-    if job is None:
-        return False
+    return match[1] if match else None
+
+
+async def send_job(scope: Scope, send: Send, body: bytes, decision: RateDecision | None) -> None:
+    """Answer a job GET that `AuthFirst` read (`AsyncReads.job_with_rate`) without routing it: the route
+    (routes/jobs.py) is the same read, declares the operation in the spec and answers whatever is not found here."""
     scope["route"] = scope["app"].state.job_route  # the metrics' route label, without matching every route
-    body = job.model_dump_json().encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if decision is not None:
+        headers += [(k.encode(), v.encode()) for k, v in decision.headers().items()]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-    return True

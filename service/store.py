@@ -32,12 +32,12 @@ from ftjobs.client.models import (
     MetricPoint,
 )
 from ftjobs.core import keys
+from ftjobs.core.job_writes import add_new_job
 from ftjobs.core.keys import JobField
 from ftjobs.core.records import (
     as_text,
     decode_entry,
     decode_hash,
-    encode,
     event_entry,
     guarded_write_args,
     new_record,
@@ -62,6 +62,7 @@ _STREAM_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # ASCII digits only (`\d` al
 REQUEST_FIELDS = (
     *("model", "task", "method", "training_file", "validation_file", "reference_file", "parent_job_id"),
     *("group_field", "hyperparameters", "data", "suffix", "metadata", "integrations"),
+    *("evaluate_only", "checkpoint_step"),
 )
 RECORD_FIELDS = (
     *("id", "tenant", "status", "created_at", "started_at", "finished_at", "attempt", "cancel_requested"),
@@ -174,11 +175,7 @@ class Store:
                                 "max_active_jobs", max_active, f"This tenant has {active} jobs not yet finished"
                             )
                     pipe.multi()
-                    pipe.hset(keys.job_key(tenant, job_id), mapping={str(k): encode(v) for k, v in record.items()})
-                    pipe.zadd(keys.tenant_jobs_key(tenant), {job_id: 0})
-                    pipe.zadd(keys.status_index_key(tenant, S.validating_files), {job_id: 0})
-                    pipe.sadd(keys.ACTIVE_JOBS_KEY, keys.active_member(tenant, job_id))  # the reconciler's
-                    self._xadd(pipe, keys.events_key(tenant, job_id), status_entry(S.validating_files, "Job created."))
+                    add_new_job(pipe, tenant, job_id, record)
                     pipe.execute()
                     break
                 except WatchError:

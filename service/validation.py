@@ -9,6 +9,7 @@ The row rules themselves are `ftjobs.core.rows`, which the worker applies too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from ftjobs.client.models import FileFormat, FileProblem, FileWarning
@@ -18,6 +19,27 @@ from ftjobs.service.profile import ProfileBuilder
 
 MAX_REPORTED = 20  # problems listed in the error (the total is always given)
 MAX_LINES_PER_WARNING = 5
+
+
+# Formats whose rows `RowValidator.check_rows` checks by column: their fields, each a string (a label may be an int).
+COLUMN_FORMATS: dict[FileFormat, tuple[str, ...]] = {
+    fmt: FIELDS[fmt]
+    for fmt in (FileFormat.prompt_completion, FileFormat.source_target, FileFormat.text_label, FileFormat.text)
+}
+
+
+def _labels_valid(labels: list[Any]) -> bool:
+    """Every label a non-blank string or an integer (not a boolean), as `row_problem` has it."""
+    types = set(map(type, labels))
+    if not types <= {str, int}:
+        return False
+    strings = labels if types == {str} else [v for v in labels if type(v) is str]
+    return "" not in strings and True not in map(str.isspace, strings)
+
+
+def _indices(flags: list[bool], order: int, code: str, name: str | None) -> tuple[int, int, str, str | None, list[int]]:
+    indices = [i for i, flag in enumerate(flags) if flag]
+    return indices[0], order, code, name, indices
 
 
 @dataclass
@@ -77,6 +99,59 @@ class RowValidator:
                 f"row format {fmt.value} differs from {self.format.value} ({where}); one per file",
             )
         self._observe(line, fmt, row)
+
+    def check_rows(self, first_line: int, rows: list[Any]) -> None:
+        """Rows parsed from consecutive lines, the first at `first_line`: what `check` does to each, by column for a
+        batch of rows of the file's format with exactly its string fields (`_check_columns`), else row by row."""
+        done = 0
+        while self.format is None and done < len(rows):  # the first valid row sets the file's format
+            self.check(first_line + done, rows[done])
+            done += 1
+        if done:
+            rows, first_line = rows[done:], first_line + done
+        if rows and not self._check_columns(first_line, rows):
+            for line, row in enumerate(rows, first_line):
+                self.check(line, row)
+
+    def _check_columns(self, first_line: int, rows: list[Any]) -> bool:
+        """The checks, warnings and profile of `rows` in C loops (map, count, set), when every row is an object
+        with exactly the fields of the file's format (COLUMN_FORMATS) and each is valid; False (nothing done)
+        otherwise, for `check` to find and word what is wrong, row by row."""
+        names = COLUMN_FORMATS.get(self.format)  # type: ignore[arg-type]
+        if names is None or set(map(type, rows)) != {dict} or set(map(len, rows)) != {len(names)}:
+            return False
+        try:
+            columns = {name: list(map(itemgetter(name), rows)) for name in names}
+        except KeyError:  # another field in place of one of these
+            return False
+        blanks: dict[str, list[bool]] = {}
+        for name, values in columns.items():
+            if name == "label":
+                if not _labels_valid(values):
+                    return False
+                continue
+            if set(map(type, values)) != {str}:
+                return False
+            blanks[name] = [not v or v.isspace() for v in values] if "" in values else list(map(str.isspace, values))
+            if name not in OPTIONAL_CONTENT and True in blanks[name]:
+                return False
+        assert self.format is not None
+        found: list[tuple[int, int, str, str | None, list[int]]] = []  # (first index, order, code, field, indices)
+        if duplicates := self.profile.add_columns(self.format, columns, len(rows)):
+            found.append((duplicates[0], 0, "duplicate_row", None, duplicates))
+        for name, flags in blanks.items():
+            if name in OPTIONAL_CONTENT and True in flags:
+                found.append(_indices(flags, 1, "empty_optional_field", name))
+        labels = columns.get("label", [])
+        stripped = [v.strip() if type(v) is str else v for v in labels] if str in set(map(type, labels)) else labels
+        if stripped != labels:
+            flags = [a != b for a, b in zip(stripped, labels, strict=True)]
+            found.append(_indices(flags, 2, "label_whitespace", "label"))
+        for _, _, code, at, indices in sorted(found, key=lambda f: f[:2]):  # first seen first, as row by row
+            entry = self._warn.setdefault((code, at), [0])
+            entry[0] += len(indices)
+            entry += [first_line + i for i in indices[: MAX_LINES_PER_WARNING + 1 - len(entry)]]
+        return True
 
     def _observe(self, line: int, fmt: FileFormat, row: dict[str, Any]) -> None:
         """Count the fixable things that become warnings, and profile the row."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ftjobs.client.models.common import FILE_ID_PATTERN, JOB_ID_PATTERN, STRICT, TENANT_PATTERN, ListObject, Page
 from ftjobs.client.models.files import FileFormat
 from ftjobs.client.models.methods import METHOD_NAMES, PROMPT_METHODS, LoraMethod, Method
-from ftjobs.client.models.resources import Resources
+from ftjobs.client.models.resources import Resources, resources_conflict
 from ftjobs.client.models.training import DataOptions, EvalGeneration, Hyperparameters
 
 
@@ -104,6 +104,18 @@ class JobCreate(BaseModel):
         "alpha, target_modules, use_dora; num_virtual_tokens; ...) must match it, the others (dropout, merge) may "
         "change. classification reuses the parent's labels.",
     )
+    evaluate_only: bool = Field(
+        default=False,
+        description="Evaluate without training (`POST /v1/evaluations` makes such jobs): the base model, or "
+        "parent_job_id's weights, on validation_file, with the metrics, samples and per-group breakdown of a "
+        "training job's final evaluation (results.final); no weights are saved.",
+    )
+    checkpoint_step: int | None = Field(
+        default=None,
+        ge=1,
+        description="evaluate_only with parent_job_id: the parent's weights kept at this step (an epoch's "
+        "`checkpoints/step-<N>/` artifacts) instead of its final ones.",
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     data: DataOptions = Field(
         default_factory=DataOptions, description="Cleaning, balancing and augmentation (reported in results.data)."
@@ -149,6 +161,20 @@ class JobCreate(BaseModel):
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] = Field(
         default_factory=dict, max_length=16, description="Free key/value pairs kept on the job."
     )
+
+    @field_validator("checkpoint_step")
+    @classmethod
+    def _checkpoint_of_a_parent(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not (info.data.get("evaluate_only") and info.data.get("parent_job_id")):
+            raise ValueError("checkpoint_step needs evaluate_only and a parent_job_id (whose checkpoint it is)")
+        return v
+
+    @field_validator("evaluate_only")
+    @classmethod
+    def _evaluation_data(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and not info.data.get("validation_file"):
+            raise ValueError("evaluate_only evaluates on validation_file: give one")
+        return v
 
     @field_validator("group_field")
     @classmethod
@@ -218,6 +244,14 @@ class JobCreate(BaseModel):
         if info.data.get("task") == Task.dpo and method.type not in DPO_METHODS:
             raise ValueError(f"task dpo trains with method lora or full, not {method.type!r}")
         return method
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_for_the_job(cls, resources: Resources, info: ValidationInfo) -> Resources:
+        # task and method are declared before resources: info.data has them (when valid)
+        if error := resources_conflict(resources, info.data.get("task"), info.data.get("method")):
+            raise error
+        return resources
 
     @field_validator("model")
     @classmethod
@@ -331,6 +365,8 @@ class Job(BaseModel):
     reference_file: str | None = None
     group_field: str | None = None
     parent_job_id: str | None = None
+    evaluate_only: bool = Field(default=False, description="An evaluation job: no training (results.final).")
+    checkpoint_step: int | None = Field(default=None, description="evaluate_only: the parent's checkpoint evaluated.")
     hyperparameters: Hyperparameters = Field(description="As requested.")
     data: DataOptions = Field(default_factory=DataOptions, description="Data preparation, as requested.")
     resolved_hyperparameters: dict[str, Any] = Field(

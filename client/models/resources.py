@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
 
 from ftjobs.client.models.common import STRICT
 
@@ -32,3 +34,37 @@ class Resources(BaseModel):
         description="Hardware class to train on (e.g. `cpu`, `gpu`): the deployment maps each class to a training "
         "queue (FTJOBS_HARDWARE_QUEUES) served by workers on that hardware; null: the default training queue.",
     )
+    sharding: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="How the processes share the model: `ddp` (each holds a full copy) or `fsdp` (parameters, "
+        "gradients and optimizer state sharded across the processes, for full fine-tuning of a model that does "
+        "not fit on one GPU; method full only, processes > 1, on GPU workers).",
+    )
+
+
+# Tasks and options tried on several processes (docs/scaling.md); the others are refused with processes > 1.
+DISTRIBUTED_TASKS = frozenset({"causal_lm", "classification"})
+
+
+def resources_conflict(resources: Resources, task: Any, method: Any) -> ValidationError | None:
+    """What a job's other fields rule out on several processes: an error located at `resources.<field>`, or None.
+    task and method as the request holds them (None when they are invalid themselves)."""
+    if resources.sharding == "fsdp":
+        if method is not None and method.type != "full":
+            return _error("sharding", "fsdp shards full fine-tuning only: use method full, or sharding ddp for "
+                          f"{method.type}")  # fmt: skip
+        if resources.processes < 2:
+            return _error("sharding", "fsdp shards the model across processes: set processes to 2 or more")
+        if resources.gpus_per_process == 0:
+            return _error("sharding", "fsdp needs GPU processes (gpus_per_process 1): on CPU use sharding ddp")
+    if resources.processes > 1:
+        if task is not None and str(getattr(task, "value", task)) not in DISTRIBUTED_TASKS:
+            return _error("processes", f"task {getattr(task, 'value', task)} trains on one process only: "
+                          f"processes > 1 is for tasks {', '.join(sorted(DISTRIBUTED_TASKS))}")  # fmt: skip
+    return None
+
+
+def _error(field: str, message: str) -> ValidationError:
+    """Located at its own field, so the 4xx names `resources.<field>`."""
+    details = {"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": ValueError(message)}}
+    return ValidationError.from_exception_data("Resources", [details])  # type: ignore[list-item]

@@ -18,13 +18,15 @@ EVENT_TYPE_PREFIX = "fine_tuning.job."
 
 
 class WebhookEventType(StrEnum):
-    """A job status change an endpoint can subscribe to: `fine_tuning.job.<status>`."""
+    """An event an endpoint can subscribe to: a job status change `fine_tuning.job.<status>`, or
+    `monitor.degraded` (data: the monitor run)."""
 
     running = "fine_tuning.job.running"
     succeeded = "fine_tuning.job.succeeded"
     failed = "fine_tuning.job.failed"
     cancelled = "fine_tuning.job.cancelled"
     paused = "fine_tuning.job.paused"
+    monitor_degraded = "monitor.degraded"  # a monitor's run found the metric dropped past its threshold (monitors.py)
 
 
 class WebhookEndpointCreate(BaseModel):

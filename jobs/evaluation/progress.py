@@ -92,7 +92,8 @@ class PhaseProgress:
         if force or now - self._last_write >= WRITE_EVERY_S or self.done == self.total:
             self._last_write = now
             self.reporter.progress(self.progress())
-        if not self._announced or now - self._last_event >= EVENT_EVERY_S:
+        # The last unit's event is `finish`'s ("done, ... in 2.6s"): no "1/1 batches, ETA 0.0s" line before it.
+        if self.done != self.total and (not self._announced or now - self._last_event >= EVENT_EVERY_S):
             self._announced, self._last_event = True, now
             eta = self.eta()
             left = f", ETA {_seconds(eta)}" if eta is not None else ""

@@ -68,11 +68,14 @@ def fetch_parent(store: Storage, tenant: str, request: JobCreate, work: Path) ->
             param=PARAM,
         )
     folder = "model" if isinstance(request.method, FullMethod) else "adapter"
-    names = [f["name"] for f in manifest.get("files", []) if f["name"].startswith(folder + "/")]
+    # an evaluation of one of the parent's epoch checkpoints (jobs/training/epoch_weights.py) reads its weights
+    kept = f"checkpoints/step-{request.checkpoint_step}/" if request.checkpoint_step else ""
+    names = [f["name"] for f in manifest.get("files", []) if f["name"].startswith(kept + folder + "/")]
     if not names:
-        raise InvalidMethod(f"parent job {parent_id} saved no {folder}/ weights", param=PARAM)
+        param = "checkpoint_step" if kept else PARAM
+        raise InvalidMethod(f"parent job {parent_id} saved no {kept}{folder}/ weights", param=param)
     for name in names:
-        store.download(artifact_path(tenant, parent_id, name), work / "parent" / name)
+        store.download(artifact_path(tenant, parent_id, name), work / "parent" / name.removeprefix(kept))
     labels = None
     if request.task == Task.classification:
         rel = artifact_path(tenant, parent_id, "labels.json")

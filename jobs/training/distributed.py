@@ -16,6 +16,7 @@ Steps between decisions must match on every rank, so ranks checkpoint by steps o
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ POLL_S = 0.5  # seconds between the horse's looks at its ranks and at the record
 STOP_GRACE_S = 20.0  # seconds torchrun gets to stop its ranks after SIGTERM before it is killed
 REPORT = "rank-{}.json"  # each rank's last word: rank 0's outcome, a rank's error, or that it ended well
 PR_SET_PDEATHSIG = 1  # prctl(2)
+SHARDING = "FTJOBS_SHARDING"  # a rank's environment: `resources.sharding` of its job
 
 TrainJob = Callable[..., tuple[JobStatus, Results, list[Artifact] | None]]
 
@@ -90,6 +92,32 @@ def is_main() -> bool:
 def processes(record: dict[str, Any]) -> int:
     """The processes a job's request asks for (1 for a record from before `resources`)."""
     return int(((record.get("request") or {}).get("resources") or {}).get("processes") or 1)
+
+
+def sharded() -> bool:
+    """Whether this rank trains under FSDP (the horse sets FTJOBS_SHARDING from `resources.sharding`)."""
+    return os.environ.get(SHARDING) == "fsdp"
+
+
+def sharding_arguments() -> dict[str, Any]:
+    """The Trainer's FSDP arguments on an FSDP rank ({} otherwise): FSDP2 (accelerate's `fully_shard`), each
+    decoder layer its own unit, parameters resharded after the forward, a full state dict for checkpoints."""
+    if not sharded():
+        return {}
+    config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+              "state_dict_type": "FULL_STATE_DICT"}  # fmt: skip
+    return {"fsdp": True, "fsdp_config": config}
+
+
+def gather_weights(trainer: Any) -> None:
+    """On FSDP ranks, before rank 0 alone saves: every rank takes part in gathering the full state dict (a
+    collective), and rank 0's model then saves that one (its own parameters are shards). A no-op under DDP."""
+    if not sharded():
+        return
+    state = trainer.accelerator.get_state_dict(trainer.model)  # full, on CPU, on rank 0
+    if is_main():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained = functools.partial(model.save_pretrained, state_dict=state)
 
 
 def rank_threads(total: int, n: int) -> int:
@@ -161,6 +189,12 @@ def supervise(
     what a single-process job would (Cancelled, Paused, Preempted, JobFailed)."""
     resources = JobCreate.model_validate(record["request"]).resources
     n, gpus = resources.processes, gpus_per_process(resources)
+    if resources.sharding == "fsdp" and not gpus:  # accelerate shards only on GPU ranks (docs/scaling.md)
+        raise ResourcesUnavailable(
+            "sharding fsdp needs a GPU per process; this worker's ranks would run on CPU, where accelerate trains "
+            "them as DDP (unsharded). Use sharding ddp, or hardware whose workers have GPUs.",
+            param="resources.sharding",
+        )
     threads = rank_threads(torch.get_num_threads(), n)
     backend = "nccl" if gpus else "gloo"
     outcomes = work / "ranks"
@@ -170,14 +204,15 @@ def supervise(
         "-m", "ftjobs.jobs.train", p.model_dump_json(), str(outcomes), backend,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "FTJOBS_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+           "FTJOBS_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1", SHARDING: resources.sharding}  # fmt: skip
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks: gloo, and no rank grabs a GPU it was not given
         env["ACCELERATE_USE_CPU"] = "true"  # else the Trainer (accelerate) sees no distributed run on CPU
     reporter.event(
-        f"training on {n} processes (DDP, {backend}), {threads} torch threads each",
-        data={"processes": n, "backend": backend, "threads_per_process": threads, "gpus_per_process": gpus},
-    )
+        f"training on {n} processes ({resources.sharding.upper()}, {backend}), {threads} torch threads each",
+        data={"processes": n, "backend": backend, "threads_per_process": threads, "gpus_per_process": gpus,
+              "sharding": resources.sharding},
+    )  # fmt: skip
     group = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         _wait(group, reporter, store, outcomes)
@@ -290,6 +325,8 @@ def rank_main(argv: list[str], train_job: TrainJob, job_error: Callable[[Excepti
             if not main:  # what only rank 0 does: generations and samples, trackers' runs
                 record["request"] = {**record["request"], "eval_generation_limit": 0, "eval_samples": 0,
                                      "integrations": []}  # fmt: skip
+            if sharded():  # generating on rank 0 alone would wait for the others' shards: no generation eval
+                record["request"] = {**record["request"], "eval_generation_limit": 0, "eval_samples": 0}
             status, results, artifacts = train_job(record, settings, store, reporter, Path(tmp))
             listed = [a.model_dump() for a in artifacts] if artifacts is not None else None
             outcome = {"status": status.value, "results": results.as_json(), "artifacts": listed}

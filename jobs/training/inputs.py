@@ -117,7 +117,8 @@ def _reference(
     rows = None
     if request.reference_file:
         rows = fetch_rows(store, reporter.tenant, request.reference_file, "reference_file", work)
-    elif parent is not None and parent.task != Task.dpo:  # a DPO parent's pairs are no language-modelling data
+    # a DPO parent's pairs are no language-modelling data; an evaluation job trains nothing, so forgets nothing
+    elif parent is not None and parent.task != Task.dpo and not request.evaluate_only:
         rows = continuation.parent_rows(store, reporter.tenant, parent, hp, work)
         reference.source = f"parent {parent.job_id}'s training data"
     if rows:

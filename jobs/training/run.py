@@ -20,7 +20,8 @@ from ftjobs.jobs.interrupts import INTERRUPTER
 from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import Scores
 from ftjobs.jobs.report import Reporter
-from ftjobs.jobs.training import checkpoints, debias, dpo, packing, safeguards
+from ftjobs.jobs.sweep_pruning import pruning_callbacks
+from ftjobs.jobs.training import checkpoints, debias, distributed, dpo, packing, safeguards
 from ftjobs.jobs.training.epoch_weights import EpochWeightsCallback
 from ftjobs.jobs.training.inputs import Inputs
 from ftjobs.jobs.training.limits import LimitsCallback, check_planned_steps, tenant_limits
@@ -117,9 +118,11 @@ def build_trainer(
     # callback may veto a save (cancel); the limits after it: the step it stops at is reported first
     guard = LimitsCallback(limits, lambda: callback.earlier_seconds)
     callbacks: list[Any] = [saver, callback, guard]  # the saver also when disabled: a pause still saves
-    callbacks.append(EpochWeightsCallback(work / "out", request.method, inputs.model_name))  # OpenAI's checkpoints
+    if not distributed.sharded():  # FSDP ranks hold shards: rank 0 alone cannot save an epoch's weights
+        callbacks.append(EpochWeightsCallback(work / "out", request.method, inputs.model_name))  # OpenAI's checkpoints
     if hp.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta))
+    callbacks.extend(pruning_callbacks(settings, reporter, request))  # a sweep's trial: median pruning
     if preference:
         trainer, reference_batches, reference_before = dpo.build_dpo_trainer(inputs, built, args, callbacks)
         scorer = PreferenceScorer(trainer, reporter, hp.beta)

@@ -17,8 +17,9 @@ from ftjobs.jobs.training.model import TrainableModel
 LOG_POINTS = 50  # train-loss points per run: enough for a curve, few enough for the stream
 EVAL_POINTS = 12  # eval_steps null: evaluations per run to aim for (a curve, not one dot an epoch) ...
 EVALS_PER_EPOCH = 4  # ... at most this many an epoch; a run of many epochs evaluates once an epoch
-EVAL_COST = 1.5  # ... and at most this many per n_train/n_validation: a row evaluated costs ~1/3 of one trained,
-# so evaluating adds at most half the training's compute (a validation set half the training set: 3 an epoch)
+EVAL_COST = 1.0  # ... and at most this many per n_train/n_validation: a row evaluated costs up to ~1/2 of one
+# trained (LoRA: the frozen base makes the backward cheap; measured with bench/job_overhead.py), so evaluating adds
+# at most half the training's compute (a validation set half the training set: 2 an epoch)
 
 
 @dataclass

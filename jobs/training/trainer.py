@@ -17,7 +17,7 @@ from ftjobs.jobs.evaluation.metrics import eval_values
 from ftjobs.jobs.evaluation.progress import PhaseProgress
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled
 from ftjobs.jobs.report import Reporter, finite
-from ftjobs.jobs.training import methods
+from ftjobs.jobs.training import distributed, methods
 
 
 class JobTrainer(Trainer):
@@ -321,4 +321,5 @@ def training_arguments(
         # use_reentrant=False: LoRA's frozen inputs need no requires_grad hack (transformers adds one anyway)
         activation_checkpointing=hp.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+        **distributed.sharding_arguments(),  # FSDP ranks (resources.sharding); {} otherwise
     )

@@ -2,12 +2,18 @@
 
 The JavaScript and CSS come from the `fastapi-offline` wheel (MIT; it ships Swagger UI's and ReDoc's
 distribution files), found on disk without importing it. FastAPI's own `/docs` and `/redoc` are turned off in
-`create_app` (`docs_url=None, redoc_url=None`).
+`create_app` (`docs_url=None, redoc_url=None`). Both pages carry a Content-Security-Policy that lets them load only
+from this server: ReDoc's side menu names a logo on cdn.redoc.ly, which the browser then never asks for (its
+`<img>` hides itself when refused), and the page's one inline script is allowed by its hash, not by
+'unsafe-inline'.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
+import re
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -25,6 +31,26 @@ ASSETS = {  # served name -> media type
     "redoc.standalone.js": "text/javascript",
     "favicon.png": "image/png",
 }
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+# Same origin only. Styles: Swagger UI and ReDoc (styled-components) write inline styles; workers: ReDoc's search
+# runs in a blob: worker; images: ReDoc's icons are data: URLs.
+CSP = (
+    "default-src 'self'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def with_csp(page: HTMLResponse) -> HTMLResponse:
+    """`page` with a Content-Security-Policy of this server only, its inline scripts allowed by their sha256."""
+    body = bytes(page.body).decode()
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+        for script in INLINE_SCRIPT.findall(body)
+    )
+    page.headers["Content-Security-Policy"] = CSP.format(hashes=hashes)
+    page.headers["X-Content-Type-Options"] = "nosniff"
+    return page
 
 
 def assets_dir() -> Path | None:
@@ -39,25 +65,27 @@ def assets_dir() -> Path | None:
 @router.get("/docs")
 def swagger_ui() -> HTMLResponse:
     """Swagger UI over /openapi.json, its assets from /docs/assets."""
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title="ftjobs API - Swagger UI",
         swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
         swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
         swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
     )
+    return with_csp(page)
 
 
 @router.get("/redoc")
 def redoc() -> HTMLResponse:
     """ReDoc over /openapi.json, its script from /docs/assets and no web fonts."""
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url="/openapi.json",
         title="ftjobs API - ReDoc",
         redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
         redoc_favicon_url=f"{ASSETS_URL}/favicon.png",
         with_google_fonts=False,
     )
+    return with_csp(page)
 
 
 @router.get(ASSETS_URL + "/{name:path}")  # any name reaches the check below (a 404, never a 405)

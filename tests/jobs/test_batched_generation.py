@@ -9,6 +9,8 @@ import pytest
 
 from ftjobs.client.models import EvalGeneration, JobCreate, Task
 from ftjobs.jobs.data.read import Row
+from ftjobs.jobs.evaluation import greedy
+from ftjobs.jobs.evaluation.batched import budget
 from ftjobs.jobs.evaluation.generation import Evaluator
 from ftjobs.jobs.interrupts import Cancelled
 from tests.jobs.test_evaluation import LETTERS, successor_rows, write_jsonl
@@ -81,6 +83,62 @@ def test_batched_seq2seq_matches_one_at_a_time(model_root: Path) -> None:
     # The random T5 only ever says <pad>: let it say words (and stop at EOS) to compare something.
     model.generation_config.suppress_tokens = [i for i in tok.all_special_ids if i != tok.eos_token_id]
     _same_as_one_at_a_time(model, tok, Task.seq2seq)
+
+
+def _chat_rows() -> list[Row]:
+    """Chat turns behind one system turn: every prompt opens with the same template tokens (the shared prefix)."""
+    return [
+        Row(i + 1, {"messages": [
+            {"role": "system", "content": "You translate English into French, briefly."},
+            {"role": "user", "content": f"Translate to French: {p}"},
+            {"role": "assistant", "content": "ok"},
+        ]}, "validation_file")
+        for i, p in enumerate(PROMPTS)
+    ]  # fmt: skip
+
+
+def _plain_generate(model: Any, tok: Any, evaluator: Evaluator) -> list[str]:
+    """What the evaluation did before batching: `model.generate` on each prompt alone, cut at its budget."""
+    import torch
+
+    out = []
+    for item in evaluator.items:
+        mask = torch.ones(1, len(item.prompt_ids), dtype=torch.long)
+        tokens = budget(item, evaluator.options, evaluator.max_seq_length, seq2seq=False)
+        with torch.no_grad():
+            ids = model.generate(
+                input_ids=torch.tensor([item.prompt_ids]), attention_mask=mask,
+                max_new_tokens=tokens, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, repetition_penalty=evaluator.options.repetition_penalty,
+                no_repeat_ngram_size=evaluator.options.no_repeat_ngram_size,
+            )[0, len(item.prompt_ids) :]  # fmt: skip
+        out.append(str(tok.decode(ids, skip_special_tokens=True)).strip())
+    return out
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_batches_match_plain_generate(tiny_causal_lm: Path, lora: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm).eval()
+    if lora:  # as the job evaluates its trained adapter: a PEFT wrapper around the model
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert greedy.supported(model)
+    for options in (
+        EvalGeneration(batch_size=4),
+        EvalGeneration(batch_size=7, repetition_penalty=1.3, no_repeat_ngram_size=2),  # finished rows ride along
+    ):
+        evaluator = Evaluator(
+            Task.causal_lm, tok, _chat_rows(), limit=64, samples=len(PROMPTS), max_seq_length=96, options=options
+        )
+        prompts = [item.prompt_ids for item in evaluator.items]
+        assert greedy.common_prefix(prompts) >= 10 and len({len(p) for p in prompts}) >= 5  # a prefix, then padding
+        evaluator.run(model, "final", Cancelled)
+        assert evaluator.predictions["final"] == _plain_generate(model, tok, evaluator)
+        assert any(evaluator.predictions["final"])
 
 
 def test_repetition_options_and_cancel_between_batches(tiny_causal_lm: Path) -> None:

@@ -3,6 +3,7 @@
 A real worker process, a real Redis, the tiny causal LM. The 2-process job's logged train losses match, step by
 step, those of the 1-process job at the same global batch (4 per process x 2 against 8 x 1, same seed); its
 adapter loads with peft and evaluates. A cancelled 2-process job stops every rank: no process of it is left.
+Classification and early stopping finish on 2 processes; FSDP on a worker without GPUs fails before training.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from ftjobs.client.models import Hyperparameters, JobCreate, LoraMethod
+from ftjobs.client.models import EarlyStopping, FullMethod, Hyperparameters, JobCreate, LoraMethod, Task
 from ftjobs.client.models.resources import Resources
 from ftjobs.core.keys import artifact_path
 from tests.jobs.helpers import events, guarded_write, metric_points, read_job, store_root, submit, upload_rows, wait_for
+from tests.tiny_models import build_tiny_bert
 
 pytestmark = pytest.mark.timeout(600)
 ROWS = [{"prompt": f"count to {n} :", "completion": " ".join(str(i) for i in range(1, n + 1))} for n in range(1, 17)]
@@ -87,6 +89,46 @@ def test_two_processes_match_one_at_the_same_global_batch(redis, env, worker, ti
     batch = tokenizer("count to 3 : 1 2 3", return_tensors="pt")
     loss = model(**batch, labels=batch["input_ids"]).loss
     assert math.isfinite(float(loss))
+
+
+def test_fsdp_on_a_worker_without_gpus_fails_before_training(redis, env, worker, tiny_causal_lm: Path) -> None:
+    """accelerate shards only GPU ranks (on CPU it would silently train DDP): the job fails at once, naming why."""
+    hp = Hyperparameters(n_epochs=1, batch_size=4, max_seq_length=32, validation_split=0.0)
+    resources = Resources(processes=2, sharding="fsdp")  # gpus_per_process null: 0 on this worker
+    job = JobCreate(model=str(tiny_causal_lm), training_file=upload_rows(env, ROWS), method=FullMethod(),
+                    hyperparameters=hp, eval_generation_limit=0, resources=resources)  # fmt: skip
+    record = wait_for(redis, submit(redis, env, job), timeout=300, worker=worker)
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "resources_unavailable" and record["error"]["param"] == "resources.sharding"
+    assert "GPU" in record["error"]["message"] and record["progress"].get("step", 0) == 0
+
+
+def test_classification_and_early_stopping_on_two_processes(redis, env, worker, tiny_causal_lm, model_root) -> None:
+    """Classification (a tiny BERT with LoRA) and a causal LM job that stops early both finish on 2 processes: the
+    evaluation gathers every rank's predictions, and every rank's early stopping sees the same metrics."""
+    rows = [{"text": f"{t} {i}", "label": label} for i in range(12) for label, t in (("a", "bake"), ("b", "kick"))]
+    hp = Hyperparameters(n_epochs=1, batch_size=4, validation_split=0.25)
+    lora = LoraMethod(r=4, target_modules=["query", "value"])
+    classify = JobCreate(model=str(build_tiny_bert(model_root / "tiny-bert-ddp")), task=Task.classification,
+                         training_file=upload_rows(env, rows), method=lora, hyperparameters=hp,
+                         resources=Resources(processes=2))  # fmt: skip
+    stop = EarlyStopping(patience=1, min_delta=10.0)  # the second evaluation cannot improve by 10: it stops there
+    hp = Hyperparameters(n_epochs=3, batch_size=4, max_seq_length=32, validation_split=0.25, eval_steps=2,
+                         early_stopping=stop)  # fmt: skip
+    stopping = JobCreate(model=str(tiny_causal_lm), training_file=upload_rows(env, ROWS * 4), method=LoraMethod(r=4),
+                         hyperparameters=hp, eval_generation_limit=0, resources=Resources(processes=2))  # fmt: skip
+    first, second = submit(redis, env, classify), submit(redis, env, stopping)
+    classified = wait_for(redis, first, timeout=300, worker=worker)
+    assert classified["status"] == "succeeded", classified.get("error")
+    assert any((e.get("data") or {}).get("processes") == 2 for e in events(redis, first))
+    final = classified["results"]["final"]
+    assert 0.0 <= final["accuracy"] <= 1.0 and "adapter/adapter_model.safetensors" in {
+        a["name"] for a in classified["artifacts"]
+    }
+    stopped = wait_for(redis, second, timeout=300, worker=worker)
+    assert stopped["status"] == "succeeded", stopped.get("error")
+    outcome = stopped["results"]["early_stopping"]
+    assert outcome["stopped_early"] and outcome["stopped_at_step"] == 4 < stopped["progress"]["total_steps"], outcome
 
 
 def rank_process(job_id: str, rank: int) -> int:

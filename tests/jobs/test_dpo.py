@@ -20,6 +20,10 @@ from tests.conftest import WorkerProcess
 from tests.jobs.helpers import events, metric_points, submit, upload_rows, wait_for
 from tests.jobs.test_safeguards import COLOURS, qa
 
+# A loaded machine (a shared CI runner) may take minutes per job: wait generously, and evaluate every 12 steps
+# (3 times a run) rather than the automatic ~12 times: the before/after metrics come from the preference scorer.
+JOB_TIMEOUT_S = 900
+EVAL_STEPS = 12
 WORDS = "red green blue cat dog sun moon tree fish bird one two three four five six seven eight nine ten".split()
 
 
@@ -55,7 +59,9 @@ def dpo_request(
         method=method,
         eval_generation_limit=0,
         eval_samples=0,
-        hyperparameters=Hyperparameters(n_epochs=3, batch_size=8, learning_rate=lr, beta=0.1, seed=0),
+        hyperparameters=Hyperparameters(
+            n_epochs=3, batch_size=8, learning_rate=lr, beta=0.1, seed=0, eval_steps=EVAL_STEPS
+        ),
         **kw,
     )
 
@@ -86,7 +92,7 @@ def test_dpo_lora_learns_the_preferences(redis, env, tmp_path: Path, tiny_causal
     worker = WorkerProcess({**env, "FTJOBS_CHECKPOINT_STEPS": "12"}, tmp_path / "worker.log")  # checkpoints on the way
     try:
         job_id = submit(redis, env, dpo_request(tiny_causal_lm, env, {"type": "lora", "r": 8}, 5e-3), validate=True)
-        job = wait_for(redis, job_id, worker=worker, timeout=300)
+        job = wait_for(redis, job_id, worker=worker, timeout=JOB_TIMEOUT_S)
     finally:
         worker.stop()
     assert job["status"] == "succeeded", (job.get("error"), worker.output()[-3000:])
@@ -106,7 +112,7 @@ def test_dpo_lora_learns_the_preferences(redis, env, tmp_path: Path, tiny_causal
 
 def test_dpo_full_learns_the_preferences(redis, env, worker, tiny_causal_lm: Path) -> None:  # type: ignore[no-untyped-def]
     request = dpo_request(tiny_causal_lm, env, {"type": "full"}, 3e-4)  # a frozen copy of the model is the reference
-    job = wait_for(redis, submit(redis, env, request, validate=True), worker=worker, timeout=300)
+    job = wait_for(redis, submit(redis, env, request, validate=True), worker=worker, timeout=JOB_TIMEOUT_S)
     assert job["status"] == "succeeded", (job.get("error"), worker.output()[-3000:])
     check_learned(job)
     assert "model/model.safetensors" in {a["name"] for a in job["artifacts"]}
@@ -115,7 +121,7 @@ def test_dpo_full_learns_the_preferences(redis, env, worker, tiny_causal_lm: Pat
 def test_dpo_trains_openai_preference_rows(redis, env, worker, tiny_causal_lm: Path) -> None:  # type: ignore[no-untyped-def]
     """OpenAI's shape (input.messages, preferred_output, non_preferred_output) trains through the chat template."""
     request = dpo_request(tiny_causal_lm, env, {"type": "lora", "r": 8}, 5e-3, shape="openai")
-    job = wait_for(redis, submit(redis, env, request, validate=True), worker=worker, timeout=300)
+    job = wait_for(redis, submit(redis, env, request, validate=True), worker=worker, timeout=JOB_TIMEOUT_S)
     assert job["status"] == "succeeded", (job.get("error"), worker.output()[-3000:])
     before, after = job["results"]["baseline"], job["results"]["final"]
     print(f"openai shape: reward_margin {before['reward_margin']:.4f} -> {after['reward_margin']:.4f}")
@@ -133,10 +139,10 @@ def test_sft_then_dpo_continues_the_parent(redis, env, worker, tiny_causal_lm: P
         eval_samples=0,
         hyperparameters=Hyperparameters(n_epochs=2, batch_size=8, learning_rate=5e-3),
     )
-    parent = wait_for(redis, submit(redis, env, sft), worker=worker, timeout=300)
+    parent = wait_for(redis, submit(redis, env, sft), worker=worker, timeout=JOB_TIMEOUT_S)
     assert parent["status"] == "succeeded", (parent.get("error"), worker.output()[-3000:])
     request = dpo_request(tiny_causal_lm, env, {"type": "lora", "r": 8}, 5e-3, parent_job_id=parent["id"])
-    child = wait_for(redis, submit(redis, env, request, validate=True), worker=worker, timeout=300)
+    child = wait_for(redis, submit(redis, env, request, validate=True), worker=worker, timeout=JOB_TIMEOUT_S)
     assert child["status"] == "succeeded", (child.get("error"), worker.output()[-3000:])
     check_learned(child)  # the parent's weights are the reference: the child starts at loss ln 2 from them
     names = {a["name"] for a in child["artifacts"]}

@@ -98,6 +98,41 @@ def test_a_bomb_is_refused_in_bounded_memory(env, tmp_path, bombs, name, param, 
         assert len(http.get("/v1/files").json()["data"]) == 1  # the warm-up file only
 
 
+def test_a_parquet_column_whose_dictionary_fell_back_to_plain_is_read_in_batches(  # type: ignore[no-untyped-def]
+    env, tmp_path
+):
+    """50,000 distinct 2 KB strings: the writer's dictionary fills after ~500 and the rest of the chunk is plain.
+    Read as a dictionary array, pyarrow's dictionary would hold every value read so far in the row group (326 MB
+    from a 334 KB file, and minutes: each batch's dictionary repeats all the earlier ones); read as plain values,
+    a batch at a time."""
+    from ftjobs.service.parquet_pages import check_sizes, read_footer
+
+    rows = 50_000
+    path = tmp_path / "fallback.parquet"
+    table = pa.table({"text": [f"{i} " + "w" * 2000 for i in range(rows)], "label": ["ab"[i % 2] for i in range(rows)]})
+    pq.write_table(table, path, compression="zstd")
+    del table
+    with path.open("rb") as fh:  # the plan: `text` read as plain values, `label` (dictionary-encoded) as before
+        size = path.stat().st_size
+        fh.seek(size - 8)
+        groups = read_footer(fh, size, int.from_bytes(fh.read(4), "little"))
+        plans = check_sizes(fh, groups, frozenset(), "f.parquet", MB, frozenset({"text", "label"}))
+    assert [p.dictionary for p in plans] == [frozenset({"label"})], plans
+    content = path.read_bytes()
+    with api_process(env, tmp_path / "api.log") as api, httpx.Client(base_url=api.url, timeout=300) as http:
+        warm = http.post("/v1/files", files={"file": ("warm.parquet", parquet_bytes({"text": ["a", "b"]}))})
+        assert warm.status_code == 201, warm.text
+        with api.measure() as m:
+            started = time.monotonic()
+            response = http.post("/v1/files", files={"file": ("fallback.parquet", content)})
+            seconds = time.monotonic() - started
+        print(f"\nfallback.parquet ({len(content)} bytes, {rows} rows): {response.status_code} in {seconds:.2f} s; {m}")
+        assert response.status_code == 201 and response.json()["rows"] == rows, response.text
+        assert m.extra < EXTRA_MEMORY_BOUND, m
+        assert m.after - m.baseline < AFTER_BOUND, m
+    assert seconds < 120, seconds  # linear: ~15 s on a loaded 2-core machine (quadratic before: minutes)
+
+
 # ----------------------------------------------------------------------------- the worker
 
 

@@ -7,6 +7,7 @@ new `*_file` / `*_job_id` field is probed without touching this test (an id kind
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -19,6 +20,12 @@ from tests.service.tenant_jobs import bearer, finished_job, id_routes, tiny_job_
 KEY_A, KEY_B = "sk-alpha-0123456789abcdef", "sk-beta-fedcba9876543210"
 A, B = bearer(KEY_A), bearer(KEY_B)
 PARAM = re.compile(r"{(\w+)(?::\w+)?}")
+EXPORT_POST = re.compile(r"^/v1/jobs/[^/]+/exports$")
+
+
+def body_for(method: str, url: str) -> dict[str, Any] | None:
+    """A valid body for the id routes that need one (the probe is about the id, not a 422 on the body)."""
+    return {"format": "safetensors"} if method == "POST" and EXPORT_POST.match(url) else None
 
 
 @pytest.fixture
@@ -39,12 +46,13 @@ def reference_fields() -> dict[str, str]:
 
 
 def probes(
-    app: Any, job: dict[str, Any], pending: dict[str, Any], webhook_id: str, model: str
+    app: Any, job: dict[str, Any], pending: dict[str, Any], model: str, export_files: list[str], **ids: str
 ) -> list[tuple[str, str]]:
     """(method, URL) of every id route, filled with tenant A's ids: both jobs (on both APIs), both files, every
-    artifact, a webhook, the finished job's fine-tuned model."""
+    artifact, the finished job's fine-tuned model, and one of each other resource (`ids`: webhook_id, sweep_id,
+    monitor_id, annotation_id, export_id; an export's files are probed on the finished job only)."""
     values: dict[str, list[str]] = {
-        "webhook_id": [webhook_id],
+        **{name: [value] for name, value in ids.items()},
         "model": [model],
         "job_id": [job["id"], pending["id"]],
         "fine_tuning_job_id": [job["id"], pending["id"]],
@@ -57,10 +65,11 @@ def probes(
         assert not missing, f"{method} {template}: the matrix has no tenant-A value for {missing}: add one"
         combos: list[dict[str, str]] = [{}]
         for param in params:
-            combos = [{**c, param: v} for c in combos for v in values[param]]
+            options = export_files if param == "name" and "/exports/" in template else values[param]
+            combos = [{**c, param: v} for c in combos for v in options]
         for combo in combos:
-            if "name" in combo and combo.get("job_id") != job["id"]:
-                continue  # only the finished job has artifacts
+            if ("name" in combo or "export_id" in combo) and combo.get("job_id") != job["id"]:
+                continue  # only the finished job has artifacts and exports
             url = PARAM.sub(lambda m, c=combo: quote(c[m.group(1)], safe="/"), template)  # type: ignore[misc]
             urls.append((method, url))
     return urls
@@ -68,6 +77,7 @@ def probes(
 
 def test_tenant_b_gets_404_for_every_id_of_tenant_a(app, http, worker, tiny_causal_lm):  # type: ignore[no-untyped-def]
     job = finished_job(http, KEY_A, tiny_causal_lm, worker)  # real artifacts, events and metrics
+    export = finished_export(http, job["id"])
     worker.stop()  # what follows stays where the API leaves it
     request_a = tiny_job_request(tiny_causal_lm, job["training_file"], job["validation_file"])
     pending = http.post("/v1/jobs", json=request_a, headers=A).json()
@@ -76,35 +86,59 @@ def test_tenant_b_gets_404_for_every_id_of_tenant_a(app, http, worker, tiny_caus
     hook = http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}, headers=A).json()
     model = http.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=A).json()["fine_tuned_model"]
     assert model and model.startswith("ft:"), model
-    matrix = probes(app, job, pending, hook["id"], model)
+    lr = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    sweep = http.post("/v1/sweeps", json={"job": request_a, "search_space": {"hyperparameters.learning_rate": lr}},
+                      headers=A).json()  # fmt: skip
+    monitor = http.post("/v1/monitors", json={"job_id": job["id"], "dataset": "valid.jsonl", "schedule": "0 3 * * *"},
+                        headers=A)  # fmt: skip
+    assert monitor.status_code == 201, monitor.text
+    keywords = [{"type": "keywords", "label": "a", "keywords": ["colour"]}]
+    annotation = http.post("/v1/annotations", headers=A, json={"file_id": job["training_file"], "text_field": "prompt",
+                           "labels": ["a", "b"], "functions": keywords})  # fmt: skip
+    assert annotation.status_code in (201, 202), annotation.text
+    ids = {"webhook_id": hook["id"], "sweep_id": sweep["id"], "monitor_id": monitor.json()["id"],
+           "annotation_id": annotation.json()["id"], "export_id": export["id"]}  # fmt: skip
+    matrix = probes(app, job, pending, model, [f["name"] for f in export["files"]], **ids)
     routes = {template for _, template, _ in id_routes(app)}
     assert len(routes) >= 8 and len(matrix) >= len(routes) + len(job["artifacts"]), (routes, matrix)
     print(f"cross-tenant matrix: {len(matrix)} probes over {len(routes)} id routes, {len(job['artifacts'])} artifacts")
     for method, url in matrix:
-        response = http.request(method, url, headers=B)
+        response = http.request(method, url, headers=B, json=body_for(method, url))
         assert response.status_code == 404, (method, url, response.status_code, response.text)
         code = response.json()["error"]["code"]
-        unknown = ("job_not_found", "file_not_found", "webhook_not_found", "model_not_found")
+        unknown = ("job_not_found", "file_not_found", "webhook_not_found", "model_not_found", "sweep_not_found",
+                   "monitor_not_found", "annotation_not_found", "export_not_found")  # fmt: skip
         assert code in unknown, (method, url, code)  # the owner is what is unknown
         assert "x-content-sha256" not in response.headers
-    for tenant_b_list in ("/v1/jobs", "/v1/files"):
+    for tenant_b_list in ("/v1/jobs", "/v1/files", "/v1/sweeps", "/v1/monitors", "/v1/annotations"):
         listed = http.get(tenant_b_list, headers=B).json()["data"]
-        assert not {item["id"] for item in listed} & {job["id"], pending["id"], *job_files(job)}
+        assert not {item["id"] for item in listed} & {job["id"], pending["id"], *ids.values(), *job_files(job)}
 
     # B's writes left A's job alone; A reads everything, then every write finds its resource (never a 404).
     assert http.get(f"/v1/jobs/{pending['id']}", headers=A).json()["status"] == "validating_files"
     sha = {a["name"]: a["sha256"] for a in job["artifacts"]}
     download = app.openapi()["paths"]["/v1/jobs/{job_id}/artifacts/{name}"]["get"]["responses"]["200"]
-    for method, url in sorted(matrix, key=lambda p: p[0] != "GET"):
-        response = http.request(method, url, headers=A)
+    for method, url in sorted(matrix, key=lambda p: (p[0] != "GET", p[0] == "DELETE")):  # deletes last
+        response = http.request(method, url, headers=A, json=body_for(method, url))
         if method == "GET":
             assert response.status_code == 200, (url, response.text)
             name = url.partition("/artifacts/")[2]
             if name:
                 assert response.headers["x-content-sha256"] == sha[unquote(name)]
                 assert response.headers["content-type"].split(";")[0] in download["content"], (name, response.headers)
-        else:  # cancel, pause, resume, delete: done, or refused by the resource's state (409), never unknown
-            assert response.status_code in (200, 409), (method, url, response.status_code, response.text)
+        else:  # cancel, pause, resume, run, export, delete: done or started, or refused by the resource's state (409)
+            assert response.status_code in (200, 201, 202, 409), (method, url, response.status_code, response.text)
+
+
+def finished_export(http: Any, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Tenant A's safetensors export of its finished job, once the worker has written it."""
+    created = http.post(f"/v1/jobs/{job_id}/exports", json={"format": "safetensors"}, headers=A)
+    assert created.status_code == 202, created.text
+    url, end = f"/v1/jobs/{job_id}/exports/{created.json()['id']}", time.monotonic() + timeout
+    while (export := http.get(url, headers=A).json())["status"] in ("queued", "running") and time.monotonic() < end:
+        time.sleep(0.5)
+    assert export["status"] == "succeeded" and export["files"], export
+    return dict(export)
 
 
 def test_tenant_b_cannot_reference_tenant_a_ids_in_a_new_job(http, worker, tiny_causal_lm):  # type: ignore[no-untyped-def]

@@ -307,3 +307,21 @@ def test_augmentation_models_are_held_to_the_model_roots(create_job, model_root,
     assert str(model_root) not in error["message"]  # the deployment's folders are not the tenant's business
     data[field] = "m2"  # a name, resolved on the worker
     assert create_job(data=data).status_code == 201
+
+
+def test_a_model_folder_linking_out_of_the_roots_is_refused_by_the_api(create_job, model_root, tmp_path):  # type: ignore[no-untyped-def]
+    model = model_root / "linked-out"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    (model / "vocab.txt").symlink_to(secret)
+    data = {"augment": ["back_translate"], "augment_model": "linked-out", "augment_back_model": str(model)}
+    for body, param in (({"model": str(model)}, "model"), ({"model": "linked-out"}, "model"),
+                        ({"data": data}, "data.augment_model")):  # fmt: skip
+        error = assert_error(create_job(**body), 422, "model_not_allowed", param=param)
+        assert "vocab.txt" in error["message"] and str(secret) not in error["message"], error
+        assert str(model_root) not in error["message"], error
+    (model / "vocab.txt").unlink()
+    (model / "vocab.txt").symlink_to(model / "config.json")  # a link that stays inside the root is fine
+    assert create_job(model="linked-out").status_code == 201

@@ -3,6 +3,7 @@ are 4xx naming the field, the translation onto JobCreate, events/list cursors, f
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -60,6 +61,7 @@ def test_learning_rate_multiplier_scales_the_auto_rate(http, chat_file, model_pa
     plain = create(http, chat_file, model_path).json()
     scaled = create(http, chat_file, model_path, hyperparameters={"learning_rate_multiplier": 2.5}).json()
     assert plain["hyperparameters"]["learning_rate_multiplier"] == 1.0
+    assert plain["method"]["peft"]["type"] == "lora"  # the default strategy when `peft` is not given
     assert scaled["hyperparameters"]["learning_rate_multiplier"] == 2.5
     rate = {j["id"]: http.get(f"/v1/jobs/{j['id']}").json()["resolved_hyperparameters"]["learning_rate"]
             for j in (plain, scaled)}  # fmt: skip
@@ -154,3 +156,23 @@ def test_models_retrieve_and_delete_refusals(http, tiny_causal_lm):  # type: ign
     assert_error(http.get("/v1/models/no-such-model"), 404, "model_not_found", "model")
     assert_error(http.delete("/v1/models/tiny-causal-lm"), 409, "model_not_deletable", "model")
     assert_error(http.delete("/v1/models/ft:tiny-causal-lm::ftjob-00000000000000000000"), 404, "model_not_found")
+
+
+def test_estimated_finish_is_the_jobs_end_not_a_baseline_evaluations(http, chat_file, model_path):  # type: ignore[no-untyped-def]
+    """Progress as the worker writes it (client/models/jobs.py Progress): training's ETA, or the final evaluation's;
+    the evaluation before training has only its own phase's ETA, which is not when the job ends."""
+    from ftjobs.client.models import Job, JobStatus, Progress
+    from ftjobs.service.openai_jobs import to_openai_job
+
+    job = Job.model_validate(http.get(f"/v1/jobs/{create(http, chat_file, model_path).json()['id']}").json())
+
+    def shown(**progress: Any) -> int | None:
+        running = job.model_copy(update={"status": JobStatus.running, "progress": Progress(**progress)})
+        return to_openai_job(running, []).estimated_finish
+
+    now = time.time()
+    assert shown(phase="evaluating", step=0, eta_seconds=4.0) is None  # the baseline: total_steps not known yet
+    assert shown(phase="evaluating", step=3, total_steps=10, eta_seconds=4.0) is None  # an epoch's evaluation
+    assert abs(shown(phase="training", step=3, total_steps=10, eta_seconds=600.0) - (now + 600)) <= 2  # type: ignore[operator]
+    assert abs(shown(phase="evaluating", step=10, total_steps=10, eta_seconds=30.0) - (now + 30)) <= 2  # type: ignore[operator]
+    assert shown(phase="saving", step=10, total_steps=10) is None

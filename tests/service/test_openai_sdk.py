@@ -15,6 +15,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types import FileObject as FileObjectType
+from openai.types import Model as ModelType
+from openai.types.fine_tuning import FineTuningJob as FineTuningJobType
+from openai.types.fine_tuning import FineTuningJobEvent as FineTuningJobEventType
+from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint as FineTuningJobCheckpointType
 
 from tests.service.api_process import ApiProcess, api_process
 
@@ -50,6 +55,14 @@ def api(env: dict[str, str], tmp_path: Path, tiny_causal_lm: Path) -> Iterator[A
 def sdk(api: ApiProcess) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused-without-auth", max_retries=0) as client:
         yield client
+
+
+def strictly(api: ApiProcess, path: str, sdk_type: type[Any]) -> None:
+    """The JSON at `path` (an object, or a list page's items) validates as the SDK's pydantic type: the SDK itself
+    parses responses leniently (a missing or mistyped field would pass unseen)."""
+    body = httpx.get(f"{api.url}/v1{path}", timeout=60).json()
+    for item in body["data"] if body.get("object") == "list" else [body]:
+        sdk_type.model_validate(item)
 
 
 def wait_status(sdk: openai.OpenAI, job_id: str, status: str, worker: Any, timeout: float = 300) -> None:
@@ -107,6 +120,11 @@ def test_sdk_fine_tunes_end_to_end(sdk: openai.OpenAI, worker, api: ApiProcess) 
     assert done.fine_tuned_model == f"ft:{MODEL}:colours:{job.id}"
     assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at >= done.created_at
     assert len(done.result_files) == 1
+    strictly(api, f"/fine_tuning/jobs/{job.id}", FineTuningJobType)
+    strictly(api, f"/fine_tuning/jobs/{job.id}/events?limit=100", FineTuningJobEventType)
+    strictly(api, f"/fine_tuning/jobs/{job.id}/checkpoints", FineTuningJobCheckpointType)
+    strictly(api, f"/files/{done.result_files[0]}", FileObjectType)
+    strictly(api, "/models", ModelType)
 
     checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id).data
     for c in checkpoints:
@@ -129,6 +147,9 @@ def test_sdk_fine_tunes_end_to_end(sdk: openai.OpenAI, worker, api: ApiProcess) 
     models = [m.id for m in sdk.models.list()]
     say("models.list", models=models)
     assert MODEL in models and done.fine_tuned_model in models
+    model = sdk.models.retrieve(done.fine_tuned_model)
+    say("models.retrieve", id=model.id, owned_by=model.owned_by, created=model.created)
+    assert model.id == done.fine_tuned_model and model.object == "model"
 
     # pause a running job (it checkpoints, then releases the worker), resume it, then cancel it
     long = sdk.fine_tuning.jobs.create(
@@ -179,6 +200,8 @@ def test_sdk_fine_tunes_end_to_end(sdk: openai.OpenAI, worker, api: ApiProcess) 
     say("models.delete", id=deleted.id, deleted=deleted.deleted)
     assert deleted.deleted and done.fine_tuned_model not in [m.id for m in sdk.models.list()]
     assert sdk.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve(done.fine_tuned_model)
     gone = sdk.files.delete(upload.id)
     say("files.delete", id=gone.id, deleted=gone.deleted)
     assert gone.deleted and upload.id not in [f.id for f in sdk.files.list()]
@@ -200,11 +223,15 @@ def test_sdk_dpo_job_learns_the_preferences(sdk: openai.OpenAI, worker, api: Api
         validation_file=valid.id,
         seed=0,
         method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 8, "beta": 0.1}}},
-        extra_body={"peft": {"type": "lora", "r": 8}, "training": {"learning_rate": 5e-3}, "eval_generation_limit": 0},
+        extra_body={
+            "peft": {"type": "lora", "r": 8},
+            "training": {"learning_rate": 5e-3, "eval_steps": 12},
+            "eval_generation_limit": 0,
+        },
     )
     say("fine_tuning.jobs.create (dpo)", id=job.id, method=job.method.type, beta=job.method.dpo.hyperparameters.beta)
     assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1
-    wait_status(sdk, job.id, "succeeded", worker, timeout=600)
+    wait_status(sdk, job.id, "succeeded", worker, timeout=900)  # minutes on a loaded machine
     done = sdk.fine_tuning.jobs.retrieve(job.id)
     rows_by_step = {
         int(r["step"]): r for r in csv.DictReader(io.StringIO(sdk.files.content(done.result_files[0]).text))

@@ -134,3 +134,35 @@ def test_an_unexpected_error_still_carries_the_id(settings: Any) -> None:
     error = assert_error(response, 500, "internal_error")
     assert error["request_id"] == response.headers["x-request-id"] == "bug-1"
     assert "a bug of ours" not in response.text
+
+
+def test_a_jobs_worker_lines_carry_the_request_that_created_it(
+    http: Any, env: dict[str, str], tmp_path: Path, tiny_causal_lm: Path
+) -> None:
+    """The id travels with the job (its RQ job's meta): validation and training lines on the worker name it."""
+    import time
+
+    from tests.conftest import WorkerProcess
+    from tests.service.conftest import ROWS, jsonl, upload
+
+    worker = WorkerProcess({**env, "FTJOBS_LOG_FORMAT": "json"}, tmp_path / "worker.log")
+    try:
+        rows = ROWS["prompt_completion"] * 8
+        train = upload(http, jsonl(rows)).json()["id"]
+        body = {"model": str(tiny_causal_lm), "task": "causal_lm", "training_file": train, "validation_file": train,
+                "method": {"type": "lora", "r": 4, "alpha": 8},
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_length": 32, "max_steps": 2}}  # fmt: skip
+        created = http.post("/v1/jobs", json=body, headers={"X-Request-ID": "create-42"})
+        assert created.status_code == 201, created.text
+        job_id, deadline = created.json()["id"], time.monotonic() + 600
+        while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "succeeded", (job.get("error"), worker.output()[-3000:])
+    finally:
+        worker.stop()
+    entries = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+    about_job = [e for e in entries if e.get("job_id") == job_id]
+    assert about_job, worker.output()[-3000:]
+    assert {e.get("request_id") for e in about_job} == {"create-42"}, about_job
+    assert any(e["message"].startswith("worker ") and "listening on" in e["message"] for e in entries)  # JSON too

@@ -24,6 +24,10 @@ SAMPLE = {
     "fine_tuning_job_id": "ftjob-" + "0" * 20,
     "file_id": "file-" + "0" * 20,
     "webhook_id": "webhook-" + "0" * 20,
+    "sweep_id": "sweep-" + "0" * 20,
+    "annotation_id": "annot-" + "0" * 20,
+    "monitor_id": "mon-" + "0" * 20,
+    "export_id": "export-" + "0" * 20,
     "model": "ft:tiny:x:ftjob-" + "0" * 20,
     "name": "adapter/config.json",
 }

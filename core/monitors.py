@@ -1,0 +1,256 @@
+"""Monitors: a succeeded job re-evaluated on a schedule on the newest upload of a dataset (core's half, shared by the
+API, which creates monitors and starts runs on demand, and the worker, which runs the scheduled ones and concludes
+each run when its evaluation job ends: jobs/monitor.py, jobs/evaluate_job.py).
+
+Scheduling is RQ's own: each monitor has one RQ job `ftjobs.jobs.monitor.run` waiting in the validation queue's
+ScheduledJobRegistry for the next time its cron expression names (rq.cron's reading of it); RQ's scheduler
+(workers run `with_scheduler`) enqueues it when due, and the run schedules the next one before it starts. A run
+finds the newest file of the tenant whose filename is the monitor's `dataset`, creates an ordinary evaluation job
+(evaluate_only, the monitored job's weights) on it and records the run as `evaluating`. The evaluation job concludes
+the run (`conclude`): the metric against the monitored job's results.final, `ok` or `degraded`; a degraded run queues
+a `monitor.degraded` webhook event and, with `retrain`, starts a job that continues from the monitored job
+(parent_job_id) on the new file. The request templates of both jobs were checked and resolved by the API when the
+monitor was created (its method inherited, its files replaced per run).
+
+Redis: `ftjobs:monitors:{tenant}` (hash: monitor id -> record), `ftjobs:monitor-runs:{tenant}:{id}` (hash: run id ->
+MonitorRun; ids are time-ordered), `ftjobs:monitor-run-claims:{tenant}:{run}` (a run is concluded once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from redis import Redis
+from rq.cron import CronJob
+
+from ftjobs.client.models import TASK_FORMATS, FileObject, JobCreate, Task
+from ftjobs.client.models.monitors import Monitor, MonitorRun
+from ftjobs.core import keys, webhooks
+from ftjobs.core.job_writes import create_job
+from ftjobs.core.queue import JobQueue
+from ftjobs.core.records import as_text, new_id
+from ftjobs.core.settings import Settings
+
+MONITOR_FUNC = "ftjobs.jobs.monitor.run"  # the scheduled RQ job (jobs/worker.py runs it among ftjobs' own)
+MONITOR_KEY, RUN_KEY = "monitor_id", "monitor_run"  # metadata of a monitor's evaluation job
+MAX_RUNS = 100  # runs kept per monitor (the oldest go)
+CLAIM_TTL_S = 30 * 24 * 3600
+LOWER_IS_BETTER = ("loss", "perplexity")
+DEGRADED_EVENT = "monitor.degraded"
+
+
+def monitors_key(tenant: str) -> str:
+    return f"{keys.PREFIX}:monitors:{tenant}"
+
+
+def runs_key(tenant: str, monitor_id: str) -> str:
+    return f"{keys.PREFIX}:monitor-runs:{tenant}:{monitor_id}"
+
+
+def higher_is_better(metric: str) -> bool:
+    return not any(word in metric for word in LOWER_IS_BETTER)
+
+
+def next_time(schedule: str, after: float) -> float:
+    """Unix seconds of the first time after `after` that the cron expression names, as RQ's cron computes it (the
+    worker's local time); ValueError for an expression it cannot read."""
+    cron = CronJob(queue_name="-", func_name=MONITOR_FUNC, cron=schedule)  # parses it: ValueError when invalid
+    cron.latest_enqueue_time = datetime.fromtimestamp(after, UTC)
+    return cron.get_next_enqueue_time().timestamp()
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def save(redis: Redis, record: dict[str, Any]) -> None:
+    """A monitor's record: {"monitor": Monitor, "evaluation": JobCreate template, "retraining": ... | None,
+    "queue": the training queue of its jobs, "next_rq_id": its scheduled RQ job}."""
+    monitor = record["monitor"]
+    redis.hset(monitors_key(monitor["tenant"]), monitor["id"], json.dumps(record))
+
+
+def load(redis: Redis, tenant: str, monitor_id: str) -> dict[str, Any] | None:
+    raw = redis.hget(monitors_key(tenant), monitor_id)
+    return json.loads(raw) if raw is not None else None
+
+
+def all_records(redis: Redis, tenant: str) -> list[dict[str, Any]]:
+    """Every monitor record of the tenant, newest first (ids are time-ordered)."""
+    raw = cast(dict[bytes, bytes], redis.hgetall(monitors_key(tenant)))
+    return [json.loads(raw[k]) for k in sorted(raw, reverse=True)]
+
+
+def view(redis: Redis, record: dict[str, Any]) -> Monitor:
+    """The API's Monitor: the record's monitor with its newest run."""
+    monitor = Monitor.model_validate(record["monitor"])
+    latest = runs(redis, monitor.tenant, monitor.id, limit=1)
+    monitor.last_run = latest[0] if latest else None
+    return monitor
+
+
+def delete(redis: Redis, settings: Settings, tenant: str, monitor_id: str) -> bool:
+    """Remove the monitor, its scheduled RQ job and its runs; False when there was none."""
+    record = load(redis, tenant, monitor_id)
+    if record is None:
+        return False
+    unschedule(redis, settings, record)
+    redis.hdel(monitors_key(tenant), monitor_id)
+    redis.delete(runs_key(tenant, monitor_id))
+    return True
+
+
+# ----------------------------------------------------------------------------- scheduling (RQ's scheduler)
+
+
+def schedule_next(redis: Redis, settings: Settings, record: dict[str, Any], after: float | None = None) -> None:
+    """Put the monitor's next run in RQ's ScheduledJobRegistry (validation queue) and note it in the record."""
+    monitor = record["monitor"]
+    due = next_time(monitor["schedule"], time.time() if after is None else after)
+    rq_id = f"monitor-{monitor['id']}-{int(due)}"
+    payload = {"tenant": monitor["tenant"], "monitor_id": monitor["id"], "due": due}
+    queue = JobQueue(redis, settings).queue(settings.validate_queue)
+    queue.enqueue_at(
+        datetime.fromtimestamp(due, UTC),
+        MONITOR_FUNC,
+        kwargs={"payload": payload},
+        job_id=rq_id,
+        description=f"monitor {monitor['id']} (tenant {monitor['tenant']}) due {int(due)}",
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+    )
+    monitor["next_run_at"], record["next_rq_id"] = due, rq_id
+    save(redis, record)
+
+
+def unschedule(redis: Redis, settings: Settings, record: dict[str, Any]) -> None:
+    """Drop the monitor's waiting RQ job (a run that starts anyway finds the monitor gone, or not due)."""
+    rq_id = record.get("next_rq_id")
+    if rq_id:
+        queue = JobQueue(redis, settings).queue(settings.validate_queue)
+        queue.scheduled_job_registry.remove(rq_id, delete_job=True)
+
+
+def is_due(record: dict[str, Any], due: float) -> bool:
+    """A scheduled run is the monitor's current one (not one a re-created schedule replaced)."""
+    return abs(float(record["monitor"].get("next_run_at") or 0) - due) < 1.0
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def newest_file(redis: Redis, tenant: str, filename: str) -> FileObject | None:
+    """The tenant's newest dataset file named `filename` (file ids are time-ordered: newest first)."""
+    high = "+"
+    while True:
+        ids = [as_text(m) for m in cast(list[bytes], redis.zrange(
+            keys.tenant_files_key(tenant), high, "-", desc=True, bylex=True, offset=0, num=200
+        ))]  # fmt: skip
+        if not ids:
+            return None
+        for raw in redis.mget([keys.file_key(tenant, i) for i in ids]):
+            if raw is not None:
+                file = FileObject.model_validate_json(raw)
+                if file.filename == filename and file.format is not None:
+                    return file
+        high = f"({ids[-1]}"
+
+
+def start_run(redis: Redis, settings: Settings, record: dict[str, Any], trigger: str) -> MonitorRun:
+    """Start one run: an evaluation job of the monitored job on the dataset's newest file (or a failed run)."""
+    monitor = Monitor.model_validate(record["monitor"])
+    run = MonitorRun(
+        id=new_id("run-"), monitor_id=monitor.id, trigger=trigger, created_at=time.time(), status="evaluating",  # type: ignore[arg-type]
+        metric=monitor.metric, reference=monitor.reference,
+    )  # fmt: skip
+    file = newest_file(redis, monitor.tenant, monitor.dataset)
+    if file is None:
+        return _finish(redis, monitor.tenant, run, status="failed", error=f"no file named {monitor.dataset!r}")
+    run.file_id = file.id
+    task = Task(record["evaluation"]["task"])
+    if file.format not in TASK_FORMATS[task]:
+        return _finish(redis, monitor.tenant, run, status="failed", error=f"{file.id} has format {file.format}; "
+                       f"task {task.value} needs one of: {', '.join(sorted(TASK_FORMATS[task]))}")  # fmt: skip
+    metadata = {**record["evaluation"].get("metadata", {}), MONITOR_KEY: monitor.id, RUN_KEY: run.id}
+    request = JobCreate.model_validate(
+        {**record["evaluation"], "training_file": file.id, "validation_file": file.id, "metadata": metadata}
+    )
+    _add_run(redis, monitor.tenant, run)  # before the job exists: it may conclude the run very soon
+    why = f"Evaluation job created by monitor {monitor.id} (run {run.id}) on {file.id}."
+    run.evaluation_job_id = create_job(redis, monitor.tenant, request, record.get("queue"), why)
+    _add_run(redis, monitor.tenant, run)
+    JobQueue(redis, settings).enqueue_validation(monitor.tenant, run.evaluation_job_id, queue=record.get("queue"))
+    return run
+
+
+def conclude(
+    redis: Redis, settings: Settings, tenant: str, monitor_id: str, run_id: str, final: dict[str, Any]
+) -> MonitorRun | None:
+    """The run's decision from its evaluation's results.final: ok or degraded (then the webhook event and, with
+    `retrain`, the retraining job). None when the monitor or run is gone, or the run was concluded already."""
+    record, run = load(redis, tenant, monitor_id), get_run(redis, tenant, monitor_id, run_id)
+    if record is None or run is None or run.status != "evaluating":
+        return None
+    if not redis.set(f"{keys.PREFIX}:monitor-run-claims:{tenant}:{run_id}", 1, nx=True, ex=CLAIM_TTL_S):
+        return None  # another attempt of the evaluation concluded it
+    monitor = Monitor.model_validate(record["monitor"])
+    value = final.get(monitor.metric)
+    if not isinstance(value, int | float):
+        return _finish(redis, tenant, run, status="failed", error=f"the evaluation has no {monitor.metric!r}")
+    run.value = float(value)
+    run.drop = monitor.reference - run.value if monitor.higher_is_better else run.value - monitor.reference
+    if run.drop <= monitor.threshold:
+        return _finish(redis, tenant, run, status="ok")
+    if monitor.retrain and record.get("retraining") and run.file_id:
+        request = JobCreate.model_validate({**record["retraining"], "training_file": run.file_id})
+        why = f"Retraining job created by monitor {monitor.id} (run {run.id}): {describe(run, 'degraded')}"
+        run.retrain_job_id = create_job(redis, tenant, request, record.get("queue"), why)
+        JobQueue(redis, settings).enqueue_validation(tenant, run.retrain_job_id, queue=record.get("queue"))
+    finished = _finish(redis, tenant, run, status="degraded")
+    data = {**finished.model_dump(mode="json"), "job_id": monitor.job_id, "dataset": monitor.dataset}
+    webhooks.add_event(redis, tenant, DEGRADED_EVENT, run.evaluation_job_id or "", data)
+    return finished
+
+
+def describe(run: MonitorRun, status: str | None = None) -> str:
+    """One line for an event: the metric, what it was, what it is, the decision."""
+    status = status or run.status
+    what = f"{run.metric} {run.value:.4g} vs {run.reference:.4g} (drop {run.drop:.4g})" if run.value is not None else ""
+    retrain = f"; retraining job {run.retrain_job_id}" if run.retrain_job_id else ""
+    return f"monitor {run.monitor_id} run {run.id}: {status}: {what}{retrain}".rstrip(": ")
+
+
+def get_run(redis: Redis, tenant: str, monitor_id: str, run_id: str) -> MonitorRun | None:
+    raw = redis.hget(runs_key(tenant, monitor_id), run_id)
+    return MonitorRun.model_validate_json(raw) if raw is not None else None
+
+
+def runs(redis: Redis, tenant: str, monitor_id: str, after: str | None = None, limit: int = 20) -> list[MonitorRun]:
+    """The monitor's runs, newest first, from below `after`; a run whose evaluation job failed or was cancelled
+    reads `failed` (its job never reached the conclusion)."""
+    raw = cast(dict[bytes, bytes], redis.hgetall(runs_key(tenant, monitor_id)))
+    ids = sorted((as_text(k) for k in raw), reverse=True)
+    ids = [i for i in ids if after is None or i < after][:limit]
+    found = [MonitorRun.model_validate_json(raw[i.encode()]) for i in ids]
+    for run in found:
+        if run.status == "evaluating" and run.evaluation_job_id:
+            status = redis.hget(keys.job_key(tenant, run.evaluation_job_id), str(keys.JobField.status))
+            if status is not None and json.loads(status) in ("failed", "cancelled"):
+                run.status, run.error = "failed", f"evaluation job {run.evaluation_job_id} {json.loads(status)}"
+    return found
+
+
+def _add_run(redis: Redis, tenant: str, run: MonitorRun) -> None:
+    key = runs_key(tenant, run.monitor_id)
+    redis.hset(key, run.id, run.model_dump_json())
+    ids = sorted(as_text(k) for k in cast(list[bytes], redis.hkeys(key)))
+    if len(ids) > MAX_RUNS:
+        redis.hdel(key, *ids[: len(ids) - MAX_RUNS])
+
+
+def _finish(redis: Redis, tenant: str, run: MonitorRun, status: str, error: str | None = None) -> MonitorRun:
+    run.status, run.error, run.finished_at = status, error, time.time()  # type: ignore[assignment]
+    _add_run(redis, tenant, run)
+    return run
