@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from ftjobs.client.models import ArtifactList
 from ftjobs.core.keys import artifact_path
+from ftjobs.core.storage import Storage
 from ftjobs.service.deps import StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import ArtifactNotFound, JobNotFound, ValidationError, error_responses
 
@@ -57,6 +58,22 @@ def content_disposition(name: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(base, safe='')}"
 
 
+def stored_file(storage: Storage, path: str, name: str, sha256: str, missing: Exception) -> StreamingResponse:
+    """A listed file of the store, streamed with its sha256, length and download name (`missing`: raised when the
+    listing names a file the store no longer has)."""
+    try:
+        size = storage.size(path)
+        handle = storage.open(path)
+    except FileNotFoundError:
+        raise missing from None
+    headers = {
+        "X-Content-SHA256": sha256,
+        "Content-Length": str(size),
+        "Content-Disposition": content_disposition(name),
+    }
+    return StreamingResponse(storage.iter_bytes(handle), media_type=media_type(name), headers=headers)
+
+
 @router.get("", responses=error_responses(JobNotFound, ValidationError))
 def list_artifacts(job_id: str, tenant: TenantDep, store: StoreDep) -> ArtifactList:
     """List a job's finalised artifacts (empty until the job succeeds)."""
@@ -76,15 +93,5 @@ def download_artifact(
     artifact = next((a for a in job.artifacts if a.name == name), None)
     if artifact is None:  # only listed (finalised) artifacts are served: no path ever reaches storage unchecked
         raise ArtifactNotFound(f"Job {job_id} has no artifact {name!r}.", param="name")
-    path = artifact_path(tenant, job_id, artifact.name)
-    try:
-        size = storage.size(path)
-        handle = storage.open(path)
-    except FileNotFoundError:
-        raise ArtifactNotFound(f"Artifact {name!r} of job {job_id} is missing from the store.", param="name") from None
-    headers = {
-        "X-Content-SHA256": artifact.sha256,
-        "Content-Length": str(size),
-        "Content-Disposition": content_disposition(artifact.name),
-    }
-    return StreamingResponse(storage.iter_bytes(handle), media_type=media_type(artifact.name), headers=headers)
+    missing = ArtifactNotFound(f"Artifact {name!r} of job {job_id} is missing from the store.", param="name")
+    return stored_file(storage, artifact_path(tenant, job_id, artifact.name), artifact.name, artifact.sha256, missing)

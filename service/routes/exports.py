@@ -26,7 +26,7 @@ from ftjobs.service.errors import (
     error_responses,
 )
 from ftjobs.service.routes import jobs
-from ftjobs.service.routes.artifacts import DOWNLOAD, content_disposition, media_type
+from ftjobs.service.routes.artifacts import DOWNLOAD, stored_file
 from ftjobs.service.store import Store
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/exports", tags=["exports"])
@@ -142,14 +142,5 @@ def download_export_file(
     if listed is None:  # only a finished export's listed files are served: no path reaches storage unchecked
         raise ExportNotFound(f"Export {export_id} has no file {name!r} ({export.status.value}).", param="name")
     path = f"{exports.export_dir(tenant, job_id, export_id)}/{listed.name}"
-    try:
-        size = storage.size(path)
-        handle = storage.open(path)
-    except FileNotFoundError:
-        raise ExportNotFound(f"File {name!r} of export {export_id} is missing from the store.", param="name") from None
-    headers = {
-        "X-Content-SHA256": listed.sha256,
-        "Content-Length": str(size),
-        "Content-Disposition": content_disposition(listed.name),
-    }
-    return StreamingResponse(storage.iter_bytes(handle), media_type=media_type(listed.name), headers=headers)
+    missing = ExportNotFound(f"File {name!r} of export {export_id} is missing from the store.", param="name")
+    return stored_file(storage, path, listed.name, listed.sha256, missing)
