@@ -16,7 +16,10 @@ the blocks) in a fresh process, on the same examples in the same order:
 
 Reported per case: real (non-padding) tokens per second over the timed steps (the first --warmup steps are
 left out), peak GPU memory (torch.cuda.max_memory_allocated) and the ratio to `hf padded`. One JSON object
-and a table. Without a CUDA GPU it prints a skip line and exits 0 (`--tiny --cpu` runs a small smoke version).
+(with the versions of torch, transformers, peft ...) and a table. The hf cases import nothing of ftjobs: on a GPU
+image without ftjobs' dependencies they still run, and `ftjobs padded` alone reports the import error. Without a
+CUDA GPU it prints a skip line and exits 0 (`--tiny --cpu` runs a small smoke version: tests/test_bench_gpu.py).
+On a lent GPU machine, bench/gpu_check.sh runs it.
 
     .venv/bin/python bench/gpu.py [--steps 30] [--batch 8] [--max-len 2048] [--out gpu.json]
 """
@@ -101,7 +104,7 @@ def run_case(case: str, folder: Path, data_file: Path, args: argparse.Namespace)
         if "qlora" in case:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.checkpointing)
         model = get_peft_model(model, lora)
-        collator = DataCollatorWithFlattening() if "packed" in case else _pad_collator()
+        collator = DataCollatorWithFlattening() if "packed" in case else _PadToLongest()
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=rows, data_collator=collator)
 
     timer = _Timer(args.warmup, cuda)
@@ -110,6 +113,20 @@ def run_case(case: str, folder: Path, data_file: Path, args: argparse.Namespace)
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     return {"case": case, **timer.result(), "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+
+
+class _PadToLongest:
+    """The hf cases' padding, ftjobs' PadCollator(0, 8) restated: input_ids with 0, labels with -100, the mask with
+    0, to the batch's longest rounded up to 8. Its own copy: the hf cases import nothing of ftjobs (and none of its
+    dependencies), so they run wherever torch, transformers and peft do (a GPU image without ftjobs installed)."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = -(-max(len(f["input_ids"]) for f in features) // 8) * 8
+        pads = {"input_ids": 0, "labels": -100, "attention_mask": 0}
+        return {key: torch.tensor([f[key] + [pad] * (longest - len(f[key])) for f in features], dtype=torch.long)
+                for key, pad in pads.items()}  # fmt: skip
 
 
 def _pad_collator() -> Any:
@@ -189,6 +206,8 @@ def main() -> int:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmup < 1 or args.steps <= args.warmup:  # the timer starts at the end of step --warmup, times the rest
+        parser.error(f"--steps ({args.steps}) must be more than --warmup ({args.warmup}), and --warmup at least 1")
 
     if args.case:  # a child: one case, one JSON line
         print(json.dumps(run_case(args.case, Path(args.model), Path(args.data), args)), flush=True)
@@ -222,19 +241,13 @@ def main() -> int:
             if done.returncode != 0:
                 results.append({"case": case, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "?"})
                 print(done.stderr[-2000:], file=sys.stderr)
-                continue
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{case}: {results[-1]}", file=sys.stderr, flush=True)
-    base = next((r for r in results if r["case"] == "hf padded" and r.get("tokens_per_s")), None)
-    for r in results:
-        if base and r.get("tokens_per_s"):
-            r["speed_vs_hf_padded"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
-            if base.get("peak_gpu_bytes") and r.get("peak_gpu_bytes"):
-                r["memory_vs_hf_padded"] = round(r["peak_gpu_bytes"] / base["peak_gpu_bytes"], 3)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    summary = {"device": device, "model": "tiny" if args.tiny else "llama-1.1B", "steps": args.steps,
-               "warmup": args.warmup, "batch": args.batch, "max_len": args.max_len,
-               "checkpointing": args.checkpointing, "results": results}  # fmt: skip
+            else:
+                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(f"{case}: {results[-1]}", file=sys.stderr, flush=True)
+            if args.out:  # after each case: a run stopped at its time limit keeps the cases it finished
+                Path(args.out).write_text(json.dumps({**_summary(args, results), "partial": True}, indent=2))
+    summary = _summary(args, results)
+    device = summary["device"]
     print(f"\n{device}, {summary['model']}, LoRA r16, batch {args.batch}, lengths 32..{args.max_len}, "
           f"{args.steps} steps ({args.warmup} warm-up)")  # fmt: skip
     print(f"{'case':18}{'tokens/s':>12}{'x hf padded':>13}{'peak GiB':>10}{'x memory':>10}")
@@ -249,6 +262,36 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _summary(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's JSON: its settings, the versions, each case with its ratios to `hf padded`."""
+    import torch
+
+    base = next((r for r in results if r["case"] == "hf padded" and r.get("tokens_per_s")), None)
+    for r in results:
+        if base and r.get("tokens_per_s"):
+            r["speed_vs_hf_padded"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
+            if base.get("peak_gpu_bytes") and r.get("peak_gpu_bytes"):
+                r["memory_vs_hf_padded"] = round(r["peak_gpu_bytes"] / base["peak_gpu_bytes"], 3)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"device": device, "model": "tiny" if args.tiny else "llama-1.1B", "steps": args.steps,
+            "warmup": args.warmup, "batch": args.batch, "max_len": args.max_len, "checkpointing": args.checkpointing,
+            "versions": _versions(), "results": results}  # fmt: skip
+
+
+def _versions() -> dict[str, str | None]:
+    """The installed versions that the numbers depend on (a GPU image's own torch and transformers may differ from
+    the project's pins)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "liger-kernel", "bitsandbytes"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _importable(name: str) -> bool:

@@ -4,7 +4,9 @@ One llama-shaped model built in code (random weights, saved once); each configur
 fresh interpreter, the way a job does (ftjobs' load_model and apply_method, the Trainer's fused AdamW, fp32,
 padded batches of random tokens), and reports its peak RSS (getrusage) and its RSS before the weights loaded.
 The estimate is for what training adds, so the ratio compared is estimate / (peak RSS - RSS before loading);
-the whole-process ratio is printed beside it.
+the whole-process ratio is printed beside it. The FSDP configuration runs its ranks under torchrun (gloo, each
+rank's Trainer as a job's rank builds it: jobs/training/sharding.py) and compares the per-rank estimate with the
+rank whose peak grew most.
 
     .venv/bin/python bench/preflight.py [--hidden 512] [--layers 8] [--batch 4] [--seq 256]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,14 +27,15 @@ sys.path.insert(0, str(REPO))
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, os, resource, sys
     from pathlib import Path
     import torch
     from transformers import Trainer, TrainingArguments
     from ftjobs.client.models import FullMethod, LoraMethod, PromptTuningMethod, Task
     from ftjobs.jobs.data.inputs import load_model
     from ftjobs.jobs.training.methods import apply_method
-    from ftjobs.jobs.training.trainer import PadCollator
+    from ftjobs.jobs.training import sharding
+    from ftjobs.jobs.training.trainer import JobTrainer, PadCollator
 
     def rss() -> int:
         for line in open("/proc/self/status"):
@@ -44,6 +48,10 @@ CHILD = textwrap.dedent(
     vocab = cfg["vocab"]
     rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
             for ids in (torch.randint(5, vocab, (cfg["seq"],)).tolist() for _ in range(cfg["batch"] * cfg["steps"]))]
+    fsdp = cfg.get("processes", 1) > 1
+    if fsdp:  # a rank under torchrun, as a job's rank trains (FTJOBS_SHARDING=fsdp: jobs/training/sharding.py)
+        torch.distributed.init_process_group("gloo")
+        torch.set_num_threads(1)
     before = rss()
     model = load_model(folder, Task.causal_lm, None)
     method = {"full": FullMethod(), "lora": LoraMethod(r=16, alpha=32),
@@ -52,18 +60,24 @@ CHILD = textwrap.dedent(
     args = TrainingArguments(output_dir=out, report_to="none", per_device_train_batch_size=cfg["batch"],
                              max_steps=cfg["steps"], save_strategy="no", logging_steps=1, disable_tqdm=True,
                              gradient_checkpointing=cfg["checkpointing"], remove_unused_columns=False,
-                             label_names=["labels"], dataloader_num_workers=0, learning_rate=1e-4)
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(0)).train()
+                             label_names=["labels"], dataloader_num_workers=0, learning_rate=1e-4,
+                             **sharding.sharding_arguments())
+    trainer = (JobTrainer if fsdp else Trainer)(model=model, args=args, train_dataset=rows,
+                                                data_collator=PadCollator(0))
+    trainer.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"before": before, "peak": peak}))
+    print("RSS " + json.dumps({"before": before, "peak": peak, "rank": int(os.environ.get("RANK", "0"))}))
+    if fsdp:
+        torch.distributed.destroy_process_group()
     """
 )
 
-CONFIGS = [  # (name, method, gradient checkpointing)
-    ("full", "full", False),
-    ("lora", "lora", False),
-    ("full + checkpointing", "full", True),
-    ("prompt tuning", "prompt_tuning", False),
+CONFIGS = [  # (name, method, gradient checkpointing, processes: > 1 is FSDP on that many ranks, per rank)
+    ("full", "full", False, 1),
+    ("lora", "lora", False, 1),
+    ("full + checkpointing", "full", True, 1),
+    ("prompt tuning", "prompt_tuning", False, 1),
+    ("full, FSDP 2 ranks", "full", False, 2),
 ]
 
 
@@ -94,7 +108,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from ftjobs.client.models import FullMethod, LoraMethod, PromptTuningMethod, Task
-    from ftjobs.jobs.training.preflight import GiB, estimate, model_shape
+    from ftjobs.jobs.training.preflight import GiB, estimate, model_shape, shard
 
     methods = {"full": FullMethod(), "lora": LoraMethod(r=16, alpha=32),
                "prompt_tuning": PromptTuningMethod(num_virtual_tokens=16)}  # fmt: skip
@@ -102,20 +116,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ftjobs-preflight-") as tmp:
         folder = Path(tmp) / "model"
         build(folder, args.hidden, args.layers, args.vocab)
-        for name, method, checkpointing in CONFIGS:
+        for name, method, checkpointing, processes in CONFIGS:
             shape = model_shape(folder, Task.causal_lm, None, methods[method])
             seq = args.seq + (16 if method == "prompt_tuning" else 0)  # the virtual tokens join the sequence
             parts = estimate(shape, args.batch, seq, checkpointing, Task.causal_lm, "cpu")
             cfg = {"method": method, "checkpointing": checkpointing, "batch": args.batch, "seq": args.seq,
-                   "steps": args.steps, "vocab": args.vocab}  # fmt: skip
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(folder), str(Path(tmp) / name.replace(" ", "-")), json.dumps(cfg)],
-                capture_output=True, text=True, cwd=REPO,
-            )  # fmt: skip
+                   "steps": args.steps, "vocab": args.vocab, "processes": processes}  # fmt: skip
+            command = [sys.executable, "-c", CHILD]
+            env = dict(os.environ)
+            if processes > 1:  # FSDP ranks (gloo), the estimate per rank; the larger rank peak is compared
+                parts = shard(parts, processes, "cpu")
+                script = Path(tmp) / "child.py"
+                script.write_text(CHILD)
+                command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", str(script)]  # fmt: skip
+                env.update(FTJOBS_SHARDING="fsdp", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+            out = str(Path(tmp) / name.replace(" ", "-").replace(",", ""))
+            done = subprocess.run([*command, str(folder), out, json.dumps(cfg)], capture_output=True, text=True,
+                                  cwd=REPO, env=env)  # fmt: skip
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
                 return 1
-            got = json.loads(done.stdout.strip().splitlines()[-1])
+            ranks = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("RSS ")]
+            got = max(ranks, key=lambda r: r["peak"] - r["before"])
             measured = got["peak"] - got["before"]
             rows.append({"config": name, "parameters": shape.parameters, "trainable": shape.trainable,
                          "estimate": sum(parts.values()), "parts": parts, "measured": measured,

@@ -79,7 +79,9 @@ def monitors(args: argparse.Namespace, api: Client) -> int:
         history = api.monitors.runs(args.monitor, limit=args.limit)
         if not _json(args, history):
             runs = [(_when(r.created_at), r.id, r.trigger, r.status, _num(r.value), _num(r.drop),
-                     r.evaluation_job_id or "-", r.retrain_job_id or "-") for r in history.data]  # fmt: skip
+                     r.evaluation_job_id or r.reason or "-",  # a limit's name: what kept the job from starting
+                     r.retrain_job_id or (r.reason if r.status == "degraded" else None) or "-")
+                    for r in history.data]  # fmt: skip
             print(table(["at", "run", "trigger", "status", "value", "drop", "evaluation", "retraining"], runs))
     return 0
 

@@ -20,6 +20,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--processes", type=int, help="training processes for the job (data-parallel; default 1)")
+    p.add_argument("--nodes", type=int, help="machines (workers) the job trains on at once, --processes on each")
     p.add_argument("--gpus-per-process", type=int, choices=[0, 1], help="0: CPU only; default 1 on GPU workers")
     p.add_argument("--hardware", help="hardware class to train on (its queue), e.g. cpu or gpu")
     p.add_argument("--sharding", choices=SHARDING, help="ddp (default) or fsdp (method full, GPU workers)")
@@ -42,6 +43,7 @@ def resource_fields(args: argparse.Namespace) -> dict[str, Any] | None:
     """`resources` as given on the command line; None when no flag set one."""
     given = {
         "processes": args.processes,
+        "nodes": args.nodes,
         "gpus_per_process": args.gpus_per_process,
         "hardware": args.hardware,
         "sharding": args.sharding,

@@ -30,6 +30,7 @@ from ftjobs.client.models.admin import (
 )
 from ftjobs.core.admission import Admission
 from ftjobs.core.keys import HEARTBEATS_KEY, PREFIX, parse_heartbeat_member, status_index_prefix
+from ftjobs.core.queue import NodePayload
 from ftjobs.core.settings import Settings
 
 log = logging.getLogger("ftjobs.fleet")
@@ -162,9 +163,16 @@ def worker_overview(connection: Redis) -> WorkerOverview:
     return WorkerOverview(workers=out)
 
 
-def _current_payload(connection: Redis, rq_id: str) -> QueuePayload | None:
+def _current_payload(connection: Redis, rq_id: str) -> QueuePayload | NodePayload | None:
+    """The attempt an RQ job runs: a job's own, or the one a member node (a multi-node job's) takes part in."""
     try:
         job = RQJob.fetch(rq_id, connection=connection, serializer=JSONSerializer)
-        return QueuePayload.model_validate((job.kwargs or {}).get("payload"))
+        raw = (job.kwargs or {}).get("payload")
     except Exception:
         return None
+    for model in (QueuePayload, NodePayload):
+        try:
+            return model.model_validate(raw)
+        except ValueError:
+            continue
+    return None

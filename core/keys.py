@@ -158,6 +158,22 @@ def suspect_key(tenant: str, job_id: str, attempt: int, status: str) -> str:
     return f"{PREFIX}:suspect:{tenant}|{job_id}|{attempt}|{status}"
 
 
+# Multi-process and multi-node attempts (jobs/training/distributed.py, jobs/training/nodes.py); both expire.
+RANKS_TTL_S = 24 * 3600
+
+
+def ranks_key(tenant: str, job_id: str, attempt: int) -> str:
+    """Hash of an attempt's ranks' last words: field = global rank, value = JSON (rank 0's outcome, a rank's error,
+    or that it ended well), written by each rank wherever it runs and read by the attempt's horse."""
+    return f"{PREFIX}:ranks:{tenant}|{job_id}|{attempt}"
+
+
+def nodes_key(tenant: str, job_id: str, attempt: int) -> str:
+    """Hash of a multi-node attempt's gang: `endpoint` (the rendezvous HOST:PORT), `closed` (the horse stopped
+    waiting), `node-<k>` (member k's word: `joined`, or a JSON error/leave) for k = 1 .. nodes-1."""
+    return f"{PREFIX}:nodes:{tenant}|{job_id}|{attempt}"
+
+
 # --------------------------------------------------------------------------- webhooks (core/webhooks.py)
 # A status change into one of WEBHOOK_STATUSES appends {tenant, job, status} to the outbox stream, inside
 # GUARDED_WRITE (so no transition is lost), when the tenant has endpoints. The dispatcher's consumer group fans each

@@ -12,6 +12,11 @@ a `monitor.degraded` webhook event and, with `retrain`, starts a job that contin
 (parent_job_id) on the new file. The request templates of both jobs were checked and resolved by the API when the
 monitor was created (its method inherited, its files replaced per run).
 
+Both jobs count against the tenant's max_active_jobs as any job does (`job_writes.create_job` with the limit): at
+the quota a scheduled run is recorded `skipped` (reason `max_active_jobs`, a `monitor.skipped` webhook event), a
+manual one is refused (the API answers 429) and nothing is recorded, and a degraded run starts no retraining job
+(its `reason` and `warning` say so, and so does its `monitor.degraded` event).
+
 Redis: `ftjobs:monitors:{tenant}` (hash: monitor id -> record), `ftjobs:monitor-runs:{tenant}:{id}` (hash: run id ->
 MonitorRun; ids are time-ordered), `ftjobs:monitor-run-claims:{tenant}:{run}` (a run is concluded once).
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from redis import Redis
 from rq.cron import CronJob
@@ -29,17 +34,19 @@ from rq.cron import CronJob
 from ftjobs.client.models import TASK_FORMATS, FileObject, JobCreate, Task
 from ftjobs.client.models.monitors import Monitor, MonitorRun
 from ftjobs.core import keys, webhooks
-from ftjobs.core.job_writes import create_job
+from ftjobs.core.job_writes import AtQuota, create_job
 from ftjobs.core.queue import JobQueue
 from ftjobs.core.records import as_text, new_id
 from ftjobs.core.settings import Settings
+from ftjobs.core.tenants import TenantsSource
 
 MONITOR_FUNC = "ftjobs.jobs.monitor.run"  # the scheduled RQ job (jobs/worker.py runs it among ftjobs' own)
 MONITOR_KEY, RUN_KEY = "monitor_id", "monitor_run"  # metadata of a monitor's evaluation job
 MAX_RUNS = 100  # runs kept per monitor (the oldest go)
 CLAIM_TTL_S = 30 * 24 * 3600
 LOWER_IS_BETTER = ("loss", "perplexity")
-DEGRADED_EVENT = "monitor.degraded"
+DEGRADED_EVENT, SKIPPED_EVENT = "monitor.degraded", "monitor.skipped"
+QUOTA: Literal["max_active_jobs"] = "max_active_jobs"  # the limit a run's jobs count against (MonitorRun.reason)
 
 
 def monitors_key(tenant: str) -> str:
@@ -52,6 +59,11 @@ def runs_key(tenant: str, monitor_id: str) -> str:
 
 def higher_is_better(metric: str) -> bool:
     return not any(word in metric for word in LOWER_IS_BETTER)
+
+
+def max_active_jobs(settings: Settings, tenant: str) -> int | None:
+    """The tenant's max_active_jobs as the tenants file says now (the worker's view; the API has its own)."""
+    return TenantsSource(settings.tenants_file, settings.api_keys).current().limits(tenant).max_active_jobs
 
 
 def next_time(schedule: str, after: float) -> float:
@@ -158,8 +170,11 @@ def newest_file(redis: Redis, tenant: str, filename: str) -> FileObject | None:
         high = f"({ids[-1]}"
 
 
-def start_run(redis: Redis, settings: Settings, record: dict[str, Any], trigger: str) -> MonitorRun:
-    """Start one run: an evaluation job of the monitored job on the dataset's newest file (or a failed run)."""
+def start_run(
+    redis: Redis, settings: Settings, record: dict[str, Any], trigger: str, max_active: int | None
+) -> MonitorRun:
+    """Start one run: an evaluation job of the monitored job on the dataset's newest file (or a failed run); at the
+    tenant's `max_active` jobs a scheduled run is `skipped`, a manual one raises AtQuota and leaves no run."""
     monitor = Monitor.model_validate(record["monitor"])
     run = MonitorRun(
         id=new_id("run-"), monitor_id=monitor.id, trigger=trigger, created_at=time.time(), status="evaluating",  # type: ignore[arg-type]
@@ -179,7 +194,17 @@ def start_run(redis: Redis, settings: Settings, record: dict[str, Any], trigger:
     )
     _add_run(redis, monitor.tenant, run)  # before the job exists: it may conclude the run very soon
     why = f"Evaluation job created by monitor {monitor.id} (run {run.id}) on {file.id}."
-    run.evaluation_job_id = create_job(redis, monitor.tenant, request, record.get("queue"), why)
+    try:
+        run.evaluation_job_id = create_job(redis, monitor.tenant, request, record.get("queue"), why, max_active)
+    except AtQuota as e:
+        if trigger == "manual":  # the caller hears 429 now: a refused request leaves nothing behind
+            redis.hdel(runs_key(monitor.tenant, monitor.id), run.id)
+            raise
+        run.reason, run.warning = QUOTA, f"evaluation not started: {e}"
+        skipped = _finish(redis, monitor.tenant, run, status="skipped")
+        data = {**skipped.model_dump(mode="json"), "job_id": monitor.job_id, "dataset": monitor.dataset}
+        webhooks.add_event(redis, monitor.tenant, SKIPPED_EVENT, monitor.job_id, data)
+        return skipped
     _add_run(redis, monitor.tenant, run)
     JobQueue(redis, settings).enqueue_validation(monitor.tenant, run.evaluation_job_id, queue=record.get("queue"))
     return run
@@ -206,8 +231,13 @@ def conclude(
     if monitor.retrain and record.get("retraining") and run.file_id:
         request = JobCreate.model_validate({**record["retraining"], "training_file": run.file_id})
         why = f"Retraining job created by monitor {monitor.id} (run {run.id}): {describe(run, 'degraded')}"
-        run.retrain_job_id = create_job(redis, tenant, request, record.get("queue"), why)
-        JobQueue(redis, settings).enqueue_validation(tenant, run.retrain_job_id, queue=record.get("queue"))
+        try:
+            run.retrain_job_id = create_job(
+                redis, tenant, request, record.get("queue"), why, max_active_jobs(settings, tenant)
+            )
+            JobQueue(redis, settings).enqueue_validation(tenant, run.retrain_job_id, queue=record.get("queue"))
+        except AtQuota as e:  # the evaluation that concludes is one of the active jobs: it counts too
+            run.reason, run.warning = QUOTA, f"retraining job not started: {e}"
     finished = _finish(redis, tenant, run, status="degraded")
     data = {**finished.model_dump(mode="json"), "job_id": monitor.job_id, "dataset": monitor.dataset}
     webhooks.add_event(redis, tenant, DEGRADED_EVENT, run.evaluation_job_id or "", data)
@@ -217,9 +247,12 @@ def conclude(
 def describe(run: MonitorRun, status: str | None = None) -> str:
     """One line for an event: the metric, what it was, what it is, the decision."""
     status = status or run.status
-    what = f"{run.metric} {run.value:.4g} vs {run.reference:.4g} (drop {run.drop:.4g})" if run.value is not None else ""
+    what = ""
+    if run.value is not None:
+        what = f": {run.metric} {run.value:.4g} vs {run.reference:.4g} (drop {run.drop:.4g})"
     retrain = f"; retraining job {run.retrain_job_id}" if run.retrain_job_id else ""
-    return f"monitor {run.monitor_id} run {run.id}: {status}: {what}{retrain}".rstrip(": ")
+    warning = f"; {run.warning}" if run.warning else ""
+    return f"monitor {run.monitor_id} run {run.id}: {status}{what}{retrain}{warning}"
 
 
 def get_run(redis: Redis, tenant: str, monitor_id: str, run_id: str) -> MonitorRun | None:

@@ -16,6 +16,7 @@ import json
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,7 +29,7 @@ from rq.job import JobStatus as RQJobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 
-from ftjobs.client.models import QueuePayload
+from ftjobs.client.models import JOB_ID_PATTERN, TENANT_PATTERN, QueuePayload
 from ftjobs.core.admission import Admission, Line
 from ftjobs.core.keys import JobField, job_key
 from ftjobs.core.logs import current_request_id
@@ -39,6 +40,7 @@ log = logging.getLogger("ftjobs.queue")
 
 TRAIN_FUNC = "ftjobs.jobs.train.run"  # one training attempt (1, 2 ...), imported by the worker's horse only
 VALIDATE_FUNC = "ftjobs.jobs.validate.run"  # the job's validating_files phase (attempt 0)
+MEMBER_FUNC = "ftjobs.jobs.node.join"  # a member node of a multi-node attempt (jobs/node.py)
 VALIDATE_TIMEOUT_S = 3600
 RESULT_TTL_S = 24 * 3600  # the ftjobs record, not RQ's, is the lasting one
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -49,6 +51,22 @@ def rq_job_id(job_id: str, attempt: int, run: int = 1) -> str:
     """The RQ id of an attempt, `<job_id>-<attempt>`; a validation (attempt 0) enqueued again after its first run
     is `<job_id>-0-<run>`."""
     return f"{job_id}-{attempt}" if attempt or run <= 1 else f"{job_id}-0-{run}"
+
+
+def member_rq_id(job_id: str, attempt: int, node: int) -> str:
+    """The RQ id of member node `node` (1 .. nodes-1) of an attempt: `<job_id>-<attempt>-node<node>`."""
+    return f"{job_id}-{attempt}-node{node}"
+
+
+class NodePayload(BaseModel):
+    """What crosses the queue for one member node of a multi-node attempt (never a QueuePayload: no lease)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    attempt: int = Field(ge=1)
+    node: int = Field(ge=1, le=15, description="This member's index; the node that took the job is 0.")
+    nodes: int = Field(ge=2, le=16)
 
 
 class JobQueue:
@@ -102,6 +120,40 @@ class JobQueue:
             description=f"train {job_id} (tenant {tenant}, attempt {attempt})",
             at_front=at_front,
         )
+
+    def enqueue_members(self, tenant: str, job_id: str, attempt: int, nodes: int, queue: str) -> list[str]:
+        """Member nodes 1 .. nodes-1 of a running multi-node attempt, at the front of its training queue. They
+        bypass the tenant's admission line: they are part of an attempt that was admitted already."""
+        rq_queue, ids = self.queue(queue), []
+        for node in range(1, nodes):
+            payload = NodePayload(job_id=job_id, tenant=tenant, attempt=attempt, node=node, nodes=nodes)
+            job = rq_queue.create_job(
+                MEMBER_FUNC,
+                kwargs={"payload": payload.model_dump()},
+                job_id=member_rq_id(job_id, attempt, node),
+                timeout=self.settings.job_timeout_s,
+                result_ttl=RESULT_TTL_S,
+                failure_ttl=FAILURE_TTL_S,
+                description=f"node {node} of {nodes} for {job_id} (tenant {tenant}, attempt {attempt})",
+            )
+            ids.append(rq_queue.enqueue_job(job, at_front=True).id)
+        return ids
+
+    def remove_members(self, job_id: str, attempt: int, nodes: int) -> int:
+        """Take the attempt's member jobs that no worker took yet off their queue; returns how many. A started
+        member stops by itself when it sees the attempt is over (jobs/node.py)."""
+        removed = 0
+        for node in range(1, nodes):
+            try:
+                job = RQJob.fetch(member_rq_id(job_id, attempt, node), connection=self.connection,
+                                  serializer=JSONSerializer)  # fmt: skip
+                if job.get_status() in WAITING:
+                    job.cancel()
+                    job.delete()
+                    removed += 1
+            except (NoSuchJobError, InvalidJobOperation) as exc:
+                log.info("member %d of %s attempt %d not removed: %s", node, job_id, attempt, exc)
+        return removed
 
     def _enqueue(
         self, func: str, payload: QueuePayload, name: str, rq_id: str, *, timeout: int, description: str,

@@ -2,7 +2,8 @@
 and `ScheduledRuns`, the worker's thread that drives RQ's scheduler.
 
 A run schedules the monitor's next run first (so one failure does not end the schedule), then starts this one: an
-evaluation job on the newest file of the dataset (core/monitors.py). It only writes records and enqueues: seconds.
+evaluation job on the newest file of the dataset (core/monitors.py), unless the tenant is at its max_active_jobs
+(as the tenants file says now): then the run is recorded `skipped`. It only writes records and enqueues: seconds.
 
 RQ's scheduler (`rq.scheduler.RQScheduler`) holds a per-queue lock in Redis, so one scheduler across all workers
 moves due jobs from the queue's ScheduledJobRegistry into the queue. RQ would run it in a process forked from the
@@ -49,8 +50,10 @@ def run(payload: dict[str, Any]) -> dict[str, Any]:
         if record is None or not monitors.is_due(record, p.due):  # deleted, or its schedule was replaced
             return {"monitor_id": p.monitor_id, "status": "skipped"}
         monitors.schedule_next(redis, settings, record, after=max(p.due, record["monitor"]["next_run_at"] or 0))
-        started = monitors.start_run(redis, settings, record, trigger="schedule")
-        log.info("monitor %s: run %s %s", p.monitor_id, started.id, started.status)
+        max_active = monitors.max_active_jobs(settings, p.tenant)
+        started = monitors.start_run(redis, settings, record, trigger="schedule", max_active=max_active)
+        log.info("monitor %s: run %s %s%s", p.monitor_id, started.id, started.status,
+                 f" ({started.warning})" if started.warning else "")  # fmt: skip
         return {"monitor_id": p.monitor_id, "run_id": started.id, "status": started.status}
     finally:
         redis.close()

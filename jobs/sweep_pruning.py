@@ -2,8 +2,9 @@
 (median pruning) says the trial is worse than the completed ones were at the same step, training stops there.
 
 A pruned trial's job then ends like an early-stopped one: `succeeded`, with the weights it has, fewer steps than
-planned, and a warning event saying where and why it was pruned; the sweep lists the trial as `pruned` (the
-driver reads the `pruned_at_step` attribute set here: `jobs/sweep_driver.py`).
+planned, a warning event saying where and why it was pruned, and `results.pruned` (`pruned_outcome`: the sweep, the
+metric, its value and the step); the sweep lists the trial as `pruned` (the driver reads the `pruned_at_step`
+attribute set here: `jobs/sweep_driver.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ftjobs.client.models.sweeps import SweepCreate
 from ftjobs.core import sweeps as layout
 from ftjobs.core.settings import Settings
 from ftjobs.jobs.evaluation.metrics import eval_values, summary
+from ftjobs.jobs.outputs.results import PrunedOutcome
 from ftjobs.jobs.report import Reporter
 
 log = logging.getLogger("ftjobs.sweeps")
@@ -33,6 +35,7 @@ class PruningCallback(TrainerCallback):
         self.reporter = reporter
         self.reported: set[int] = set()
         self.pruned_at: int | None = None
+        self.pruned_value: float | None = None
 
     def on_evaluate(
         self,
@@ -59,7 +62,7 @@ class PruningCallback(TrainerCallback):
             log.warning("could not report step %d to sweep %s", step, self.sweep_id, exc_info=True)
             return
         if pruned:
-            self.pruned_at = step
+            self.pruned_at, self.pruned_value = step, float(value)
             control.should_training_stop = True
             self.reporter.event(
                 f"pruned by sweep {self.sweep_id} at step {step}: {self.metric} {value:.4g} is worse than the median "
@@ -67,6 +70,14 @@ class PruningCallback(TrainerCallback):
                 level=EventLevel.warning,
                 data={"sweep_id": self.sweep_id, "step": step, "metric": self.metric, "value": value},
             )
+
+
+def pruned_outcome(callbacks: list[Any]) -> PrunedOutcome | None:
+    """`results.pruned` of a run whose Trainer holds these callbacks: where its sweep pruned it, or None."""
+    for cb in callbacks:
+        if isinstance(cb, PruningCallback) and cb.pruned_at is not None and cb.pruned_value is not None:
+            return PrunedOutcome(sweep_id=cb.sweep_id, metric=cb.metric, value=cb.pruned_value, at_step=cb.pruned_at)
+    return None
 
 
 def pruning_callbacks(settings: Settings, reporter: Reporter, request: JobCreate) -> list[Any]:

@@ -48,7 +48,8 @@ from ftjobs.jobs.outputs import trackers
 from ftjobs.jobs.outputs.results import EarlyStoppingOutcome, Results
 from ftjobs.jobs.outputs.save import save_outputs
 from ftjobs.jobs.report import Heartbeat, Reporter, ServerPaths
-from ftjobs.jobs.training import checkpoints, distributed, dpo, preflight, safeguards
+from ftjobs.jobs.sweep_pruning import pruned_outcome
+from ftjobs.jobs.training import checkpoints, distributed, dpo, preflight, safeguards, sharding
 from ftjobs.jobs.training.inputs import load_inputs
 from ftjobs.jobs.training.model import build_model
 from ftjobs.jobs.training.run import Baseline, Run, build_trainer
@@ -90,7 +91,7 @@ def _attempt(p: QueuePayload, settings: Settings, redis: Redis) -> dict[str, Any
     with stop, tempfile.TemporaryDirectory(prefix="ftjobs-") as tmp:
         reporter.hidden = ServerPaths.for_settings(settings, [Path(tmp)])
         try:
-            if distributed.processes(record) > 1:  # DDP: this horse supervises the ranks torchrun starts
+            if distributed.processes(record) > 1 or distributed.nodes_of(record) > 1:  # DDP: torchrun's ranks
                 status, results, outputs = distributed.supervise(p, record, settings, store, reporter, Path(tmp))
             else:
                 status, results, outputs = train_job(record, settings, store, reporter, Path(tmp))
@@ -158,7 +159,7 @@ def train_job(
     if run.limits is not None and run.limits.exceeded is not None:  # stopped at a tenant limit: no artifacts
         raise run.limits.exceeded
     evaluate_final(run, trained_evals, reporter, results)
-    distributed.gather_weights(run.trainer)  # FSDP: every rank gathers the full weights rank 0 saves
+    sharding.gather_weights(run.trainer)  # FSDP: every rank gathers the full weights rank 0 saves
     if not distributed.is_main():  # a DDP rank besides 0: rank 0 alone saves and reports the outcome
         return JobStatus.succeeded, results, None
     published = save(run, results, store, reporter, work)
@@ -202,6 +203,7 @@ def train(run: Run, results: Results) -> list[dict[str, Any]]:
         "trained %d steps in %.1f s wall, %.1f s CPU", step, time.monotonic() - started, time.process_time() - cpu
     )
     results.steps = step
+    results.pruned = pruned_outcome(trainer.callback_handler.callbacks)  # a sweep's trial its pruner stopped
     results.train_seconds = round(callback.earlier_seconds + time.monotonic() - started, 3)
     results.tokens_seen = int(trainer.state.num_input_tokens_seen or 0)  # restored from the checkpoint: every attempt's
     results.train_loss = checkpoints.run_train_loss(callback.train_history, resumed, output.training_loss, step)

@@ -52,7 +52,7 @@ from ftjobs.core.admission import Line
 from ftjobs.core.keys import HEARTBEATS_KEY, heartbeat_member
 from ftjobs.core.logs import bind_job, setup_logging
 from ftjobs.core.monitors import MONITOR_FUNC
-from ftjobs.core.queue import TRAIN_FUNC, VALIDATE_FUNC, JobQueue, connect, redact_url
+from ftjobs.core.queue import MEMBER_FUNC, TRAIN_FUNC, VALIDATE_FUNC, JobQueue, NodePayload, connect, redact_url
 from ftjobs.core.settings import Settings
 from ftjobs.jobs.hardware import record_hardware
 from ftjobs.jobs.interrupts import INTERRUPTER, PREEMPT_SIGNAL
@@ -212,6 +212,8 @@ def _ours(job: RQJob) -> bool:
         return plain_call and _monitor_payload(job)
     if _func_name(job) == exports.EXPORT_FUNC:  # an export for serving (jobs/export_job.py): its own payload
         return plain_call and exports.payload_fields((job.kwargs or {}).get("payload")) is not None
+    if _func_name(job) == MEMBER_FUNC:  # a member node of a multi-node attempt (jobs/node.py): no lease, no line
+        return plain_call and _node_payload(job)
     if _func_name(job) == annotation.ANNOTATE_FUNC:  # labeling functions on a file (jobs/annotate_job.py)
         return plain_call and annotation.payload_fields((job.kwargs or {}).get("payload")) is not None
     return _func_name(job) in (TRAIN_FUNC, VALIDATE_FUNC) and plain_call and _payload(job) is not None
@@ -220,6 +222,14 @@ def _ours(job: RQJob) -> bool:
 def _monitor_payload(job: RQJob) -> bool:
     try:
         MonitorPayload.model_validate((job.kwargs or {}).get("payload"))
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _node_payload(job: RQJob) -> bool:
+    try:
+        NodePayload.model_validate((job.kwargs or {}).get("payload"))
     except (ValidationError, TypeError, ValueError):
         return False
     return True
@@ -248,8 +258,8 @@ def _die_with_parent() -> None:
 
 PRELOAD_VALIDATE = ("ftjobs.jobs.validate", "sklearn.model_selection", "datasketch", "cleanlab.filter")
 # What every training attempt imports, lazily or not; task-specific extras (trl for dpo, bitsandbytes) stay lazy.
-PRELOAD_TRAIN = ("ftjobs.jobs.train", "ftjobs.jobs.training.continuation", "peft", "matplotlib.pyplot",
-                 "sacrebleu", "rouge_score.rouge_scorer")
+PRELOAD_TRAIN = ("ftjobs.jobs.train", "ftjobs.jobs.node", "ftjobs.jobs.training.continuation", "peft",
+                 "matplotlib.pyplot", "sacrebleu", "rouge_score.rouge_scorer")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 

@@ -281,7 +281,8 @@ def resolve_hyperparameters(req: JobCreate) -> dict[str, Any]:
             hp["learning_rate"] = 2e-3  # demo data: F1 0.96 after 2 epochs at 2e-3; mostly all-majority at 5e-4
         else:
             hp["learning_rate"] = 2e-4
-    processes = getattr(getattr(req, "resources", None), "processes", None) or 1  # data-parallel processes
+    resources = getattr(req, "resources", None)
+    processes = (getattr(resources, "processes", None) or 1) * (getattr(resources, "nodes", None) or 1)  # all ranks
     steps = req.hyperparameters.gradient_accumulation_steps
     hp["effective_batch_size"] = req.hyperparameters.batch_size * steps * processes  # examples (packed: rows) a step
     return hp
@@ -381,7 +382,8 @@ class Job(BaseModel):
         default_factory=dict,
         description="Summary at the end: `baseline` and `final` evaluation metrics, first/last train loss, "
         "`diagnostics` (overfitting/underfitting flags), `generation` (the eval_generation options behind "
-        "bleu/rouge), and when they apply `early_stopping`, `forgetting`, `confusion_matrix` and `groups`.",
+        "bleu/rouge), and when they apply `early_stopping`, `pruned` (a sweep's trial that its pruner stopped: "
+        "`sweep_id`, `metric`, `value`, `at_step`), `forgetting`, `confusion_matrix` and `groups`.",
     )
     attempt: int = Field(default=0, description="Current attempt number (1 for the first run).")
     cancel_requested: bool = False

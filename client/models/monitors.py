@@ -11,7 +11,7 @@ from ftjobs.client.models.common import JOB_ID_PATTERN, STRICT, Page
 from ftjobs.client.models.training import Hyperparameters
 
 MONITOR_ID_PATTERN = r"^mon-[0-9a-f]{20}$"
-MonitorRunStatus = Literal["evaluating", "ok", "degraded", "failed"]
+MonitorRunStatus = Literal["evaluating", "ok", "degraded", "failed", "skipped"]
 
 
 class MonitorCreate(BaseModel):
@@ -69,7 +69,8 @@ class MonitorRun(BaseModel):
     finished_at: float | None = None
     status: MonitorRunStatus = Field(
         description="`evaluating` until the evaluation job ends; then `ok` or `degraded`, or `failed` (no file, or "
-        "the evaluation job failed or was cancelled: `error`)."
+        "the evaluation job failed or was cancelled: `error`); `skipped`: a scheduled run that started no "
+        "evaluation because the tenant was at a limit (`reason`, `warning`)."
     )
     file_id: str | None = Field(default=None, description="The newest file of the dataset when the run started.")
     evaluation_job_id: str | None = None
@@ -78,6 +79,12 @@ class MonitorRun(BaseModel):
     value: float | None = Field(default=None, description="The metric on the new file.")
     drop: float | None = Field(default=None, description="How much worse than `reference` (negative: better).")
     retrain_job_id: str | None = Field(default=None, description="The retraining job a `degraded` run started.")
+    reason: Literal["max_active_jobs"] | None = Field(
+        default=None,
+        description="The tenant limit that kept a job from starting: the run's evaluation (`skipped`), or a "
+        "`degraded` run's retraining job (then no `retrain_job_id`).",
+    )
+    warning: str | None = Field(default=None, description="What was not started and why, for people.")
     error: str | None = None
 
 

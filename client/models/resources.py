@@ -21,6 +21,15 @@ class Resources(BaseModel):
         "launched with torchrun; gloo on CPU, NCCL on GPU). `batch_size` is per process: the global batch is "
         "batch_size x processes x gradient_accumulation_steps. The worker's torch threads are shared among them.",
     )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Machines (workers of the job's training queue) the job trains on at once, `processes` on each: "
+        "more than 1 starts torchrun on every node with a c10d rendezvous at the worker that took the job, and "
+        "trains on nodes x processes ranks (DDP); the global batch is batch_size x processes x nodes x "
+        "gradient_accumulation_steps.",
+    )
     gpus_per_process: int | None = Field(
         default=None,
         ge=0,
@@ -38,12 +47,14 @@ class Resources(BaseModel):
         default="ddp",
         description="How the processes share the model: `ddp` (each holds a full copy) or `fsdp` (parameters, "
         "gradients and optimizer state sharded across the processes, for full fine-tuning of a model that does "
-        "not fit on one GPU; method full only, processes > 1, on GPU workers).",
+        "not fit on one GPU or one process's memory; method full only, processes > 1; NCCL on GPUs, gloo on CPU).",
     )
 
 
 # Tasks and options tried on several processes (docs/scaling.md); the others are refused with processes > 1.
-DISTRIBUTED_TASKS = frozenset({"causal_lm", "classification"})
+DISTRIBUTED_TASKS = frozenset({"causal_lm", "classification", "dpo", "seq2seq"})
+
+SHARDED_TASKS = frozenset({"causal_lm"})  # tasks run under FSDP (tests/jobs/test_fsdp.py)
 
 
 def resources_conflict(resources: Resources, task: Any, method: Any) -> ValidationError | None:
@@ -55,8 +66,15 @@ def resources_conflict(resources: Resources, task: Any, method: Any) -> Validati
                           f"{method.type}")  # fmt: skip
         if resources.processes < 2:
             return _error("sharding", "fsdp shards the model across processes: set processes to 2 or more")
-        if resources.gpus_per_process == 0:
-            return _error("sharding", "fsdp needs GPU processes (gpus_per_process 1): on CPU use sharding ddp")
+        if task is not None and str(getattr(task, "value", task)) not in SHARDED_TASKS:
+            return _error("sharding", f"fsdp is for task {', '.join(sorted(SHARDED_TASKS))}: use sharding ddp for "
+                          f"{getattr(task, 'value', task)}")  # fmt: skip
+    if resources.nodes > 1:
+        if task is not None and str(getattr(task, "value", task)) not in DISTRIBUTED_TASKS:
+            return _error("nodes", f"task {getattr(task, 'value', task)} trains on one process only: "
+                          f"nodes > 1 is for tasks {', '.join(sorted(DISTRIBUTED_TASKS))}")  # fmt: skip
+        if resources.sharding == "fsdp":
+            return _error("nodes", "fsdp was run on one node only: use nodes 1, or sharding ddp across nodes")
     if resources.processes > 1:
         if task is not None and str(getattr(task, "value", task)) not in DISTRIBUTED_TASKS:
             return _error("processes", f"task {getattr(task, 'value', task)} trains on one process only: "

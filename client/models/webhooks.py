@@ -19,7 +19,7 @@ EVENT_TYPE_PREFIX = "fine_tuning.job."
 
 class WebhookEventType(StrEnum):
     """An event an endpoint can subscribe to: a job status change `fine_tuning.job.<status>`, or
-    `monitor.degraded` (data: the monitor run)."""
+    `monitor.degraded` or `monitor.skipped` (data: the monitor run)."""
 
     running = "fine_tuning.job.running"
     succeeded = "fine_tuning.job.succeeded"
@@ -27,6 +27,7 @@ class WebhookEventType(StrEnum):
     cancelled = "fine_tuning.job.cancelled"
     paused = "fine_tuning.job.paused"
     monitor_degraded = "monitor.degraded"  # a monitor's run found the metric dropped past its threshold (monitors.py)
+    monitor_skipped = "monitor.skipped"  # a scheduled monitor run started nothing: the tenant was at max_active_jobs
 
 
 class WebhookEndpointCreate(BaseModel):

@@ -5,7 +5,8 @@ TRL's evaluation averages its metrics per batch, and before training every impli
 pass scores every validation pair with the model and the reference and gives, over pairs: the DPO loss, the implicit
 rewards (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies) and the model's own preference
 (reward_accuracy, reward_margin): the definitions are in jobs/training/dpo.py. Run before training it measures the
-reference (the base or the parent job's model), after training the trained model.
+reference (the base or the parent job's model), after training the trained model. On several processes (DDP) each
+rank scores its share of the pairs and the scores are gathered: every rank gets the metrics of all the pairs.
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ class PreferenceScorer:
                 chosen, rejected = answer_logps(model, batch)
                 with reference_model(trainer) as ref:
                     ref_chosen, ref_rejected = answer_logps(ref, batch)
-                for key, value in zip(sums, (chosen, rejected, ref_chosen, ref_rejected), strict=True):
+                # DDP: each rank scored its share of the pairs; every rank takes every rank's (the padding that
+                # evens out the last batch left out), so all see the metrics of the whole validation set.
+                scored = trainer.accelerator.gather_for_metrics((chosen, rejected, ref_chosen, ref_rejected))
+                for key, value in zip(sums, scored, strict=True):
                     sums[key].append(value.cpu())
         finally:
             model.train(was_training)

@@ -20,6 +20,16 @@ class EarlyStoppingOutcome:
 
 
 @dataclass
+class PrunedOutcome:
+    """Where a sweep's pruner stopped this job (a trial): the step, and the metric there that the median beat."""
+
+    sweep_id: str
+    metric: str  # the sweep's metric (a key of results.final)
+    value: float  # at `at_step`, the evaluation the pruner judged
+    at_step: int
+
+
+@dataclass
 class Results:
     """Everything a run measured; a field is None (and left out of the JSON) when the run did not measure it."""
 
@@ -37,6 +47,7 @@ class Results:
     confusion_matrix: dict[str, Any] | None = None  # classification: {labels, baseline, final}
     groups: dict[str, Any] | None = None  # per-group metrics when the request names a group_field
     early_stopping: EarlyStoppingOutcome | None = None
+    pruned: PrunedOutcome | None = None  # a sweep's trial that its pruner stopped early (jobs/sweep_pruning.py)
     forgetting: dict[str, float] | None = None  # reference loss before/after (diagnostics.forgetting)
     diagnostics: list[dict[str, Any]] | None = None  # overfitting/underfitting flags (diagnostics.diagnose)
 

@@ -122,18 +122,21 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # The Trainer also saves for its own reasons (early stopping's evaluations): upload only when due.
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if not self.due(state) or not state.is_world_process_zero or not folder.is_dir():
+        if not self.due(state) or (state.is_world_process_zero and not folder.is_dir()):
             return
-        try:
-            self.upload(folder, state)
-        except Exception as e:  # a store outage costs this checkpoint, not the job
-            log.warning("checkpoint at step %d failed", state.global_step, exc_info=True)
-            self.reporter.event(
-                f"checkpoint at step {state.global_step} failed: {type(e).__name__}: {short(e)}",
-                level=EventLevel.warning,
-                type=EventType.checkpoint,
-                data={"step": state.global_step, "attempt": self.reporter.attempt},
-            )
+        if state.is_world_process_zero:  # rank 0 uploads; every rank marks the step saved below (see the end)
+            try:
+                self.upload(folder, state)
+            except Exception as e:  # a store outage costs this checkpoint, not the job
+                log.warning("checkpoint at step %d failed", state.global_step, exc_info=True)
+                self.reporter.event(
+                    f"checkpoint at step {state.global_step} failed: {type(e).__name__}: {short(e)}",
+                    level=EventLevel.warning,
+                    type=EventType.checkpoint,
+                    data={"step": state.global_step, "attempt": self.reporter.attempt},
+                )
+        # On every rank: a rank that did not mark it would find the same step due again at the epoch's end and
+        # save alone (under FSDP a save is a collective: the ranks' collectives would no longer match).
         self._last = time.monotonic()
         self._saved_step = state.global_step
         if INTERRUPTER.preempt.is_set() or INTERRUPTER.pause.is_set():

@@ -1,22 +1,23 @@
 """One job on N processes: the work horse supervises N data-parallel ranks that torchrun starts (docs/scaling.md).
 
     horse (jobs/train.py, the job claimed, heartbeats on) -> supervise():
-        torchrun --standalone --nproc_per_node N -m ftjobs.jobs.train <payload> <outcome folder>
+        torchrun --standalone --nproc_per_node N -m ftjobs.jobs.train <payload> <backend>
+        (resources.nodes M > 1: a c10d rendezvous instead, and M-1 member nodes run the same: jobs/training/nodes.py)
             rank r (rank_main): the same train_job, under DDP (gloo on CPU, NCCL on GPU)
-        -> rank 0's outcome (status, results, artifacts, error) -> the horse finishes the job as usual
+        -> every rank's last word in Redis (RankReports) -> rank 0's outcome -> the horse finishes the job as usual
 
 Rank 0 reports (progress, events, metrics, checkpoints, artifacts); the other ranks write nothing to Redis or the
-store (`RankReporter`, `ReadOnlyStorage`). No rank decides to stop on its own: cancel, pause and preemption are the
-horse's, which stops the whole group (torchrun's SIGTERM to every rank; a rank outliving torchrun gets its parent-
-death signal). A rank that dies ends the group (torchrun's own failure handling); the job then fails with that
-rank's error, or, when a rank was killed without one, is left to the worker's recovery like a lost work horse.
+store but their last word (`RankReporter`, `ReadOnlyStorage`). No rank decides to stop on its own: cancel, pause
+and preemption are the horse's, which stops the whole group (torchrun's SIGTERM to every rank; a rank outliving
+torchrun gets its parent-death signal). A rank that dies ends the group (torchrun's own failure handling); the job
+then fails with that rank's error, or, when a rank was killed without one, is left to the worker's recovery like a
+lost work horse.
 Steps between decisions must match on every rank, so ranks checkpoint by steps only (FTJOBS_CHECKPOINT_STEPS).
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import json
 import logging
 import os
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from redis import Redis
 
 from ftjobs.client.models import Artifact, JobCreate, JobError, JobStatus, Progress, QueuePayload
 from ftjobs.client.models.resources import Resources
-from ftjobs.core.keys import checkpoint_pointer_path
+from ftjobs.core.keys import RANKS_TTL_S, checkpoint_pointer_path, ranks_key
 from ftjobs.core.logs import setup_logging
 from ftjobs.core.queue import connect
 from ftjobs.core.settings import Settings
@@ -41,13 +43,14 @@ from ftjobs.core.storage import Storage
 from ftjobs.jobs.errors import JobFailed
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled, Paused, Preempted
 from ftjobs.jobs.outputs.results import EarlyStoppingOutcome, Results
+from ftjobs.jobs.reconcile import recover
 from ftjobs.jobs.report import Reporter, ServerPaths
+from ftjobs.jobs.training import nodes
 
 log = logging.getLogger("ftjobs.distributed")
 
 POLL_S = 0.5  # seconds between the horse's looks at its ranks and at the record (cancel, pause)
 STOP_GRACE_S = 20.0  # seconds torchrun gets to stop its ranks after SIGTERM before it is killed
-REPORT = "rank-{}.json"  # each rank's last word: rank 0's outcome, a rank's error, or that it ended well
 PR_SET_PDEATHSIG = 1  # prctl(2)
 SHARDING = "FTJOBS_SHARDING"  # a rank's environment: `resources.sharding` of its job
 
@@ -94,30 +97,14 @@ def processes(record: dict[str, Any]) -> int:
     return int(((record.get("request") or {}).get("resources") or {}).get("processes") or 1)
 
 
+def nodes_of(record: dict[str, Any]) -> int:
+    """The machines a job's request asks for (1 for a record from before `resources.nodes`)."""
+    return int(((record.get("request") or {}).get("resources") or {}).get("nodes") or 1)
+
+
 def sharded() -> bool:
     """Whether this rank trains under FSDP (the horse sets FTJOBS_SHARDING from `resources.sharding`)."""
     return os.environ.get(SHARDING) == "fsdp"
-
-
-def sharding_arguments() -> dict[str, Any]:
-    """The Trainer's FSDP arguments on an FSDP rank ({} otherwise): FSDP2 (accelerate's `fully_shard`), each
-    decoder layer its own unit, parameters resharded after the forward, a full state dict for checkpoints."""
-    if not sharded():
-        return {}
-    config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
-              "state_dict_type": "FULL_STATE_DICT"}  # fmt: skip
-    return {"fsdp": True, "fsdp_config": config}
-
-
-def gather_weights(trainer: Any) -> None:
-    """On FSDP ranks, before rank 0 alone saves: every rank takes part in gathering the full state dict (a
-    collective), and rank 0's model then saves that one (its own parameters are shards). A no-op under DDP."""
-    if not sharded():
-        return
-    state = trainer.accelerator.get_state_dict(trainer.model)  # full, on CPU, on rank 0
-    if is_main():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model.save_pretrained = functools.partial(model.save_pretrained, state_dict=state)
 
 
 def rank_threads(total: int, n: int) -> int:
@@ -189,36 +176,52 @@ def supervise(
     what a single-process job would (Cancelled, Paused, Preempted, JobFailed)."""
     resources = JobCreate.model_validate(record["request"]).resources
     n, gpus = resources.processes, gpus_per_process(resources)
-    if resources.sharding == "fsdp" and not gpus:  # accelerate shards only on GPU ranks (docs/scaling.md)
-        raise ResourcesUnavailable(
-            "sharding fsdp needs a GPU per process; this worker's ranks would run on CPU, where accelerate trains "
-            "them as DDP (unsharded). Use sharding ddp, or hardware whose workers have GPUs.",
-            param="resources.sharding",
-        )
+    m, queue = resources.nodes, (record.get("resolved") or {}).get("queue") or settings.queue
+    reports = RankReports(reporter.redis, p)
+    reports.clear()  # a word left by an earlier run of this same attempt is not this run's
+    gang = nodes.Gang.open(reporter.redis, p, settings, m) if m > 1 else None
+    command, env, threads, backend = launch(p, resources, gpus, gang.launch_args() if gang else ["--standalone"])
+    where = f"{m} nodes x {n} processes" if gang else f"{n} processes"
+    reporter.event(
+        f"training on {where} ({resources.sharding.upper()}, {backend}), {threads} torch threads each",
+        data={"processes": n, "nodes": m, "backend": backend, "threads_per_process": threads,
+              "gpus_per_process": gpus, "sharding": resources.sharding,
+              **({"rendezvous": gang.endpoint} if gang else {})},
+    )  # fmt: skip
+    group = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        try:
+            if gang is not None:  # after torchrun started: its agent hosts the c10d store the members connect to
+                gang.enqueue_members(settings, queue)
+            _wait(group, reporter, store, reports, n * m, gang)
+        finally:
+            stop_group(group)
+            if gang is not None:
+                gang.close(settings)
+        return _outcome(reports, n * m, group.returncode, reporter, gang)
+    except nodes.NodeLost as e:  # a member's worker stopped: a preemption, the job back to the front of its queue
+        recover(reporter.redis, settings, p.tenant, p.job_id, p.attempt, str(e), free=True)
+        raise
+
+
+def launch(
+    p: QueuePayload, resources: Resources, gpus: int, rendezvous: list[str]
+) -> tuple[list[str], dict[str, str], int, str]:
+    """torchrun's command and environment on one node (the horse's, or a member's: jobs/node.py), its ranks'
+    torch threads and backend. `rendezvous`: `--standalone` on one node, the c10d arguments on several."""
+    n = resources.processes
     threads = rank_threads(torch.get_num_threads(), n)
     backend = "nccl" if gpus else "gloo"
-    outcomes = work / "ranks"
-    outcomes.mkdir()
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "--max_restarts=0",
-        "-m", "ftjobs.jobs.train", p.model_dump_json(), str(outcomes), backend,
+        sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc_per_node={n}", "--max_restarts=0",
+        "-m", "ftjobs.jobs.train", p.model_dump_json(), backend,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "FTJOBS_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1", SHARDING: resources.sharding}  # fmt: skip
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks: gloo, and no rank grabs a GPU it was not given
         env["ACCELERATE_USE_CPU"] = "true"  # else the Trainer (accelerate) sees no distributed run on CPU
-    reporter.event(
-        f"training on {n} processes ({resources.sharding.upper()}, {backend}), {threads} torch threads each",
-        data={"processes": n, "backend": backend, "threads_per_process": threads, "gpus_per_process": gpus,
-              "sharding": resources.sharding},
-    )  # fmt: skip
-    group = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
-    try:
-        _wait(group, reporter, store, outcomes)
-    finally:
-        stop_group(group)
-    return _outcome(outcomes, n, group.returncode, reporter)
+    return command, env, threads, backend
 
 
 def gpus_per_process(resources: Resources) -> int:
@@ -234,11 +237,18 @@ def gpus_per_process(resources: Resources) -> int:
     return gpus
 
 
-def _wait(group: subprocess.Popen[bytes], reporter: Reporter, store: Storage, outcomes: Path) -> None:
-    """Until torchrun exits; a cancel or a pause on the record stops the group (preemption and RQ's timeout
-    arrive as exceptions in this, the horse's main thread)."""
-    done_at: float | None = None
-    while group.poll() is None:
+def _wait(
+    group: subprocess.Popen[bytes], reporter: Reporter, store: Storage, reports: RankReports, world: int,
+    gang: nodes.Gang | None,
+) -> None:  # fmt: skip
+    """Until torchrun exits (on several nodes: and every rank has reported, or a grace has passed); a cancel or a
+    pause on the record stops the group (preemption and RQ's timeout arrive as exceptions in this, the horse's
+    main thread); a member node that failed, left or did not join in time ends the attempt (`Gang.check`)."""
+    done_at: float | None = None  # when rank 0 reported or this node's torchrun exited
+    while True:
+        ended = group.poll() is not None
+        if ended and (gang is None or reports.count() >= world):
+            return
         time.sleep(POLL_S)
         if reporter.cancel_requested():
             INTERRUPTER.acknowledge()  # stopping here: the heartbeat's forced interrupt must not land in the cleanup
@@ -247,7 +257,9 @@ def _wait(group: subprocess.Popen[bytes], reporter: Reporter, store: Storage, ou
             INTERRUPTER.acknowledge()
             step = int(((reporter.read() or {}).get("progress") or {}).get("step") or 0)
             raise Paused(step, _checkpoint_step(store, reporter))
-        if (outcomes / REPORT.format(0)).exists():  # rank 0 is through: the others get a grace, then the group stops
+        if gang is not None and done_at is None:  # once rank 0 is through, the outcome speaks (_outcome)
+            gang.check()
+        if ended or reports.has(0):  # rank 0 is through: the others get a grace, then the group stops
             done_at = done_at or time.monotonic()
             if time.monotonic() - done_at > STOP_GRACE_S:
                 return
@@ -264,18 +276,23 @@ def stop_group(group: subprocess.Popen[bytes]) -> None:
             group.wait()
 
 
-def _outcome(outcomes: Path, n: int, code: int | None, reporter: Reporter) -> tuple[JobStatus, Results, list | None]:
+def _outcome(
+    reports: RankReports, n: int, code: int | None, reporter: Reporter, gang: nodes.Gang | None
+) -> tuple[JobStatus, Results, list | None]:
     """Rank 0's outcome when every rank ended with a word; else the first error a rank wrote (the others' are
-    mostly its echo: a peer gone); a rank that ended without one was killed: the attempt is lost (recovery)."""
-    reports = {r: json.loads(f.read_text()) for r in range(n) if (f := outcomes / REPORT.format(r)).exists()}
-    if len(reports) < n:
-        lost = sorted(set(range(n)) - set(reports))
+    mostly its echo: a peer gone); a rank that ended without one was killed: the attempt is lost (recovery).
+    A member node that left or failed speaks first: its ranks' peers' errors are the echo of that."""
+    words = reports.read()
+    if gang is not None and (len(words) < n or any(word.get("error") for word in words.values())):
+        gang.check()
+    if len(words) < n:
+        lost = sorted(set(range(n)) - set(words))
         reporter.event(f"training process (rank {', '.join(map(str, lost))}) lost; the worker recovers the job")
         raise ProcessLost(f"rank {lost[0]} ended without a word (torchrun exited with {code})")
-    errors = sorted((report["at"], report["error"]) for report in reports.values() if report.get("error"))
+    errors = sorted((word["at"], word["error"]) for word in words.values() if word.get("error"))
     if errors:
         raise RankFailed(JobError.model_validate(errors[0][1]))
-    outcome = reports[0]["outcome"]
+    outcome = words[0]["outcome"]
     results = dict(outcome.get("results") or {})
     if results.get("early_stopping"):
         results["early_stopping"] = EarlyStoppingOutcome(**results["early_stopping"])
@@ -293,7 +310,7 @@ def _checkpoint_step(store: Storage, reporter: Reporter) -> int:
         return 0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In torchrun (and in each rank): SIGKILL when the parent dies, so a killed horse leaves no orphan."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -302,15 +319,16 @@ def _die_with_parent() -> None:
 
 
 def rank_main(argv: list[str], train_job: TrainJob, job_error: Callable[[Exception], JobError]) -> int:
-    """One rank under torchrun: argv = payload JSON, outcome folder, backend. Runs train_job; rank 0 writes the
-    outcome the horse finishes the job with, a rank that fails writes its error."""
-    _die_with_parent()  # torchrun is the parent: its death (SIGKILL included) ends this rank
-    p, outcomes, backend = QueuePayload.model_validate_json(argv[0]), Path(argv[1]), argv[2]
+    """One rank under torchrun: argv = payload JSON, backend. Runs train_job; rank 0 reports the outcome the horse
+    finishes the job with, a rank that fails its error (to Redis: the rank may run on another node)."""
+    die_with_parent()  # torchrun is the parent: its death (SIGKILL included) ends this rank
+    p, backend = QueuePayload.model_validate_json(argv[0]), argv[1]
     settings = Settings.from_env()
     settings = settings.model_copy(update={"checkpoint_s": 0.0})  # by steps only: every rank decides alike
     setup_logging(f"rank{rank()}", settings)
-    main, report = is_main(), outcomes / REPORT.format(rank())
+    main = is_main()
     redis = connect(settings.redis_url)
+    reports = RankReports(redis, p)
     store = Storage(settings.storage_url) if main else ReadOnlyStorage(settings.storage_url)
     try:
         torch.set_num_threads(settings.torch_threads or 1)
@@ -330,13 +348,13 @@ def rank_main(argv: list[str], train_job: TrainJob, job_error: Callable[[Excepti
             status, results, artifacts = train_job(record, settings, store, reporter, Path(tmp))
             listed = [a.model_dump() for a in artifacts] if artifacts is not None else None
             outcome = {"status": status.value, "results": results.as_json(), "artifacts": listed}
-        _write(report, {"at": time.time(), "outcome": outcome if main else None})
+        reports.write(rank(), {"at": time.time(), "outcome": outcome if main else None})
         return 0
     except Cancelled:
-        _write(report, {"at": time.time(), "outcome": {"status": JobStatus.cancelled.value}})
+        reports.write(rank(), {"at": time.time(), "outcome": {"status": JobStatus.cancelled.value}})
         return 0
     except Exception as e:
-        _write(report, {"at": time.time(), "error": job_error(e).model_dump()})
+        reports.write(rank(), {"at": time.time(), "error": job_error(e).model_dump()})
         return 1  # torchrun then stops the other ranks
     finally:
         redis.close()
@@ -344,8 +362,27 @@ def rank_main(argv: list[str], train_job: TrainJob, job_error: Callable[[Excepti
             torch.distributed.destroy_process_group()
 
 
-def _write(path: Path, value: Any) -> None:
-    """Atomically: the horse never reads half an outcome."""
-    part = path.with_suffix(".part")
-    part.write_text(json.dumps(value))
-    part.replace(path)
+class RankReports:
+    """An attempt's ranks' last words in Redis (core/keys.ranks_key): written by each rank wherever it runs, read
+    by the attempt's horse. One HSET per word: the horse never reads half of one."""
+
+    def __init__(self, redis: Redis, p: QueuePayload) -> None:
+        self.redis, self.key = redis, ranks_key(p.tenant, p.job_id, p.attempt)
+
+    def write(self, global_rank: int, word: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key, str(global_rank), json.dumps(word))
+        pipe.expire(self.key, RANKS_TTL_S)
+        pipe.execute()
+
+    def read(self) -> dict[int, dict[str, Any]]:
+        return {int(r): json.loads(v) for r, v in self.redis.hgetall(self.key).items()}
+
+    def has(self, global_rank: int) -> bool:
+        return bool(self.redis.hexists(self.key, str(global_rank)))
+
+    def count(self) -> int:
+        return int(self.redis.hlen(self.key))
+
+    def clear(self) -> None:
+        self.redis.delete(self.key)

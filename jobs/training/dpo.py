@@ -37,7 +37,7 @@ from ftjobs.jobs.data.examples import ExampleDataset
 from ftjobs.jobs.training import methods, safeguards
 from ftjobs.jobs.training.inputs import Inputs
 from ftjobs.jobs.training.model import TrainableModel
-from ftjobs.jobs.training.trainer import PadCollator, ReportCallback
+from ftjobs.jobs.training.trainer import PadCollator, ReportCallback, ddp_after_evaluation
 
 # Train-split metrics reported besides loss, learning_rate and grad_norm (TRL logs them per logging step).
 TRAIN_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -70,6 +70,10 @@ def _trainer_class() -> type:
         """TRL's DPOTrainer plus the job-level penalties (L1, EWC) and peft's base-folder swap when saving."""
 
         penalties: list[Any]
+
+        def train(self, *args: Any, **kw: Any) -> Any:
+            ddp_after_evaluation(self)  # the baseline evaluation must not keep DDP from wrapping the model
+            return super().train(*args, **kw)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             with methods.base_folder(self.model):  # peft's save checks read the base model's folder

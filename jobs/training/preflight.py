@@ -11,6 +11,10 @@ optimizer updates. Peak memory of a training step, in bytes:
                  per token plus the attention scores, all layers kept (gradient checkpointing: each layer's input
                  plus one layer's worth); a causal/seq2seq LM adds its logits (LOGIT_COPIES x batch x seq x vocab)
     dpo          chosen and rejected answers double the batch; full fine-tuning adds the frozen reference's weights
+    ranks        a job on N processes is estimated per process: under FSDP (resources.sharding) gradients and
+                 optimizer state are split N ways, and on a GPU the weights too (each rank loads the whole model
+                 on its CPU first); on a CPU the N processes share the machine's memory, so each is held to 1/N
+                 of it (on GPUs each has its own device)
 
 The sum is what training adds to the process (its imports and data are already there); on a CPU it is compared
 with the memory the system has available, on a GPU with the device's free memory. A job that needs more than
@@ -31,6 +35,7 @@ import torch
 
 from ftjobs.client.models import FullMethod, LoraMethod, Task
 from ftjobs.jobs.errors import JobFailed
+from ftjobs.jobs.training import distributed
 
 log = logging.getLogger("ftjobs.preflight")
 
@@ -76,6 +81,8 @@ class Estimate:
     seq_len: int
     gradient_checkpointing: bool
     notes: list[str] = field(default_factory=list)
+    processes: int = 1  # the job's ranks: the parts are one rank's
+    sharded: bool = False  # FSDP: weights, gradients and optimizer state split across the ranks
 
     @property
     def total(self) -> int:
@@ -95,7 +102,11 @@ class Estimate:
         """One line for the job's events."""
         parts = ", ".join(f"{k} {_size(v)}" for k, v in self.parts.items())
         have = f"{_size(self.available)} available" if self.available is not None else "availability unknown"
-        return f"memory preflight: ~{_size(self.total)} peak on {self.device} ({parts}); {have}"
+        ranks = ""
+        if self.processes > 1:
+            split = ", weights, gradients and optimizer split across them (FSDP)" if self.sharded else ""
+            ranks = f" per process ({self.processes} processes{split})"
+        return f"memory preflight: ~{_size(self.total)} peak{ranks} on {self.device} ({parts}); {have}"
 
 
 def _size(n: int) -> str:
@@ -204,6 +215,15 @@ def estimate(
     }
 
 
+def shard(parts: dict[str, int], processes: int, device: str) -> dict[str, int]:
+    """One FSDP rank's parts: its shard of the gradients and optimizer state (the layer it computes is gathered
+    whole for a moment: not counted) and its own micro-batch's activations. Every rank loads the whole model on
+    its CPU before sharding it (no cpu_ram_efficient_loading): on a GPU only the shard of the weights stays on the
+    device, on a CPU the memory that held the whole weights stays with the process (bench/preflight.py)."""
+    split = ("gradients", "optimizer") if device == "cpu" else ("weights", "gradients", "optimizer")
+    return {k: -(-v // processes) if k in split else v for k, v in parts.items()}
+
+
 def available_memory(device: str) -> int | None:
     """Bytes the job may still take: free GPU memory, or the system's MemAvailable (within a cgroup's limit)."""
     if device == "cuda":
@@ -233,8 +253,11 @@ def preflight(
     seq_len: int,
     limit_bytes: int | None = None,
     batch_size: int | None = None,
+    processes: int = 1,
+    sharded: bool = False,
 ) -> Estimate:
-    """The estimate for this job on this worker; raises InsufficientMemory when it clearly does not fit."""
+    """The estimate for one of the job's `processes` on this worker; raises InsufficientMemory when it clearly does
+    not fit."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = model_shape(model_path, task, n_labels, method)
     quantized = isinstance(method, LoraMethod) and method.quantize == "4bit"
@@ -242,10 +265,16 @@ def preflight(
     checkpointing = bool(getattr(hp, "gradient_checkpointing", False)) or quantized
     batch = batch_size or hp.batch_size
     parts = estimate(shape, batch, seq_len, checkpointing, task, device)
+    sharded = sharded and processes > 1
+    if sharded:
+        parts = shard(parts, processes, device)
     available = available_memory(device)
     if limit_bytes is not None:  # the deployment's budget for one job (FTJOBS_JOB_MEMORY_MB)
         available = limit_bytes if available is None else min(available, limit_bytes)
-    found = Estimate(parts, device, available, shape.parameters, shape.trainable, batch, seq_len, checkpointing)
+    if available is not None and device == "cpu":  # the job's ranks share the machine's memory
+        available //= processes
+    found = Estimate(parts, device, available, shape.parameters, shape.trainable, batch, seq_len, checkpointing,
+                     processes=processes, sharded=sharded)  # fmt: skip
     if not found.fits:
         raise InsufficientMemory(_advice(found, method), param=_cause(found, method))
     return found
@@ -286,7 +315,9 @@ def check(inputs: Any, reporter: Any, limit_mb: int | None) -> Estimate | None:
         seq_len = hp.max_seq_length if whole else min(_longest(inputs.data.train), hp.max_seq_length)
         n_labels = len(inputs.data.labels or []) or None
         batch = min(hp.batch_size, len(inputs.data.train))  # a batch holds at most every training example
-        found = preflight(inputs.model_path, request.task, n_labels, request.method, hp, seq_len, limit, batch)
+        ranks = distributed.world_size()  # this rank's job runs on as many: each rank checks its own share
+        found = preflight(inputs.model_path, request.task, n_labels, request.method, hp, seq_len, limit, batch,
+                          processes=ranks, sharded=distributed.sharded())  # fmt: skip
     except InsufficientMemory:
         raise
     except Exception as e:  # an architecture the estimate cannot read: loading says what is wrong, if anything

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from ftjobs.jobs.evaluation.metrics import eval_values
 from ftjobs.jobs.evaluation.progress import PhaseProgress
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled
 from ftjobs.jobs.report import Reporter, finite
-from ftjobs.jobs.training import distributed, methods
+from ftjobs.jobs.training import methods, sharding
 
 
 class JobTrainer(Trainer):
@@ -26,6 +27,19 @@ class JobTrainer(Trainer):
     def __init__(self, *args: Any, penalties: list[Callable[[torch.nn.Module], torch.Tensor]] | None = None, **kw: Any):
         super().__init__(*args, **kw)
         self.penalties = penalties or []
+        if self.model_accepts_loss_kwargs and not token_normalised_loss(self.model):
+            # The model's loss is its batch's mean (T5, BERT's classification head): the Trainer must neither scale
+            # it by the processes (a DDP gradient x N) nor skip dividing it by the accumulation steps.
+            self.model_accepts_loss_kwargs = False
+
+    def create_accelerator_and_postprocess(self) -> None:
+        with sharding.sharding_on_cpu():  # FSDP ranks on CPU: accelerate would train them unsharded
+            super().create_accelerator_and_postprocess()
+        sharding.check_sharded(self)
+
+    def train(self, *args: Any, **kw: Any) -> Any:
+        ddp_after_evaluation(self)
+        return super().train(*args, **kw)
 
     # Checkpoints: the Trainer saves and loads them; some methods need a correction (jobs/training/methods.py).
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -103,6 +117,34 @@ class JobTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def token_normalised_loss(model: torch.nn.Module | None) -> bool:
+    """Whether the model's loss divides by the Trainer's `num_items_in_batch` (transformers' shared `loss_function`,
+    e.g. causal LMs): the Trainer then scales it by the processes. A model that takes **kwargs but computes its own
+    mean (`CrossEntropyLoss()`: T5, BART, sequence classification heads) does not, though the Trainer assumes it."""
+    from transformers.trainer_utils import unwrap_peft_model
+
+    try:
+        return "loss_function" in inspect.getsource(type(unwrap_peft_model(model)).forward)
+    except (OSError, TypeError):  # no source to read: keep the Trainer's own assumption
+        return True
+
+
+def ddp_after_evaluation(trainer: Trainer) -> None:
+    """Before train() on DDP ranks: let it wrap the model in DDP even though an evaluation (the baseline) ran first.
+
+    The Trainer's evaluate() prepares the bare model with accelerate's `prepare_model(evaluation_mode=True)`, which
+    marks it `_is_accelerate_prepared` without wrapping it; train()'s `prepare` then returns it as it is, and every
+    rank steps on its own gradients with no all-reduce (accelerate 1.16, transformers 5.25). Unmarked, it is wrapped.
+    """
+    from accelerate.utils import DistributedType
+
+    accelerator, model = trainer.accelerator, trainer.model
+    ddp = accelerator.multi_device or accelerator.distributed_type == DistributedType.MULTI_CPU  # not FSDP, DeepSpeed
+    if ddp and trainer.model_wrapped is model and getattr(model, "_is_accelerate_prepared", False):
+        del model._is_accelerate_prepared
+        accelerator._models[:] = [m for m in accelerator._models if m is not model]  # prepare adds it again
+
+
 class PadCollator:
     """Right-pads each list field of a batch: input_ids with the pad id, labels with -100, the rest with 0."""
 
@@ -152,6 +194,9 @@ class ReportCallback(TrainerCallback):
         self._started = self._last_beat = time.monotonic()
         self._first_step = state.global_step  # > 0 when resumed from a checkpoint: the ETA counts this run's steps
         self.reporter.progress(self._progress(state))
+        if sharding.sharded() and kw.get("model") is not None:  # what FSDP left on this (the reporting) rank
+            share = sharding.shard_share(kw["model"])
+            self.reporter.event(f"FSDP: rank 0 holds {share['share']:.1%} of the model's parameters", data=share)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         # Progress every step, in the same round trip as the cancel check (one Redis call per step):
@@ -321,5 +366,5 @@ def training_arguments(
         # use_reentrant=False: LoRA's frozen inputs need no requires_grad hack (transformers adds one anyway)
         activation_checkpointing=hp.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
-        **distributed.sharding_arguments(),  # FSDP ranks (resources.sharding); {} otherwise
+        **sharding.sharding_arguments(),  # FSDP ranks (resources.sharding); {} otherwise
     )

@@ -21,9 +21,10 @@ from ftjobs.client.models.monitors import (
     MonitorRunList,
 )
 from ftjobs.core import keys, monitors
+from ftjobs.core.job_writes import AtQuota
 from ftjobs.core.records import new_id
 from ftjobs.core.settings import Settings
-from ftjobs.service.deps import RedisDep, SettingsDep, StoreDep, TenantDep
+from ftjobs.service.deps import LimitsDep, RedisDep, SettingsDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     IncompatibleParentJob,
     JobNotFound,
@@ -31,10 +32,13 @@ from ftjobs.service.errors import (
     ModelNotAllowed,
     MonitorNotFound,
     ParentJobNotSucceeded,
+    QuotaExceeded,
+    RateLimited,
     ValidationError,
     error_responses,
 )
 from ftjobs.service.job_checks import check_models, check_parent
+from ftjobs.service.limits import quota_exceeded
 from ftjobs.service.routes.evaluations import evaluated_job, evaluation_request
 from ftjobs.service.store import Store
 
@@ -142,11 +146,23 @@ def delete_monitor(monitor_id: str, tenant: TenantDep, settings: SettingsDep, re
     return MonitorDeleted(id=monitor_id)
 
 
-@router.post("/{monitor_id}/run", status_code=201, responses=error_responses(MonitorNotFound, ValidationError))
-def run_monitor(monitor_id: str, tenant: TenantDep, settings: SettingsDep, redis: RedisDep) -> MonitorRun:
+@router.post(
+    "/{monitor_id}/run",
+    status_code=201,
+    # the route's own 429s replace the app's: declare both
+    responses=error_responses(MonitorNotFound, ValidationError, QuotaExceeded, RateLimited),
+)
+def run_monitor(
+    monitor_id: str, tenant: TenantDep, settings: SettingsDep, redis: RedisDep, limits: LimitsDep
+) -> MonitorRun:
     """Run a monitor now (besides its schedule): the run, `evaluating` with its evaluation job's id (or `failed`
-    when the dataset has no file)."""
-    return monitors.start_run(redis, settings, _record(redis, tenant, monitor_id), trigger="manual")
+    when the dataset has no file); 429 (`max_active_jobs`) when the tenant has as many jobs not yet finished as
+    it may: its evaluation job would be one more, and no run is recorded."""
+    record = _record(redis, tenant, monitor_id)
+    try:
+        return monitors.start_run(redis, settings, record, trigger="manual", max_active=limits.max_active_jobs)
+    except AtQuota as e:
+        raise quota_exceeded(monitors.QUOTA, e.limit, f"{e}; the run's evaluation job would be one more") from None
 
 
 @router.get("/{monitor_id}/runs", responses=error_responses(MonitorNotFound, ValidationError))

@@ -31,3 +31,8 @@ def test_a_bad_value_is_a_usage_error(api: FakeAPI, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as exit_:
         run(api, "submit", "file-" + "b" * 20, "--model", "m", "--sharding", "zero3")
     assert exit_.value.code == 2 and "--sharding" in capsys.readouterr().err
+
+
+def test_submit_sends_nodes(api: FakeAPI) -> None:
+    assert run(api, "submit", "file-" + "b" * 20, "--model", "m", "--nodes", "2", "--processes", "2") == 0
+    assert api.created[-1]["resources"] == {"processes": 2, "nodes": 2}

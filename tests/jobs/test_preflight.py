@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftjobs.client.models import FullMethod, LoraMethod, Task
-from ftjobs.jobs.training.preflight import Shape, estimate, model_shape
+from ftjobs.jobs.training.preflight import Shape, estimate, model_shape, preflight
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import events, submit, wait_for
 from tests.jobs.test_reliability import request
@@ -41,6 +41,23 @@ def test_counts_come_from_the_config_and_equal_the_loaded_models(tiny_causal_lm:
     assert peak(full, batch=8)["activations"] > peak(full)["activations"]
     assert peak(full, seq=128)["activations"] > 2 * peak(full)["activations"]
     assert peak(full, checkpointing=True)["activations"] < peak(full)["activations"]
+
+
+def test_a_job_on_several_processes_is_estimated_per_process(tiny_causal_lm: Path) -> None:
+    """FSDP splits gradients and optimizer state across the ranks; on a CPU the ranks share its memory."""
+    from ftjobs.client.models import Hyperparameters
+
+    hp, budget = Hyperparameters(batch_size=4), 1024**3  # a budget below what the machine has: a fixed `available`
+    one = preflight(tiny_causal_lm, Task.causal_lm, None, FullMethod(), hp, 64, budget)
+    ddp = preflight(tiny_causal_lm, Task.causal_lm, None, FullMethod(), hp, 64, budget, processes=2)
+    fsdp = preflight(tiny_causal_lm, Task.causal_lm, None, FullMethod(), hp, 64, budget, processes=2, sharded=True)
+    assert ddp.parts == one.parts and ddp.available == fsdp.available == one.available // 2  # CPU: shared memory
+    for part in ("gradients", "optimizer"):
+        assert fsdp.parts[part] == -(-one.parts[part] // 2), part
+    assert fsdp.parts["weights"] == one.parts["weights"]  # on a CPU each rank held the whole model once (loading)
+    assert fsdp.parts["activations"] == one.parts["activations"]  # each rank runs its own micro-batch
+    assert "per process (2 processes, weights, gradients and optimizer split" in fsdp.describe()
+    assert fsdp.as_json()["processes"] == 2 and fsdp.as_json()["sharded"] is True
 
 
 def test_a_worker_fails_a_job_that_cannot_fit_its_memory_and_runs_one_that_does(

@@ -97,6 +97,11 @@ def test_sweep_prunes_bad_trials_and_finds_a_good_one(http, workers, tiny_causal
         assert len(eval_steps(http, t["job_id"])) < full, t
         events = http.get(f"/v1/jobs/{t['job_id']}/events", params={"limit": 1000}).json()["data"]
         assert any(e["message"].startswith("pruned by sweep") for e in events), events
+        pruned_result = http.get(f"/v1/jobs/{t['job_id']}").json()["results"]["pruned"]  # the job says so itself
+        assert pruned_result == {"sweep_id": sweep["id"], "metric": "eval_loss", "value": t["value"],
+                                 "at_step": t["pruned_at_step"]}  # fmt: skip
+    for t in complete:
+        assert "pruned" not in http.get(f"/v1/jobs/{t['job_id']}").json()["results"], t
 
     # The best trial beats the median trial, and its artifacts are listed.
     values = [t["value"] for t in trials if t["value"] is not None]

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from ftjobs.client.models import JobCreate, LoraMethod, Task
-from ftjobs.core import keys
+from ftjobs.core import keys, monitors
 from tests.jobs.helpers import create_job, eventually, wait_for
 from tests.service.conftest import ROWS, assert_error, jsonl, upload
+from tests.service.test_limits import A, assert_429, tenants_toml
 from tests.service.test_webhooks import ALLOW, FAST, Dispatcher, receiver, settings  # noqa: F401 - fixtures
 
 WORDS = ("bake", "kick")
@@ -154,3 +155,53 @@ def test_monitors_are_checked_run_on_demand_and_listed(http, redis, client, watc
     assert client.monitors.delete(mon["id"]).deleted is True
     assert redis.zcard("rq:scheduled:ftjobs-validate") == 0  # its scheduled run went with it
     assert_error(http.post(f"/v1/monitors/{mon['id']}/run"), 404, "monitor_not_found")
+
+
+def test_a_monitor_at_the_tenants_max_active_jobs_starts_no_job(  # type: ignore[no-untyped-def]
+    redis, env, make_client, tmp_path: Path, model_root: Path, monkeypatch
+) -> None:  # fmt: skip
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(tenants_toml("max_active_jobs = 1"))  # alpha: one job not yet finished at a time
+    tc = make_client(tenants_file=tenants)
+    train = upload(tc, jsonl(ROWS["text_label"] * 4), headers=A).json()["id"]
+    request = JobCreate(model=str(model_root / "tiny-bert"), task=Task.classification, training_file=train,
+                        method=LoraMethod(r=4))  # fmt: skip
+    watched = create_job(redis, request, tenant="alpha", status="succeeded", results={"final": {"f1": 0.9}})
+    upload(tc, jsonl(ROWS["text_label"] * 3), filename="new.jsonl", headers=A)
+    hook = tc.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}, headers=A)
+    assert hook.status_code == 201, hook.text
+    body = {"job_id": watched, "dataset": "new.jsonl", "schedule": "0 3 * * *", "retrain": True}
+    mon = tc.post("/v1/monitors", json=body, headers=A).json()
+
+    first = tc.post(f"/v1/monitors/{mon['id']}/run", headers=A)  # no worker: its evaluation job stays active
+    assert first.status_code == 201 and first.json()["status"] == "evaluating", first.text
+    assert_429(tc.post(f"/v1/monitors/{mon['id']}/run", headers=A), "quota_exceeded", "max_active_jobs", 1)
+    assert [r["id"] for r in tc.get(f"/v1/monitors/{mon['id']}/runs", headers=A).json()["data"]] == [first.json()["id"]]
+
+    # The scheduled run, as RQ's scheduler starts it in a worker (its settings from the environment): skipped.
+    for name, value in {**env, "FTJOBS_TENANTS_FILE": str(tenants)}.items():
+        monkeypatch.setenv(name, value)
+    from ftjobs.jobs import monitor
+
+    assert monitor.run({"tenant": "alpha", "monitor_id": mon["id"], "due": mon["next_run_at"]})["status"] == "skipped"
+    skipped = tc.get(f"/v1/monitors/{mon['id']}/runs", headers=A).json()["data"][0]
+    assert skipped["status"] == "skipped" and skipped["trigger"] == "schedule", skipped
+    assert skipped["reason"] == "max_active_jobs" and "max_active_jobs" in skipped["warning"], skipped
+    assert skipped["evaluation_job_id"] is None and skipped["file_id"] is not None, skipped
+    outbox = [{k.decode(): v.decode() for k, v in e.items()} for _, e in redis.xrange(keys.WEBHOOK_OUTBOX_KEY)]
+    event = next(e for e in outbox if e["type"] == "monitor.skipped")
+    assert event["tenant"] == "alpha" and json.loads(event["data"])["id"] == skipped["id"]
+    assert len(tc.get("/v1/jobs", params={"status": "validating_files"}, headers=A).json()["data"]) == 1
+
+    # The evaluation concludes degraded while it still counts: no retraining job past the quota, and it says why.
+    run = monitors.conclude(redis, tc.app.state.settings, "alpha", mon["id"], first.json()["id"], {"f1": 0.1})
+    assert run is not None and run.status == "degraded" and run.retrain_job_id is None, run
+    assert run.reason == "max_active_jobs" and "retraining job not started" in (run.warning or ""), run
+    degraded = next(e for e in redis.xrange(keys.WEBHOOK_OUTBOX_KEY) if e[1][b"type"] == b"monitor.degraded")
+    assert json.loads(degraded[1][b"data"])["reason"] == "max_active_jobs"
+    assert len(tc.get("/v1/jobs", headers=A).json()["data"]) == 2  # the watched job and the evaluation
+
+    # Its place freed, a run starts again.
+    assert tc.post(f"/v1/jobs/{first.json()['evaluation_job_id']}/cancel", headers=A).status_code == 200
+    again = tc.post(f"/v1/monitors/{mon['id']}/run", headers=A)
+    assert again.status_code == 201 and again.json()["status"] == "evaluating", again.text
