@@ -104,7 +104,8 @@ class Estimate:
         have = f"{_size(self.available)} available" if self.available is not None else "availability unknown"
         ranks = ""
         if self.processes > 1:
-            split = ", weights, gradients and optimizer split across them (FSDP)" if self.sharded else ""
+            what = "gradients and optimizer" if self.device == "cpu" else "weights, gradients and optimizer"
+            split = f", {what} split across them (FSDP)" if self.sharded else ""
             ranks = f" per process ({self.processes} processes{split})"
         return f"memory preflight: ~{_size(self.total)} peak{ranks} on {self.device} ({parts}); {have}"
 

@@ -56,7 +56,7 @@ def test_a_job_on_several_processes_is_estimated_per_process(tiny_causal_lm: Pat
         assert fsdp.parts[part] == -(-one.parts[part] // 2), part
     assert fsdp.parts["weights"] == one.parts["weights"]  # on a CPU each rank held the whole model once (loading)
     assert fsdp.parts["activations"] == one.parts["activations"]  # each rank runs its own micro-batch
-    assert "per process (2 processes, weights, gradients and optimizer split" in fsdp.describe()
+    assert "per process (2 processes, gradients and optimizer split" in fsdp.describe()
     assert fsdp.as_json()["processes"] == 2 and fsdp.as_json()["sharded"] is True
 
 
