@@ -18,17 +18,23 @@ manual one is refused (the API answers 429) and nothing is recorded, and a degra
 (its `reason` and `warning` say so, and so does its `monitor.degraded` event).
 
 Redis: `ftjobs:monitors:{tenant}` (hash: monitor id -> record), `ftjobs:monitor-runs:{tenant}:{id}` (hash: run id ->
-MonitorRun; ids are time-ordered), `ftjobs:monitor-run-claims:{tenant}:{run}` (a run is concluded once).
+MonitorRun; ids are time-ordered), `ftjobs:monitor-run-claims:{tenant}:{run}` (a run is concluded once). The runs
+hash holds settings.monitor_runs_kept runs at most: a run added past it moves the oldest finished ones to the store
+(`archive`: `{tenant}/monitors/{id}/runs/{oldest}_{newest}.jsonl`, one segment per move, written whole before they
+leave Redis) and `runs` pages over both.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from redis import Redis
+from redis.exceptions import LockError
 from rq.cron import CronJob
 
 from ftjobs.client.models import TASK_FORMATS, FileObject, JobCreate, Task
@@ -38,11 +44,15 @@ from ftjobs.core.job_writes import AtQuota, create_job
 from ftjobs.core.queue import JobQueue
 from ftjobs.core.records import as_text, new_id
 from ftjobs.core.settings import Settings
+from ftjobs.core.storage import Storage
 from ftjobs.core.tenants import TenantsSource
+
+log = logging.getLogger("ftjobs.monitors")
 
 MONITOR_FUNC = "ftjobs.jobs.monitor.run"  # the scheduled RQ job (jobs/worker.py runs it among ftjobs' own)
 MONITOR_KEY, RUN_KEY = "monitor_id", "monitor_run"  # metadata of a monitor's evaluation job
-MAX_RUNS = 100  # runs kept per monitor (the oldest go)
+SEGMENT = re.compile(r"^(run-[0-9a-f]{20})_(run-[0-9a-f]{20})\.jsonl$")  # an archive segment: oldest_newest
+ARCHIVE_LOCK_TTL_S = 60  # a dead archiver's lock on one monitor's runs lapses after this
 CLAIM_TTL_S = 30 * 24 * 3600
 LOWER_IS_BETTER = ("loss", "perplexity")
 DEGRADED_EVENT, SKIPPED_EVENT = "monitor.degraded", "monitor.skipped"
@@ -55,6 +65,11 @@ def monitors_key(tenant: str) -> str:
 
 def runs_key(tenant: str, monitor_id: str) -> str:
     return f"{keys.PREFIX}:monitor-runs:{tenant}:{monitor_id}"
+
+
+def monitor_dir(tenant: str, monitor_id: str) -> str:
+    """The monitor's folder in the store (its archived runs)."""
+    return f"{tenant}/monitors/{monitor_id}"
 
 
 def higher_is_better(metric: str) -> bool:
@@ -111,7 +126,16 @@ def delete(redis: Redis, settings: Settings, tenant: str, monitor_id: str) -> bo
     unschedule(redis, settings, record)
     redis.hdel(monitors_key(tenant), monitor_id)
     redis.delete(runs_key(tenant, monitor_id))
+    _drop_archive(Storage(settings.storage_url), tenant, monitor_id)
     return True
+
+
+def _drop_archive(storage: Storage, tenant: str, monitor_id: str) -> None:
+    """Delete the monitor's archived runs; a store error is logged (the monitor is gone from Redis already)."""
+    try:
+        storage.delete(monitor_dir(tenant, monitor_id))
+    except Exception:
+        log.exception("could not delete the archived runs of monitor %s", monitor_id)
 
 
 # ----------------------------------------------------------------------------- scheduling (RQ's scheduler)
@@ -174,7 +198,19 @@ def start_run(
     redis: Redis, settings: Settings, record: dict[str, Any], trigger: str, max_active: int | None
 ) -> MonitorRun:
     """Start one run: an evaluation job of the monitored job on the dataset's newest file (or a failed run); at the
-    tenant's `max_active` jobs a scheduled run is `skipped`, a manual one raises AtQuota and leaves no run."""
+    tenant's `max_active` jobs a scheduled run is `skipped`, a manual one raises AtQuota and leaves no run. Past
+    settings.monitor_runs_kept runs, the oldest finished ones then move to the store."""
+    run = _start(redis, settings, record, trigger, max_active)
+    try:
+        archive(redis, settings, record["monitor"]["tenant"], run.monitor_id)
+    except Exception:  # the store is unreachable: the run stands, and a later one archives (nothing left Redis)
+        log.exception("could not archive the oldest runs of monitor %s", run.monitor_id)
+    return run
+
+
+def _start(
+    redis: Redis, settings: Settings, record: dict[str, Any], trigger: str, max_active: int | None
+) -> MonitorRun:
     monitor = Monitor.model_validate(record["monitor"])
     run = MonitorRun(
         id=new_id("run-"), monitor_id=monitor.id, trigger=trigger, created_at=time.time(), status="evaluating",  # type: ignore[arg-type]
@@ -260,27 +296,114 @@ def get_run(redis: Redis, tenant: str, monitor_id: str, run_id: str) -> MonitorR
     return MonitorRun.model_validate_json(raw) if raw is not None else None
 
 
-def runs(redis: Redis, tenant: str, monitor_id: str, after: str | None = None, limit: int = 20) -> list[MonitorRun]:
-    """The monitor's runs, newest first, from below `after`; a run whose evaluation job failed or was cancelled
-    reads `failed` (its job never reached the conclusion)."""
-    raw = cast(dict[bytes, bytes], redis.hgetall(runs_key(tenant, monitor_id)))
-    ids = sorted((as_text(k) for k in raw), reverse=True)
-    ids = [i for i in ids if after is None or i < after][:limit]
-    found = [MonitorRun.model_validate_json(raw[i.encode()]) for i in ids]
-    for run in found:
-        if run.status == "evaluating" and run.evaluation_job_id:
-            status = redis.hget(keys.job_key(tenant, run.evaluation_job_id), str(keys.JobField.status))
-            if status is not None and json.loads(status) in ("failed", "cancelled"):
-                run.status, run.error = "failed", f"evaluation job {run.evaluation_job_id} {json.loads(status)}"
-    return found
+def runs(
+    redis: Redis,
+    tenant: str,
+    monitor_id: str,
+    after: str | None = None,
+    limit: int = 20,
+    storage: Storage | None = None,
+) -> list[MonitorRun]:
+    """The monitor's runs, newest first, from below `after`: Redis's and, with `storage`, the archived ones; a run
+    whose evaluation job failed or was cancelled reads `failed` (its job never reached the conclusion)."""
+    raw = {as_text(k): v for k, v in cast(dict[bytes, bytes], redis.hgetall(runs_key(tenant, monitor_id))).items()}
+    ids = sorted((i for i in raw if after is None or i < after), reverse=True)[:limit]
+    page = {i: _resolved(redis, tenant, MonitorRun.model_validate_json(raw[i])) for i in ids}
+    if storage is not None:  # Redis read first: a run archived since is in the store (segments are written first)
+        _add_archived(storage, tenant, monitor_id, after, limit, page)
+    return [page[i] for i in sorted(page, reverse=True)[:limit]]
+
+
+def _resolved(redis: Redis, tenant: str, run: MonitorRun) -> MonitorRun:
+    """The run as it reads: `evaluating` whose evaluation job failed or was cancelled is `failed`."""
+    if run.status == "evaluating" and run.evaluation_job_id:
+        status = redis.hget(keys.job_key(tenant, run.evaluation_job_id), str(keys.JobField.status))
+        if status is not None and json.loads(status) in ("failed", "cancelled"):
+            run.status, run.error = "failed", f"evaluation job {run.evaluation_job_id} {json.loads(status)}"
+    return run
+
+
+def _add_archived(
+    storage: Storage, tenant: str, monitor_id: str, after: str | None, limit: int, page: dict[str, MonitorRun]
+) -> None:
+    """Add to `page` the archived runs below `after` that are among the newest `limit` of both (Redis's copy of a
+    run wins); segments may overlap (a run that changed while archived is archived again later)."""
+    folder = f"{monitor_dir(tenant, monitor_id)}/runs"
+    found = [(m[2], m[1], name) for name in storage.names(folder) if (m := SEGMENT.match(name))]
+    for newest, oldest, name in sorted(found, reverse=True):  # newest segments first
+        if after is not None and oldest >= after:
+            continue
+        if len(page) >= limit and newest < sorted(page, reverse=True)[limit - 1]:
+            return  # this segment and the rest hold only runs older than the page's last
+        try:
+            with storage.open(f"{folder}/{name}") as handle:
+                lines = handle.read().splitlines()
+        except FileNotFoundError:  # the monitor is being deleted
+            continue
+        for line in lines:
+            run = MonitorRun.model_validate_json(line)
+            if (after is None or run.id < after) and run.id not in page:
+                page[run.id] = run
+
+
+# DROP_ARCHIVED: the archived runs leave Redis, each only if its record is still the one archived (else it stays,
+# and a later archive takes it as it is then). KEYS[1] = runs hash; ARGV = run id, its record, run id, ...
+# Returns the ids removed.
+DROP_ARCHIVED = """
+local dropped = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    table.insert(dropped, ARGV[i])
+  end
+end
+return dropped
+"""
+
+
+def archive(redis: Redis, settings: Settings, tenant: str, monitor_id: str) -> int:
+    """Past settings.monitor_runs_kept runs in Redis, move the oldest finished ones to the store, down to 90% of it
+    (a segment is about a tenth of the bound, not one run); returns how many left Redis. Runs still evaluating
+    stay. One archiver per monitor at a time (a lock; a second one skips: the next run archives)."""
+    key, kept = runs_key(tenant, monitor_id), settings.monitor_runs_kept
+    if cast(int, redis.hlen(key)) <= kept:
+        return 0
+    lock = redis.lock(f"{keys.PREFIX}:monitor-runs-lock:{tenant}:{monitor_id}", ARCHIVE_LOCK_TTL_S, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        raw = {as_text(k): v for k, v in cast(dict[bytes, bytes], redis.hgetall(key)).items()}
+        excess = len(raw) - (kept - kept // 10)
+        moving: list[tuple[str, bytes, MonitorRun]] = []
+        for run_id in sorted(raw):
+            run = _resolved(redis, tenant, MonitorRun.model_validate_json(raw[run_id]))
+            if run.status != "evaluating" and len(moving) < excess:
+                moving.append((run_id, raw[run_id], run))
+        if not moving:
+            return 0
+        storage = Storage(settings.storage_url)
+        path = f"{monitor_dir(tenant, monitor_id)}/runs/{moving[0][0]}_{moving[-1][0]}.jsonl"
+        storage.write_bytes(path, "".join(r.model_dump_json() + "\n" for _, _, r in moving).encode())  # whole first
+        args = [x for run_id, value, _ in moving for x in (run_id, value)]
+        dropped = {as_text(i) for i in cast(list[bytes], redis.eval(DROP_ARCHIVED, 1, key, *args))}
+        if len(dropped) < len(moving):  # some changed meanwhile: the segment keeps only what left Redis
+            left = [r.model_dump_json() + "\n" for run_id, _, r in moving if run_id in dropped]
+            if left:
+                storage.write_bytes(path, "".join(left).encode())
+            else:
+                storage.delete(path)
+        if not redis.hexists(monitors_key(tenant), monitor_id):  # deleted meanwhile: no segment outlives it
+            _drop_archive(storage, tenant, monitor_id)
+        return len(dropped)
+    finally:
+        try:
+            lock.release()
+        except LockError:  # it lapsed: another archiver may have started, which the DROP_ARCHIVED check allows
+            pass
 
 
 def _add_run(redis: Redis, tenant: str, run: MonitorRun) -> None:
-    key = runs_key(tenant, run.monitor_id)
-    redis.hset(key, run.id, run.model_dump_json())
-    ids = sorted(as_text(k) for k in cast(list[bytes], redis.hkeys(key)))
-    if len(ids) > MAX_RUNS:
-        redis.hdel(key, *ids[: len(ids) - MAX_RUNS])
+    redis.hset(runs_key(tenant, run.monitor_id), run.id, run.model_dump_json())
 
 
 def _finish(redis: Redis, tenant: str, run: MonitorRun, status: str, error: str | None = None) -> MonitorRun:

@@ -77,6 +77,8 @@ class Settings(BaseModel):
     # A finished job's events and metric points move from Redis to the artifact store this long after it ended
     # (core/retention.py; reads fall back to the store); 0 keeps them in Redis for ever.
     retention_s: int = Field(default=7 * DAY_S, ge=0)
+    # Runs of one monitor kept in Redis (core/monitors.py); past it the oldest finished ones move to the store.
+    monitor_runs_kept: int = Field(default=1000, ge=1)
     # Multi-node jobs (resources.nodes, jobs/training/nodes.py): the host other nodes reach this worker's
     # rendezvous at ("": its hostname), and how long a job's horse waits for its member nodes to join.
     advertise_host: str = ""
@@ -136,6 +138,7 @@ class Settings(BaseModel):
             webhook_lease_s=_float(env, "FTJOBS_WEBHOOK_LEASE_S", 60),
             metrics_token=_str(env, "FTJOBS_METRICS_TOKEN"),
             retention_s=_int(env, "FTJOBS_RETENTION_S", 7 * DAY_S),
+            monitor_runs_kept=_int(env, "FTJOBS_MONITOR_RUNS_KEPT", 1000),
             advertise_host=_str(env, "FTJOBS_ADVERTISE_HOST"),
             node_join_timeout_s=_float(env, "FTJOBS_NODE_JOIN_TIMEOUT_S", 600),
         )

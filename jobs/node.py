@@ -44,6 +44,16 @@ def join(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _member(m: NodePayload, settings: Settings, redis: Redis) -> str:
     p = QueuePayload(job_id=m.job_id, tenant=m.tenant, attempt=m.attempt)
+    try:
+        return _take_part(m, p, settings, redis)
+    except Preempted:  # this worker is stopping before the ranks started: the horse hands the attempt back now
+        INTERRUPTER.acknowledge()
+        nodes.say(redis, p, m.node, {"left": "its worker is stopping"})
+        return "left"
+
+
+def _take_part(m: NodePayload, p: QueuePayload, settings: Settings, redis: Redis) -> str:
+    """Check in and run this node's ranks until the attempt ends; a stop while they run is said here first."""
     reporter = Reporter(redis, m.tenant, m.job_id, m.attempt)
     record = reporter.read()
     if not _current(record, m.attempt):

@@ -199,8 +199,8 @@ def supervise(
             if gang is not None:
                 gang.close(settings)
         return _outcome(reports, n * m, group.returncode, reporter, gang)
-    except nodes.NodeLost as e:  # a member's worker stopped: a preemption, the job back to the front of its queue
-        recover(reporter.redis, settings, p.tenant, p.job_id, p.attempt, str(e), free=True)
+    except nodes.NodeLost as e:  # a member's worker stopped or vanished: a preemption, back to the front of its queue
+        recover(reporter.redis, settings, p.tenant, p.job_id, p.attempt, str(e), free=not e.counted)
         raise
 
 
@@ -247,8 +247,8 @@ def _wait(
     done_at: float | None = None  # when rank 0 reported or this node's torchrun exited
     while True:
         ended = group.poll() is not None
-        if ended and (gang is None or reports.count() >= world):
-            return
+        if ended and (gang is None or reports.count() >= world or gang.members_ended()):
+            return  # on several nodes: every rank's word is in, or no member runs ranks any more
         time.sleep(POLL_S)
         if reporter.cancel_requested():
             INTERRUPTER.acknowledge()  # stopping here: the heartbeat's forced interrupt must not land in the cleanup

@@ -24,7 +24,7 @@ from ftjobs.core import keys, monitors
 from ftjobs.core.job_writes import AtQuota
 from ftjobs.core.records import new_id
 from ftjobs.core.settings import Settings
-from ftjobs.service.deps import LimitsDep, RedisDep, SettingsDep, StoreDep, TenantDep
+from ftjobs.service.deps import LimitsDep, RedisDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from ftjobs.service.errors import (
     IncompatibleParentJob,
     JobNotFound,
@@ -167,10 +167,15 @@ def run_monitor(
 
 @router.get("/{monitor_id}/runs", responses=error_responses(MonitorNotFound, ValidationError))
 def list_monitor_runs(
-    monitor_id: str, tenant: TenantDep, redis: RedisDep, after: RunAfter = None, limit: PageSize = 20
+    monitor_id: str,
+    tenant: TenantDep,
+    redis: RedisDep,
+    storage: StorageDep,
+    after: RunAfter = None,
+    limit: PageSize = 20,
 ) -> MonitorRunList:
     """A monitor's runs, newest first: the file, the evaluation job, the metric, the decision, the retraining job."""
     _record(redis, tenant, monitor_id)
-    found = monitors.runs(redis, tenant, monitor_id, after, limit + 1)
+    found = monitors.runs(redis, tenant, monitor_id, after, limit + 1, storage)
     page = found[:limit]
     return MonitorRunList(data=page, has_more=len(found) > limit, last_id=page[-1].id if page else None)

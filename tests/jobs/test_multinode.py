@@ -3,25 +3,30 @@
 The worker that takes a `nodes: 2` job hosts the c10d rendezvous and enqueues a member job; the other worker runs
 it, and the two torchrun agents train one DDP group (gloo). Its train losses match the 1-process job at the same
 global batch (the request shape and tolerance of test_distributed.py); a cancel stops the ranks on both nodes; a
-job whose member never joins (one worker only) fails with `resources_unavailable` within the join timeout.
+job whose member never joins (one worker only) fails with `resources_unavailable` within the join timeout; a member
+lost before it checks in hands the attempt back at once (not counted); a member's rank killed after training started
+requeues the job as a counted attempt, with nothing of the first attempt left on either node.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rq import Worker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from ftjobs.client.models import JobCreate
 from ftjobs.client.models.resources import Resources
 from ftjobs.core.fleet import worker_overview
-from ftjobs.core.keys import ranks_key
+from ftjobs.core.keys import nodes_key, ranks_key
 from ftjobs.core.queue import member_rq_id
 from tests.conftest import WorkerProcess
 from tests.jobs.helpers import events, guarded_write, read_job, submit, wait_for
@@ -29,6 +34,7 @@ from tests.jobs.test_distributed import ROWS, TOLERANCE, processes_of, request, 
 
 pytestmark = pytest.mark.timeout(600)
 JOIN_TIMEOUT_S = 240  # generous: a member's worker may still be preloading torch on a loaded machine
+ENDED = ["running", "succeeded", "failed", "cancelled", "paused"]  # wait_for these: a wrong outcome fails at once
 
 
 def nodes_request(model: Path, env: dict[str, str], batch_size: int, **hp: int) -> JobCreate:
@@ -49,6 +55,33 @@ def two_nodes(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProces
     yield workers
     for w in workers:
         w.stop()
+
+
+def running_and(check):  # type: ignore[no-untyped-def]
+    """wait_for's `until`: the check holds, or the job left `running` (then the caller's assert says how)."""
+    return lambda r: r["status"] != "running" or check(r)
+
+
+def member_rq_status(redis, rq_id: str) -> str | None:  # type: ignore[no-untyped-def]
+    try:
+        return str(RQJob.fetch(rq_id, connection=redis, serializer=JSONSerializer).get_status(refresh=False).value)
+    except (NoSuchJobError, AttributeError):  # not enqueued yet
+        return None
+
+
+def member_rank(job_id: str) -> int:
+    """The pid of the job's rank on the member node: a child of the torchrun started with `is_host=0`."""
+    for pid in processes_of(job_id):
+        try:
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if (
+                b"LOCAL_RANK=0" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                and b"is_host=0" in Path(f"/proc/{parent}/cmdline").read_bytes()
+            ):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no member rank of {job_id}")
 
 
 def no_process_left(job_id: str, timeout: float = 30) -> bool:
@@ -142,3 +175,62 @@ def test_what_nodes_rule_out_is_refused(http, redis, tiny_causal_lm: Path) -> No
     created = http.post("/v1/jobs", json={**job, "resources": {"nodes": 2, "processes": 2}})
     assert created.status_code == 201, created.text
     assert read_job(redis, created.json()["id"])["request"]["resources"]["nodes"] == 2
+
+
+def test_a_member_lost_before_it_joins_hands_the_attempt_back(redis, env, tmp_path: Path, tiny_causal_lm: Path) -> None:
+    """The member's worker is killed (SIGKILL) after it took the member job, before it checked in: node 0 sees the
+    member job started with no heartbeat, and the job goes back to its queue (not counted) long before the join
+    timeout; a fresh worker is the member of attempt 2, which trains."""
+    quick = {**env, "FTJOBS_STALE_AFTER_S": "8"}  # seconds without an RQ heartbeat (1 s apart) before "lost"
+    workers = start_workers(quick, tmp_path, 1, JOIN_TIMEOUT_S)
+    try:
+        job_id = submit(redis, env, nodes_request(tiny_causal_lm, env, batch_size=2, max_steps=5000))
+        record = wait_for(redis, job_id, ENDED, timeout=300, worker=workers[0])
+        assert record["status"] == "running", record
+        # No preload: its horse imports torch after taking the member job, seconds before it could check in.
+        workers += start_workers({**quick, "FTJOBS_PRELOAD": "0"}, tmp_path, 1, JOIN_TIMEOUT_S, first=1)
+        rq_id, deadline = member_rq_id(job_id, 1, 1), time.monotonic() + 240
+        while member_rq_status(redis, rq_id) != "started":
+            assert time.monotonic() < deadline and workers[1].proc.poll() is None, workers[1].output()[-3000:]
+            time.sleep(0.02)
+        workers[1].proc.kill()  # SIGKILL: its horse dies with it (PR_SET_PDEATHSIG), no word to anyone
+        killed = time.time()
+        assert not redis.hexists(nodes_key("default", job_id, 1), "node-1")  # it never checked in
+        workers += start_workers(quick, tmp_path, 1, JOIN_TIMEOUT_S, first=2)
+        again = running_and(lambda r: r["attempt"] == 2 and r["progress"].get("step", 0) >= 1)
+        record = wait_for(redis, job_id, ENDED, timeout=300, worker=workers[0], until=again)
+        assert record["status"] == "running" and record["resolved"].get("free_attempts") == 1, record
+        (lost,) = [e for e in events(redis, job_id) if "lost before it joined" in e["message"]]
+        print(f"member lost {lost['created_at'] - killed:.1f} s after its worker was killed: {lost['message']}")
+        assert lost["created_at"] - killed < JOIN_TIMEOUT_S / 2
+        assert guarded_write(redis, job_id, {"cancel_requested": True}, statuses=["running"])
+        record = wait_for(redis, job_id, timeout=120, worker=workers[0])
+        assert record["status"] == "cancelled", record
+        assert no_process_left(job_id), processes_of(job_id)
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def test_a_killed_member_rank_requeues_the_job_counted(
+    redis, env, tmp_path: Path, two_nodes: list[WorkerProcess], tiny_causal_lm: Path
+) -> None:
+    """The member's rank is SIGKILLed while the job trains (the OOM killer, a lost GPU): the attempt ends, the job
+    goes back to its queue as a counted attempt, and nothing of attempt 1 is left on either node."""
+    a, b = two_nodes
+    job_id = submit(redis, env, nodes_request(tiny_causal_lm, env, batch_size=2, max_steps=5000))
+    trained = running_and(lambda r: r["progress"].get("step", 0) >= 2)
+    record = wait_for(redis, job_id, ENDED, timeout=300, worker=a, until=trained)
+    assert record["status"] == "running", record
+    os.kill(member_rank(job_id), signal.SIGKILL)
+    killed = time.time()
+    record = wait_for(redis, job_id, ENDED, timeout=300, worker=a, until=running_and(lambda r: r["attempt"] == 2))
+    assert record["status"] == "running" and not record["resolved"].get("free_attempts"), record  # counted
+    (lost,) = [e for e in events(redis, job_id) if "lost; the worker recovers" in e["message"]]
+    print(f"attempt 1 ended {lost['created_at'] - killed:.1f} s after the member's rank was killed")
+    first = [pid for pid in processes_of(job_id) if b'"attempt":1' in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert first == [], first  # torchrun and the rank of attempt 1, on both nodes, are gone
+    assert guarded_write(redis, job_id, {"cancel_requested": True}, statuses=["running"])
+    record = wait_for(redis, job_id, timeout=120, worker=a)
+    assert record["status"] == "cancelled", record
+    assert no_process_left(job_id), processes_of(job_id)

@@ -205,3 +205,70 @@ def test_a_monitor_at_the_tenants_max_active_jobs_starts_no_job(  # type: ignore
     assert tc.post(f"/v1/jobs/{first.json()['evaluation_job_id']}/cancel", headers=A).status_code == 200
     again = tc.post(f"/v1/monitors/{mon['id']}/run", headers=A)
     assert again.status_code == 201 and again.json()["status"] == "evaluating", again.text
+
+
+def test_runs_past_the_bound_move_to_the_store_and_the_history_reads_across(  # type: ignore[no-untyped-def]
+    redis, make_client, watched: str
+) -> None:  # fmt: skip
+    tc = make_client(monitor_runs_kept=5)
+    storage = tc.app.state.storage
+    upload(tc, jsonl(ROWS["text_label"] * 3), filename="new.jsonl")
+    mon = tc.post("/v1/monitors", json={"job_id": watched, "dataset": "new.jsonl", "schedule": "0 3 * * *"}).json()
+    key, folder = monitors.runs_key("default", mon["id"]), monitors.monitor_dir("default", mon["id"])
+
+    def run() -> dict[str, Any]:
+        started = tc.post(f"/v1/monitors/{mon['id']}/run")
+        assert started.status_code == 201, started.text
+        return dict(started.json())
+
+    def listed(limit: int) -> list[dict[str, Any]]:
+        """Every run, page by page (the cursor as a client follows it)."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": limit}
+        while True:
+            page = tc.get(f"/v1/monitors/{mon['id']}/runs", params=params).json()
+            out += page["data"]
+            if not page["has_more"]:
+                return out
+            params["after"] = page["last_id"]
+
+    first = run()  # evaluating (no worker): it stays in Redis while newer, finished runs are archived
+    assert first["status"] == "evaluating", first
+    upload(tc, jsonl(ROWS["prompt_completion"] * 3), filename="new.jsonl")  # the wrong format: runs fail at once
+    made = [first] + [run() for _ in range(11)]
+    newest_first = [r["id"] for r in reversed(made)]
+    for limit in (5, 3, 100):
+        assert [r["id"] for r in listed(limit)] == newest_first, limit
+    in_redis = sorted(k.decode() for k in redis.hkeys(key))
+    assert len(in_redis) == 5 and in_redis[0] == first["id"], in_redis  # the bound; the unfinished one kept
+    segments = storage.names(f"{folder}/runs")
+    archived = [json.loads(line) for s in segments for line in storage.open(f"{folder}/runs/{s}").read().splitlines()]
+    assert sorted(r["id"] for r in archived) == sorted(set(newest_first) - set(in_redis))  # nothing twice or lost
+
+    # Its evaluation job cancelled, the oldest run reads failed and goes with the next run past the bound.
+    assert tc.post(f"/v1/jobs/{first['evaluation_job_id']}/cancel").status_code == 200
+    made.append(run())
+    history = listed(4)
+    assert [r["id"] for r in history] == [r["id"] for r in reversed(made)]
+    assert history[-1]["status"] == "failed" and "cancelled" in history[-1]["error"], history[-1]
+    assert redis.hlen(key) == 5 and not redis.hexists(key, first["id"])
+
+    assert tc.delete(f"/v1/monitors/{mon['id']}").status_code == 200
+    assert not redis.exists(key) and not storage.exists(folder)
+
+
+def test_a_run_leaves_redis_only_once_its_archive_is_written(  # type: ignore[no-untyped-def]
+    redis, make_client, watched: str
+) -> None:  # fmt: skip
+    tc = make_client(monitor_runs_kept=2)
+    storage = tc.app.state.storage
+    mon = tc.post("/v1/monitors", json={"job_id": watched, "dataset": "none.jsonl", "schedule": "0 3 * * *"}).json()
+    key, folder = monitors.runs_key("default", mon["id"]), monitors.monitor_dir("default", mon["id"])
+    storage.write_bytes(f"{folder}/runs", b"")  # a file where the archive's folder goes: every archive write fails
+    made = [tc.post(f"/v1/monitors/{mon['id']}/run").json()["id"] for _ in range(3)]
+    assert redis.hlen(key) == 3  # none archived, none lost
+    assert [r["id"] for r in tc.get(f"/v1/monitors/{mon['id']}/runs").json()["data"]] == made[::-1]
+    storage.delete(f"{folder}/runs")
+    made.append(tc.post(f"/v1/monitors/{mon['id']}/run").json()["id"])  # the store is back: the next run archives
+    assert redis.hlen(key) == 2
+    assert [r["id"] for r in tc.get(f"/v1/monitors/{mon['id']}/runs").json()["data"]] == made[::-1]
