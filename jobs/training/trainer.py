@@ -19,6 +19,7 @@ from ftjobs.jobs.evaluation.progress import PhaseProgress
 from ftjobs.jobs.interrupts import INTERRUPTER, Cancelled
 from ftjobs.jobs.report import Reporter, finite
 from ftjobs.jobs.training import methods, sharding
+from ftjobs.jobs.training.eval_loss import TokenLoss
 
 
 class JobTrainer(Trainer):
@@ -27,6 +28,7 @@ class JobTrainer(Trainer):
     def __init__(self, *args: Any, penalties: list[Callable[[torch.nn.Module], torch.Tensor]] | None = None, **kw: Any):
         super().__init__(*args, **kw)
         self.penalties = penalties or []
+        self.token_loss = TokenLoss()  # eval_loss per target token, the same on any batching (eval_loss.py)
         if self.model_accepts_loss_kwargs and not token_normalised_loss(self.model):
             # The model's loss is its batch's mean (T5, BERT's classification head): the Trainer must neither scale
             # it by the processes (a DDP gradient x N) nor skip dividing it by the accumulation steps.
@@ -40,6 +42,15 @@ class JobTrainer(Trainer):
     def train(self, *args: Any, **kw: Any) -> Any:
         ddp_after_evaluation(self)
         return super().train(*args, **kw)
+
+    def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kw: Any) -> Any:
+        self.token_loss.start()
+        try:
+            output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kw)
+            self.token_loss.finish(output.metrics, metric_key_prefix)
+        finally:
+            self.token_loss.rows = None  # outside an evaluation, compute_loss collects nothing
+        return output
 
     # Checkpoints: the Trainer saves and loads them; some methods need a correction (jobs/training/methods.py).
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -75,7 +86,10 @@ class JobTrainer(Trainer):
         elif self.class_weights is not None and model.training:
             result = self._weighted_loss(model, inputs, return_outputs)
         else:
+            labels = inputs.get("labels")
             result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kw)
+            if not model.training and return_outputs and self.token_loss.rows is not None:
+                self.token_loss.add(self.accelerator, model, result[1], labels)
         if not self.penalties or not model.training:  # evaluation losses stay comparable with and without
             return result
         loss, outputs = result if return_outputs else (result, None)
