@@ -112,8 +112,11 @@ def test_a_checkpoint_saved_under_fsdp_resumes_every_rank(redis, env, tiny_causa
         record = wait_for(redis, job_id, ["running", *ENDED], timeout=400, worker=worker, until=resumed)
         assert record["status"] == "running" and record["attempt"] == 2, (record.get("error"), worker.output()[-6000:])
         assert record["resolved"]["resumed_from_step"] >= step, record["resolved"]
-        losses = dict(train_losses(redis, job_id))
         resumed_at = record["resolved"]["resumed_from_step"]
+        deadline = time.monotonic() + 300  # the loss is logged at checkpoint steps: wait for one past the resume
+        while not any(at > resumed_at for at, _ in train_losses(redis, job_id)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        losses = dict(train_losses(redis, job_id))
         before, after = (
             [v for s, v in losses.items() if s <= resumed_at],
             [v for s, v in losses.items() if s > resumed_at],
