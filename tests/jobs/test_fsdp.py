@@ -43,10 +43,7 @@ def request(model: Path, env: dict[str, str], sharding: str, **hp: Any) -> JobCr
 
 
 def weights(env: dict[str, str], job_id: str) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    folder = store_root(env) / artifact_path("default", job_id, "model")
-    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    return weights_of_folder(store_root(env) / artifact_path("default", job_id, "model"))
 
 
 def test_fsdp_matches_ddp_and_saves_the_full_model(redis, env, worker, tiny_causal_lm: Path) -> None:
